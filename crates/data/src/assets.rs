@@ -1,0 +1,34 @@
+//! Locating the shared test assets (`../shared` beside the repository) for tests and benchmarks.
+
+use std::path::{Path, PathBuf};
+
+/// The shared assets folder: `$TL_SHARED_DIR` when set, else `../shared` beside the workspace root.
+pub fn shared_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TL_SHARED_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+/// Whether missing assets must fail rather than skip (`TL_REQUIRE_ASSETS=1`, set by CI).
+pub fn assets_required() -> bool {
+    std::env::var("TL_REQUIRE_ASSETS").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false)
+}
+
+/// The asset at `relative` under [`shared_dir`], or `None` after printing why the caller should skip.
+///
+/// Panics (failing the test) when the asset is missing and `TL_REQUIRE_ASSETS=1`.
+pub fn require(relative: &str) -> Option<PathBuf> {
+    let path = shared_dir().join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    if assets_required() {
+        panic!(
+            "required test asset {} is missing (TL_REQUIRE_ASSETS=1); place the shared assets beside the repository",
+            path.display()
+        );
+    }
+    eprintln!("SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)", path.display());
+    None
+}

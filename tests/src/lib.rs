@@ -1,0 +1,1 @@
+//! End-to-end tests of the `trainer` binary live in `tests/`.
