@@ -4,8 +4,11 @@
 //! exactly as timm's checkpoints do, so loading a Hub checkpoint is a path lookup.
 
 pub mod backbone;
+pub mod blocks;
+pub mod efficientnet;
 pub mod error;
 pub mod layers;
+pub mod mobilenetv3;
 pub mod ops;
 pub mod params;
 pub mod registry;
