@@ -120,3 +120,119 @@ pub fn check_parity(name: &str, arch: &str) {
     let logits = model.classify(&feats).expect("classify").expect("classifier present");
     assert_close(&format!("{name} logits"), &logits, &f.logits);
 }
+
+/// A store over seeded random values with the manifest's names and shapes (BN near identity, fan-in scaled convs).
+pub fn random_store(arch: &str, seed: u64) -> Option<ParamStore> {
+    use rand::{Rng, SeedableRng};
+    let m = manifest(arch)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let tensors: HashMap<String, Tensor> = m
+        .iter()
+        .map(|(k, s)| {
+            let n: usize = s.iter().product();
+            let values: Vec<f32> = if s.len() >= 2 {
+                let fan_in: usize = s[1..].iter().product();
+                let a = (3.0 / fan_in as f32).sqrt();
+                (0..n).map(|_| rng.gen_range(-a..a)).collect()
+            } else if k.ends_with("running_var") || (k.contains("bn") && k.ends_with("weight")) {
+                (0..n).map(|_| rng.gen_range(0.8f32..1.2)).collect()
+            } else {
+                (0..n).map(|_| rng.gen_range(-0.1f32..0.1)).collect()
+            };
+            (k.clone(), Tensor::from_vec(values, s.as_slice(), &Device::Cpu).unwrap())
+        })
+        .collect();
+    Some(ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu))
+}
+
+/// A seeded random input batch N×3×H×W.
+pub fn random_input(n: usize, hw: usize, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * 3 * hw * hw).map(|_| rng.gen_range(-1f32..1.0)).collect();
+    Tensor::from_vec(v, (n, 3, hw, hw), &Device::Cpu).unwrap()
+}
+
+fn in_stages(name: &str, stages: &[backbones::Stage]) -> bool {
+    stages.iter().any(|s| s.prefixes.iter().any(|p| backbones::params::name_has_prefix(name, p)))
+}
+
+/// `freeze_all_but_last(b, 1)` makes exactly the last stage's parameters trainable.
+pub fn check_freeze_last(arch: &str) {
+    let Some(store) = random_store(arch, 1) else { return };
+    let model = backbones::zoo::build(arch, &store).unwrap();
+    let stages = model.stages();
+    assert_eq!(stages.first().unwrap().name, "stem");
+    assert_eq!(stages.last().unwrap().name, "head");
+    assert_eq!(stages.len(), 9, "stem, blocks.0-6, head");
+    // Every backbone parameter (not the classifier) belongs to exactly one stage.
+    for p in store.params() {
+        let owners = stages.iter().filter(|s| in_stages(p.name(), std::slice::from_ref(*s))).count();
+        let expected = usize::from(!p.name().starts_with("classifier."));
+        assert_eq!(owners, expected, "{} belongs to {owners} stages", p.name());
+    }
+    backbones::freeze_all_but_last(model.as_ref(), 1).unwrap();
+    let last = &stages[stages.len() - 1..];
+    let trainable: Vec<String> = store.trainable_vars().into_iter().map(|(n, _)| n).collect();
+    let expected: Vec<String> =
+        store.params().iter().filter(|p| in_stages(p.name(), last)).map(|p| p.name().to_string()).collect();
+    assert!(!expected.is_empty());
+    assert_eq!(trainable, expected);
+    backbones::freeze_all_but_last(model.as_ref(), 0).unwrap();
+    assert!(store.trainable_vars().is_empty());
+    assert!(backbones::freeze_all_but_last(model.as_ref(), stages.len() + 1).is_err());
+}
+
+/// Train mode updates the BatchNorm running statistics of the unfrozen stages only; eval mode updates none.
+pub fn check_train_mode_stats(arch: &str, unfrozen: usize) {
+    let Some(store) = random_store(arch, 2) else { return };
+    let model = backbones::zoo::build(arch, &store).unwrap();
+    let stages = model.stages();
+    backbones::freeze_all_but_last(model.as_ref(), unfrozen).unwrap();
+    let live = &stages[stages.len() - unfrozen..];
+    let before: Vec<(String, Vec<f32>)> =
+        store.buffers().iter().map(|b| (b.name().to_string(), b.tensor().flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let x = random_input(2, 64, 3);
+    model.forward_pooled(&x, false).unwrap();
+    for (b, (_, old)) in store.buffers().iter().zip(&before) {
+        assert_eq!(&b.tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), old, "eval changed {}", b.name());
+    }
+    model.forward_pooled(&x, true).unwrap();
+    let mut changed = 0;
+    for (b, (name, old)) in store.buffers().iter().zip(&before) {
+        let new: Vec<f32> = b.tensor().flatten_all().unwrap().to_vec1().unwrap();
+        if in_stages(name, live) {
+            assert_ne!(&new, old, "train mode left {name} unchanged in an unfrozen stage");
+            changed += 1;
+        } else {
+            assert_eq!(&new, old, "train mode changed {name} in a frozen stage");
+        }
+    }
+    assert!(changed > 0, "no BatchNorm in the unfrozen stages");
+}
+
+/// A backward pass with the last `unfrozen` stages trainable yields gradients for exactly their variables.
+pub fn check_backward(arch: &str, unfrozen: usize) {
+    let Some(store) = random_store(arch, 4) else { return };
+    let model = backbones::zoo::build(arch, &store).unwrap();
+    backbones::freeze_all_but_last(model.as_ref(), unfrozen).unwrap();
+    let x = random_input(2, 64, 5);
+    let loss = model.forward_pooled(&x, true).unwrap().sqr().unwrap().mean_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut with_grad = 0;
+    for p in store.params() {
+        let g = grads.get(&p.tensor());
+        match p.var() {
+            Some(v) => {
+                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for trainable {}", p.name()));
+                assert_eq!(g.dims(), v.dims());
+                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(norm.is_finite(), "non-finite gradient for {}", p.name());
+                with_grad += 1;
+            }
+            None => assert!(g.is_none(), "gradient for frozen {}", p.name()),
+        }
+    }
+    assert!(with_grad > 0);
+    assert_eq!(with_grad, store.trainable_vars().len());
+}
