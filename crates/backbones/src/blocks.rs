@@ -40,6 +40,58 @@ pub struct BlockArgs {
     pub act: Activation,
 }
 
+impl BlockArgs {
+    /// A depthwise-separable block (`ds_r1_k{k}_s{s}_c{c}_se{se}`).
+    pub const fn ds(k: usize, s: usize, c: usize, se: f64, act: Activation) -> Self {
+        Self {
+            kind: BlockKind::DepthwiseSeparable,
+            repeats: 1,
+            kernel: k,
+            stride: s,
+            expand: 1.0,
+            out: c,
+            se,
+            act,
+        }
+    }
+
+    /// `r` inverted residuals (`ir_r{r}_k{k}_s{s}_e{e}_c{c}_se{se}`).
+    pub const fn ir(
+        r: usize,
+        k: usize,
+        s: usize,
+        e: f64,
+        c: usize,
+        se: f64,
+        act: Activation,
+    ) -> Self {
+        Self {
+            kind: BlockKind::InvertedResidual,
+            repeats: r,
+            kernel: k,
+            stride: s,
+            expand: e,
+            out: c,
+            se,
+            act,
+        }
+    }
+
+    /// A conv-bn-act block (`cn_r1_k{k}_s{s}_c{c}`).
+    pub const fn cn(k: usize, s: usize, c: usize, act: Activation) -> Self {
+        Self {
+            kind: BlockKind::ConvBnAct,
+            repeats: 1,
+            kernel: k,
+            stride: s,
+            expand: 1.0,
+            out: c,
+            se: 0.0,
+            act,
+        }
+    }
+}
+
 /// How the squeeze-excite reduced width is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeWidth {
@@ -158,6 +210,7 @@ impl SqueezeExcite {
 
 /// One block of a mobile network, with timm's parameter names under `blocks.{stage}.{index}`.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a few dozen blocks, built once: boxing would buy nothing
 pub enum Block {
     /// `conv_dw`, `bn1`, act, `se`, `conv_pw`, `bn2` (+ residual).
     DepthwiseSeparable {

@@ -5,62 +5,38 @@ use candle_core::Tensor;
 
 use crate::backbone::{Backbone, Stage};
 use crate::blocks::{
-    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, BlockKind,
+    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs,
     ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
 use crate::layers::{Activation, Linear};
 use crate::params::ParamStore;
 
-const fn ds(k: usize, s: usize, c: usize, se: f64, act: Activation) -> BlockArgs {
-    BlockArgs {
-        kind: BlockKind::DepthwiseSeparable,
-        repeats: 1,
-        kernel: k,
-        stride: s,
-        expand: 1.0,
-        out: c,
-        se,
-        act,
-    }
-}
-
-const fn ir(r: usize, k: usize, s: usize, e: f64, c: usize, se: f64, act: Activation) -> BlockArgs {
-    BlockArgs {
-        kind: BlockKind::InvertedResidual,
-        repeats: r,
-        kernel: k,
-        stride: s,
-        expand: e,
-        out: c,
-        se,
-        act,
-    }
-}
+use BlockArgs as A;
 
 const SILU: Activation = Activation::Silu;
 const RELU6: Activation = Activation::Relu6;
 
 /// EfficientNet-B0 (Table 1 of the paper): operator, repeats, kernel, stride, expansion, channels, SE ratio.
 pub const B0: &[&[BlockArgs]] = &[
-    &[ds(3, 1, 16, 0.25, SILU)],          // ds_r1_k3_s1_e1_c16_se0.25
-    &[ir(2, 3, 2, 6.0, 24, 0.25, SILU)],  // ir_r2_k3_s2_e6_c24_se0.25
-    &[ir(2, 5, 2, 6.0, 40, 0.25, SILU)],  // ir_r2_k5_s2_e6_c40_se0.25
-    &[ir(3, 3, 2, 6.0, 80, 0.25, SILU)],  // ir_r3_k3_s2_e6_c80_se0.25
-    &[ir(3, 5, 1, 6.0, 112, 0.25, SILU)], // ir_r3_k5_s1_e6_c112_se0.25
-    &[ir(4, 5, 2, 6.0, 192, 0.25, SILU)], // ir_r4_k5_s2_e6_c192_se0.25
-    &[ir(1, 3, 1, 6.0, 320, 0.25, SILU)], // ir_r1_k3_s1_e6_c320_se0.25
+    &[A::ds(3, 1, 16, 0.25, SILU)],          // ds_r1_k3_s1_e1_c16_se0.25
+    &[A::ir(2, 3, 2, 6.0, 24, 0.25, SILU)],  // ir_r2_k3_s2_e6_c24_se0.25
+    &[A::ir(2, 5, 2, 6.0, 40, 0.25, SILU)],  // ir_r2_k5_s2_e6_c40_se0.25
+    &[A::ir(3, 3, 2, 6.0, 80, 0.25, SILU)],  // ir_r3_k3_s2_e6_c80_se0.25
+    &[A::ir(3, 5, 1, 6.0, 112, 0.25, SILU)], // ir_r3_k5_s1_e6_c112_se0.25
+    &[A::ir(4, 5, 2, 6.0, 192, 0.25, SILU)], // ir_r4_k5_s2_e6_c192_se0.25
+    &[A::ir(1, 3, 1, 6.0, 320, 0.25, SILU)], // ir_r1_k3_s1_e6_c320_se0.25
 ];
 
 /// EfficientNet-Lite0: B0's table without squeeze-excite, with ReLU6.
 pub const LITE0: &[&[BlockArgs]] = &[
-    &[ds(3, 1, 16, 0.0, RELU6)],
-    &[ir(2, 3, 2, 6.0, 24, 0.0, RELU6)],
-    &[ir(2, 5, 2, 6.0, 40, 0.0, RELU6)],
-    &[ir(3, 3, 2, 6.0, 80, 0.0, RELU6)],
-    &[ir(3, 5, 1, 6.0, 112, 0.0, RELU6)],
-    &[ir(4, 5, 2, 6.0, 192, 0.0, RELU6)],
-    &[ir(1, 3, 1, 6.0, 320, 0.0, RELU6)],
+    &[A::ds(3, 1, 16, 0.0, RELU6)],
+    &[A::ir(2, 3, 2, 6.0, 24, 0.0, RELU6)],
+    &[A::ir(2, 5, 2, 6.0, 40, 0.0, RELU6)],
+    &[A::ir(3, 3, 2, 6.0, 80, 0.0, RELU6)],
+    &[A::ir(3, 5, 1, 6.0, 112, 0.0, RELU6)],
+    &[A::ir(4, 5, 2, 6.0, 192, 0.0, RELU6)],
+    &[A::ir(1, 3, 1, 6.0, 320, 0.0, RELU6)],
 ];
 
 const STEM: usize = 32;

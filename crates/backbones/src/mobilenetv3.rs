@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use crate::backbone::{Backbone, Stage};
 use crate::blocks::{
-    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, BlockKind,
+    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs,
     ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
@@ -15,46 +15,25 @@ use crate::params::ParamStore;
 const RE: Activation = Activation::Relu;
 const HS: Activation = Activation::HardSwish;
 
-const fn b(
-    kind: BlockKind,
-    r: usize,
-    k: usize,
-    s: usize,
-    e: f64,
-    c: usize,
-    se: f64,
-    act: Activation,
-) -> BlockArgs {
-    BlockArgs {
-        kind,
-        repeats: r,
-        kernel: k,
-        stride: s,
-        expand: e,
-        out: c,
-        se,
-        act,
-    }
-}
+use BlockArgs as A;
 
-use BlockKind::{ConvBnAct as CN, DepthwiseSeparable as DS, InvertedResidual as IR};
-
-/// MobileNetV3-Large (Table 1 of the paper): kind, repeats, kernel, stride, expansion, channels, SE ratio, activation.
+/// MobileNetV3-Large (Table 1 of the paper): kind, repeats, kernel, stride, expansion, channels, SE ratio, activation
+/// (`nre`: ReLU, otherwise hard-swish).
 pub const LARGE: &[&[BlockArgs]] = &[
-    &[b(DS, 1, 3, 1, 1.0, 16, 0.0, RE)], // ds_r1_k3_s1_e1_c16_nre
+    &[A::ds(3, 1, 16, 0.0, RE)], // ds_r1_k3_s1_e1_c16_nre
     &[
-        b(IR, 1, 3, 2, 4.0, 24, 0.0, RE), // ir_r1_k3_s2_e4_c24_nre
-        b(IR, 1, 3, 1, 3.0, 24, 0.0, RE), // ir_r1_k3_s1_e3_c24_nre
+        A::ir(1, 3, 2, 4.0, 24, 0.0, RE), // ir_r1_k3_s2_e4_c24_nre
+        A::ir(1, 3, 1, 3.0, 24, 0.0, RE), // ir_r1_k3_s1_e3_c24_nre
     ],
-    &[b(IR, 3, 5, 2, 3.0, 40, 0.25, RE)], // ir_r3_k5_s2_e3_c40_se0.25_nre
+    &[A::ir(3, 5, 2, 3.0, 40, 0.25, RE)], // ir_r3_k5_s2_e3_c40_se0.25_nre
     &[
-        b(IR, 1, 3, 2, 6.0, 80, 0.0, HS), // ir_r1_k3_s2_e6_c80
-        b(IR, 1, 3, 1, 2.5, 80, 0.0, HS), // ir_r1_k3_s1_e2.5_c80
-        b(IR, 2, 3, 1, 2.3, 80, 0.0, HS), // ir_r2_k3_s1_e2.3_c80
+        A::ir(1, 3, 2, 6.0, 80, 0.0, HS), // ir_r1_k3_s2_e6_c80
+        A::ir(1, 3, 1, 2.5, 80, 0.0, HS), // ir_r1_k3_s1_e2.5_c80
+        A::ir(2, 3, 1, 2.3, 80, 0.0, HS), // ir_r2_k3_s1_e2.3_c80
     ],
-    &[b(IR, 2, 3, 1, 6.0, 112, 0.25, HS)], // ir_r2_k3_s1_e6_c112_se0.25
-    &[b(IR, 3, 5, 2, 6.0, 160, 0.25, HS)], // ir_r3_k5_s2_e6_c160_se0.25
-    &[b(CN, 1, 1, 1, 1.0, 960, 0.0, HS)],  // cn_r1_k1_s1_c960
+    &[A::ir(2, 3, 1, 6.0, 112, 0.25, HS)], // ir_r2_k3_s1_e6_c112_se0.25
+    &[A::ir(3, 5, 2, 6.0, 160, 0.25, HS)], // ir_r3_k5_s2_e6_c160_se0.25
+    &[A::cn(1, 1, 960, HS)],               // cn_r1_k1_s1_c960
 ];
 
 const STEM: usize = 16;
