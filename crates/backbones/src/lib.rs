@@ -9,6 +9,8 @@ pub mod layers;
 pub mod ops;
 pub mod params;
 pub mod registry;
+pub mod resnet;
+pub mod vgg;
 pub mod zoo;
 
 pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, Stage};

@@ -257,6 +257,11 @@ impl ParamStore {
         Ok(b)
     }
 
+    /// Whether the store can provide `name`: the checkpoint holds it, or the store is empty (creates defaults).
+    pub fn contains(&self, name: &str) -> bool {
+        self.allow_missing || self.source.contains_key(name)
+    }
+
     /// Every parameter created so far, by name.
     pub fn params(&self) -> Vec<Param> {
         self.inner.read().expect("store lock").params.values().cloned().collect()
