@@ -264,12 +264,24 @@ impl ParamStore {
 
     /// Every parameter created so far, by name.
     pub fn params(&self) -> Vec<Param> {
-        self.inner.read().expect("store lock").params.values().cloned().collect()
+        self.inner
+            .read()
+            .expect("store lock")
+            .params
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Every buffer created so far, by name.
     pub fn buffers(&self) -> Vec<Buffer> {
-        self.inner.read().expect("store lock").buffers.values().cloned().collect()
+        self.inner
+            .read()
+            .expect("store lock")
+            .buffers
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The trainable parameters as `(name, Var)`, in name order.
@@ -347,6 +359,5 @@ impl ParamStore {
 
 /// Whether `name` is `prefix` itself or lies under it (`layer4` matches `layer4.0.conv1.weight`, not `layer40.x`).
 pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
-    name == prefix
-        || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+    name == prefix || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
 }

@@ -82,9 +82,7 @@ impl ResNet {
             for j in 0..depth {
                 let stride = if j == 0 { STRIDES[i] } else { 1 };
                 let prefix = format!("layer{}.{j}", i + 1);
-                blocks.push(Block::new(
-                    store, &prefix, cfg.block, in_ch, WIDTHS[i], stride,
-                )?);
+                blocks.push(Block::new(store, &prefix, cfg.block, in_ch, WIDTHS[i], stride)?);
                 in_ch = WIDTHS[i] * cfg.block.expansion();
             }
             layers.push(blocks);

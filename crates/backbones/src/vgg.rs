@@ -113,11 +113,7 @@ impl Vgg {
             match *layer {
                 Layer::Conv(out) => {
                     let prefix = format!("features.{idx}");
-                    ops.push(Op::Conv(Conv2d::new(
-                        store,
-                        &prefix,
-                        conv_cfg(in_ch, out, 3, 1),
-                    )?));
+                    ops.push(Op::Conv(Conv2d::new(store, &prefix, conv_cfg(in_ch, out, 3, 1))?));
                     block.push(prefix);
                     in_ch = out;
                     idx += 2;
@@ -131,18 +127,10 @@ impl Vgg {
                 }
             }
         }
-        let names = [
-            "pre_logits.fc1.weight",
-            "pre_logits.fc2.weight",
-            "head.fc.weight",
-        ];
+        let names = ["pre_logits.fc1.weight", "pre_logits.fc2.weight", "head.fc.weight"];
         let classifier = if names.iter().all(|n| store.contains(n)) {
             Some(Classifier {
-                fc1: Conv2d::new(
-                    store,
-                    "pre_logits.fc1",
-                    conv_cfg(in_ch, HIDDEN, FC1_KERNEL, 0),
-                )?,
+                fc1: Conv2d::new(store, "pre_logits.fc1", conv_cfg(in_ch, HIDDEN, FC1_KERNEL, 0))?,
                 fc2: Conv2d::new(store, "pre_logits.fc2", conv_cfg(HIDDEN, HIDDEN, 1, 0))?,
                 head: Linear::new(store, "head.fc", HIDDEN, NUM_CLASSES, true)?,
             })

@@ -16,9 +16,7 @@ fn model() -> Option<Box<dyn Backbone>> {
 /// A seeded N×3×64×64 input in roughly the normalised-image range.
 fn input(n: usize, seed: u64) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..n * 3 * 64 * 64)
-        .map(|_| rng.gen_range(-2.0..2.0))
-        .collect();
+    let v: Vec<f32> = (0..n * 3 * 64 * 64).map(|_| rng.gen_range(-2.0..2.0)).collect();
     Tensor::from_vec(v, (n, 3, 64, 64), &Device::Cpu).unwrap()
 }
 
@@ -51,18 +49,11 @@ fn freeze_all_but_last_selects_whole_stages() {
 
     freeze_all_but_last(m.as_ref(), 1).unwrap();
     let layer4 = params_under(store, &["layer4"]);
-    assert_eq!(
-        layer4.len(),
-        2 * 6 + 3,
-        "two blocks of conv+bn×2, one downsample"
-    );
+    assert_eq!(layer4.len(), 2 * 6 + 3, "two blocks of conv+bn×2, one downsample");
     assert_eq!(trainable_names(store), layer4);
 
     freeze_all_but_last(m.as_ref(), 2).unwrap();
-    assert_eq!(
-        trainable_names(store),
-        params_under(store, &["layer3", "layer4"])
-    );
+    assert_eq!(trainable_names(store), params_under(store, &["layer3", "layer4"]));
 
     freeze_all_but_last(m.as_ref(), 5).unwrap();
     let all_but_fc: Vec<String> = store
@@ -99,11 +90,7 @@ fn train_mode_moves_batchnorm_statistics_of_unfrozen_stages_only() {
     let after = buffers(store);
     for (name, old) in &before {
         let moved = after[name] != *old;
-        assert_eq!(
-            moved,
-            name_has_prefix(name, "layer4"),
-            "{name}: moved = {moved}"
-        );
+        assert_eq!(moved, name_has_prefix(name, "layer4"), "{name}: moved = {moved}");
     }
 }
 
@@ -126,23 +113,9 @@ fn backward_reaches_unfrozen_parameters_only() {
                     .get(v.as_tensor())
                     .unwrap_or_else(|| panic!("{}: no gradient", p.name()));
                 assert_eq!(g.dims(), v.dims(), "{}", p.name());
-                let norm = g
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    norm.is_finite() && norm > 0.0,
-                    "{}: gradient norm {norm}",
-                    p.name()
-                );
-                assert!(
-                    name_has_prefix(p.name(), "layer4"),
-                    "{} is trainable",
-                    p.name()
-                );
+                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(norm.is_finite() && norm > 0.0, "{}: gradient norm {norm}", p.name());
+                assert!(name_has_prefix(p.name(), "layer4"), "{} is trainable", p.name());
                 with_grad += 1;
             }
             None => assert!(

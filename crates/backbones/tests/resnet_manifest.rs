@@ -8,11 +8,8 @@ use candle_core::{DType, Device, Tensor};
 /// The manifest's `name → shape` for `arch`, or None when the shared assets are absent.
 fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
     let path = data::assets::require("parity/timm_manifest.json")?;
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let tensors = json[arch]["tensors"]
-        .as_object()
-        .expect("architecture in manifest");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tensors = json[arch]["tensors"].as_object().expect("architecture in manifest");
     Some(
         tensors
             .iter()
@@ -49,20 +46,13 @@ fn check(arch: &str, num_features: usize) {
     };
     let store = zeros_store(&expected);
     let model = zoo::build(arch, &store).unwrap();
-    assert!(
-        store.unused().is_empty(),
-        "{arch}: unused {:?}",
-        store.unused()
-    );
+    assert!(store.unused().is_empty(), "{arch}: unused {:?}", store.unused());
     let created: BTreeMap<String, Vec<usize>> = store
         .state_dict()
         .into_iter()
         .map(|(k, t)| (k, t.dims().to_vec()))
         .collect();
-    assert_eq!(
-        created, expected,
-        "{arch}: created tensors differ from the manifest"
-    );
+    assert_eq!(created, expected, "{arch}: created tensors differ from the manifest");
     assert_eq!(model.num_features(), num_features);
     assert!(model.has_classifier());
 

@@ -17,11 +17,7 @@ fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
     let diff = max_abs(&(ours - reference).unwrap());
     let scale = max_abs(reference).max(1.0);
     eprintln!("{what}: max |ours - ref| = {diff:.3e}, max(1, max |ref|) = {scale:.3}");
-    assert!(
-        diff <= 1e-3 * scale,
-        "{what}: max diff {diff} > {}",
-        1e-3 * scale
-    );
+    assert!(diff <= 1e-3 * scale, "{what}: max diff {diff} > {}", 1e-3 * scale);
 }
 
 #[test]
@@ -46,9 +42,5 @@ fn resnet18_matches_timm() {
     assert_close("logits", &logits, &refs["logits"]);
     let first = input.narrow(0, 0, 1).unwrap();
     let direct = model.forward_logits(&first).unwrap().expect("classifier");
-    assert_close(
-        "forward_logits",
-        &direct,
-        &refs["logits"].narrow(0, 0, 1).unwrap(),
-    );
+    assert_close("forward_logits", &direct, &refs["logits"].narrow(0, 0, 1).unwrap());
 }

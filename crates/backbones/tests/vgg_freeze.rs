@@ -28,9 +28,7 @@ fn last_two_blocks_train_and_get_gradients() {
     // Two blocks: the graph crosses block4's max-pool.
     freeze_all_but_last(m.as_ref(), 2).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let v: Vec<f32> = (0..2 * 3 * 64 * 64)
-        .map(|_| rng.gen_range(-2.0..2.0))
-        .collect();
+    let v: Vec<f32> = (0..2 * 3 * 64 * 64).map(|_| rng.gen_range(-2.0..2.0)).collect();
     let x = Tensor::from_vec(v, (2, 3, 64, 64), &Device::Cpu).unwrap();
     let pooled = m.forward_pooled(&x, true).unwrap();
     assert_eq!(pooled.dims(), [2, 512]);
@@ -43,10 +41,7 @@ fn last_two_blocks_train_and_get_gradients() {
                 assert!(
                     ["block4", "block5"].iter().any(|b| {
                         let stage = m.stages().into_iter().find(|s| s.name == *b).unwrap();
-                        stage
-                            .prefixes
-                            .iter()
-                            .any(|pre| name_has_prefix(p.name(), pre))
+                        stage.prefixes.iter().any(|pre| name_has_prefix(p.name(), pre))
                     }),
                     "{} is trainable",
                     p.name()
@@ -54,18 +49,8 @@ fn last_two_blocks_train_and_get_gradients() {
                 let g = grads
                     .get(v.as_tensor())
                     .unwrap_or_else(|| panic!("{}: no gradient", p.name()));
-                let norm = g
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    norm.is_finite() && norm > 0.0,
-                    "{}: gradient norm {norm}",
-                    p.name()
-                );
+                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(norm.is_finite() && norm > 0.0, "{}: gradient norm {norm}", p.name());
                 with_grad += 1;
             }
             None => assert!(

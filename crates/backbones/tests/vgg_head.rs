@@ -74,11 +74,7 @@ fn classifier_matches_dense_formulation() {
     put("pre_logits.fc2.bias", b2.clone(), &[H]);
     put("head.fc.weight", wh.clone(), &[1000, H]);
     put("head.fc.bias", bh.clone(), &[1000]);
-    let store = ParamStore::from_tensors(
-        tensors.into_iter().collect::<HashMap<_, _>>(),
-        DType::F32,
-        &dev,
-    );
+    let store = ParamStore::from_tensors(tensors.into_iter().collect::<HashMap<_, _>>(), DType::F32, &dev);
     let model = zoo::build("vgg16", &store).unwrap();
     assert!(model.has_classifier());
     assert!(store.unused().is_empty());
@@ -95,10 +91,7 @@ fn classifier_matches_dense_formulation() {
     // Dense reference: the 2×2 map pooled up to 7×7, flattened as (C, h, w), through the first K units.
     let map = model.forward_features(&x, false).unwrap();
     assert_eq!(map.dims(), [2, 512, 2, 2]);
-    let flat = adaptive_avg_pool2d(&map, 7, 7)
-        .unwrap()
-        .reshape((2, fan1))
-        .unwrap();
+    let flat = adaptive_avg_pool2d(&map, 7, 7).unwrap().reshape((2, fan1)).unwrap();
     let w1k = Tensor::from_slice(&w1[..K * fan1], (K, fan1), &dev).unwrap();
     let h1 = flat
         .matmul(&w1k.t().unwrap())
@@ -144,13 +137,7 @@ fn classifier_matches_dense_formulation() {
         .max(1.0);
     assert!(diff <= 1e-4 * scale, "max diff {diff} (scale {scale})");
     // The hidden units matter: logits are not just the head's bias.
-    let h2_norm = h2
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let h2_norm = h2.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(
         h2_norm > 0.0,
         "the reference hidden layer is all zero; the test checks nothing"

@@ -8,11 +8,8 @@ use candle_core::{DType, Device, Tensor};
 /// The manifest's `name → shape` for `arch`, or None when the shared assets are absent.
 fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
     let path = data::assets::require("parity/timm_manifest.json")?;
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let tensors = json[arch]["tensors"]
-        .as_object()
-        .expect("architecture in manifest");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tensors = json[arch]["tensors"].as_object().expect("architecture in manifest");
     Some(
         tensors
             .iter()
@@ -51,10 +48,7 @@ fn vgg16_manifest() {
         .into_iter()
         .map(|(k, t)| (k, t.dims().to_vec()))
         .collect();
-    assert_eq!(
-        created, expected,
-        "created tensors differ from the manifest"
-    );
+    assert_eq!(created, expected, "created tensors differ from the manifest");
     assert_eq!(model.num_features(), 512);
     assert!(model.has_classifier());
 
@@ -62,12 +56,7 @@ fn vgg16_manifest() {
     let stages = model.stages();
     let table: Vec<(&str, Vec<&str>)> = stages
         .iter()
-        .map(|s| {
-            (
-                s.name.as_str(),
-                s.prefixes.iter().map(String::as_str).collect(),
-            )
-        })
+        .map(|s| (s.name.as_str(), s.prefixes.iter().map(String::as_str).collect()))
         .collect();
     let want: Vec<(&str, Vec<&str>)> = vec![
         ("block1", vec!["features.0", "features.2"]),
@@ -83,12 +72,7 @@ fn vgg16_manifest() {
             .filter(|s| s.prefixes.iter().any(|pre| name_has_prefix(p.name(), pre)))
             .count();
         let classifier = p.name().starts_with("pre_logits.") || p.name().starts_with("head.");
-        assert_eq!(
-            n,
-            usize::from(!classifier),
-            "{} lies in {n} stages",
-            p.name()
-        );
+        assert_eq!(n, usize::from(!classifier), "{} lies in {n} stages", p.name());
     }
 }
 

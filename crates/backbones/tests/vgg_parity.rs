@@ -17,11 +17,7 @@ fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
     let diff = max_abs(&(ours - reference).unwrap());
     let scale = max_abs(reference).max(1.0);
     eprintln!("{what}: max |ours - ref| = {diff:.3e}, max(1, max |ref|) = {scale:.3}");
-    assert!(
-        diff <= 1e-3 * scale,
-        "{what}: max diff {diff} > {}",
-        1e-3 * scale
-    );
+    assert!(diff <= 1e-3 * scale, "{what}: max diff {diff} > {}", 1e-3 * scale);
 }
 
 #[test]
@@ -44,9 +40,7 @@ fn vgg16_trunk_matches_timm() {
         let idx = Tensor::new(rows, &Device::Cpu).unwrap();
         refs[name].index_select(&idx, 0).unwrap()
     };
-    let map = model
-        .forward_features(&pick("input", &[0, 2]), false)
-        .unwrap();
+    let map = model.forward_features(&pick("input", &[0, 2]), false).unwrap();
     assert_close("feature_map", &map, &pick("feature_map", &[0, 2]));
     let input = pick("input", &[3]);
     let pooled = model.forward_pooled(&input, false).unwrap();
