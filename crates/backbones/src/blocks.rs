@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use crate::backbone::Stage;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
 use crate::params::ParamStore;
 
@@ -56,15 +56,7 @@ impl BlockArgs {
     }
 
     /// `r` inverted residuals (`ir_r{r}_k{k}_s{s}_e{e}_c{c}_se{se}`).
-    pub const fn ir(
-        r: usize,
-        k: usize,
-        s: usize,
-        e: f64,
-        c: usize,
-        se: f64,
-        act: Activation,
-    ) -> Self {
+    pub const fn ir(r: usize, k: usize, s: usize, e: f64, c: usize, se: f64, act: Activation) -> Self {
         Self {
             kind: BlockKind::InvertedResidual,
             repeats: r,
@@ -364,9 +356,7 @@ impl Block {
                     Ok(y)
                 }
             }
-            Block::ConvBnAct { conv, bn1, act } => {
-                act.forward(&bn1.forward(&conv.forward(x)?, train)?)
-            }
+            Block::ConvBnAct { conv, bn1, act } => act.forward(&bn1.forward(&conv.forward(x)?, train)?),
         }
     }
 }
@@ -400,8 +390,7 @@ impl ConvNormAct {
 
     /// Apply to `x`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.act
-            .forward(&self.bn.forward(&self.conv.forward(x)?, train)?)
+        self.act.forward(&self.bn.forward(&self.conv.forward(x)?, train)?)
     }
 }
 
@@ -451,16 +440,11 @@ pub fn mobile_stages(n_blocks: usize, head: &[&str]) -> Vec<Stage> {
     out
 }
 
-/// The ImageNet classifier `{prefix}` when its weight is available (absent from a headless checkpoint: `None`).
-pub fn optional_classifier(
-    store: &ParamStore,
-    prefix: &str,
-    in_dim: usize,
-    classes: usize,
-) -> Result<Option<Linear>> {
-    match Linear::new(store, prefix, in_dim, classes, true) {
-        Ok(l) => Ok(Some(l)),
-        Err(Error::MissingTensor(name)) if name == format!("{prefix}.weight") => Ok(None),
-        Err(e) => Err(e),
+/// The ImageNet classifier `{prefix}` when the store provides its weight (a headless checkpoint: `None`).
+pub fn optional_classifier(store: &ParamStore, prefix: &str, in_dim: usize, classes: usize) -> Result<Option<Linear>> {
+    if store.contains(&format!("{prefix}.weight")) {
+        Ok(Some(Linear::new(store, prefix, in_dim, classes, true)?))
+    } else {
+        Ok(None)
     }
 }

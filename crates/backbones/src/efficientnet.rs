@@ -5,8 +5,8 @@ use candle_core::Tensor;
 
 use crate::backbone::{Backbone, Stage};
 use crate::blocks::{
-    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs,
-    ConvNormAct, MobileConfig, SeWidth,
+    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, ConvNormAct, MobileConfig,
+    SeWidth,
 };
 use crate::error::Result;
 use crate::layers::{Activation, Linear};
@@ -129,9 +129,6 @@ impl Backbone for EfficientNet {
     }
 
     fn classify(&self, pooled: &Tensor) -> Result<Option<Tensor>> {
-        self.classifier
-            .as_ref()
-            .map(|c| c.forward(pooled))
-            .transpose()
+        self.classifier.as_ref().map(|c| c.forward(pooled)).transpose()
     }
 }

@@ -12,6 +12,8 @@ pub mod mobilenetv3;
 pub mod ops;
 pub mod params;
 pub mod registry;
+pub mod resnet;
+pub mod vgg;
 pub mod zoo;
 
 pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, Stage};

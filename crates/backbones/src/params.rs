@@ -257,14 +257,31 @@ impl ParamStore {
         Ok(b)
     }
 
+    /// Whether the store can provide `name`: the checkpoint holds it, or the store is empty (creates defaults).
+    pub fn contains(&self, name: &str) -> bool {
+        self.allow_missing || self.source.contains_key(name)
+    }
+
     /// Every parameter created so far, by name.
     pub fn params(&self) -> Vec<Param> {
-        self.inner.read().expect("store lock").params.values().cloned().collect()
+        self.inner
+            .read()
+            .expect("store lock")
+            .params
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Every buffer created so far, by name.
     pub fn buffers(&self) -> Vec<Buffer> {
-        self.inner.read().expect("store lock").buffers.values().cloned().collect()
+        self.inner
+            .read()
+            .expect("store lock")
+            .buffers
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The trainable parameters as `(name, Var)`, in name order.
@@ -342,6 +359,5 @@ impl ParamStore {
 
 /// Whether `name` is `prefix` itself or lies under it (`layer4` matches `layer4.0.conv1.weight`, not `layer40.x`).
 pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
-    name == prefix
-        || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+    name == prefix || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
 }

@@ -40,11 +40,7 @@ fn headless_checkpoint_builds_without_classifier() {
 
 #[test]
 fn empty_store_builds_with_classifier() {
-    for arch in [
-        "efficientnet_b0",
-        "tf_efficientnet_lite0",
-        "mobilenetv3_large_100",
-    ] {
+    for arch in ["efficientnet_b0", "tf_efficientnet_lite0", "mobilenetv3_large_100"] {
         let store = ParamStore::empty(DType::F32, &Device::Cpu);
         let model = zoo::build(arch, &store).unwrap();
         assert!(model.has_classifier(), "{arch}");
@@ -75,8 +71,5 @@ fn wrong_shape_is_an_error() {
     let err = zoo::build("efficientnet_b0", &store)
         .err()
         .expect("shape mismatch must fail");
-    assert!(
-        err.to_string().contains("blocks.2.0.conv_dw.weight"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("blocks.2.0.conv_dw.weight"), "{err}");
 }

@@ -38,10 +38,7 @@ fn preprocess(path: &Path) -> Vec<f32> {
 }
 
 fn images(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     v.sort();
     v
 }
@@ -58,10 +55,7 @@ fn lite0_zero_shot_on_hymenoptera_val() {
     let model = zoo::build("tf_efficientnet_lite0", &store).unwrap();
     assert!(store.unused().is_empty());
 
-    let mut samples: Vec<(PathBuf, u32)> = images(&val.join("ants"))
-        .into_iter()
-        .map(|p| (p, ANT))
-        .collect();
+    let mut samples: Vec<(PathBuf, u32)> = images(&val.join("ants")).into_iter().map(|p| (p, ANT)).collect();
     samples.extend(images(&val.join("bees")).into_iter().map(|p| (p, BEE)));
     assert_eq!(samples.len(), 153);
 
@@ -71,16 +65,8 @@ fn lite0_zero_shot_on_hymenoptera_val() {
         for (p, _) in batch {
             pixels.extend(preprocess(p));
         }
-        let x = Tensor::from_vec(
-            pixels,
-            (batch.len(), 3, SIZE as usize, SIZE as usize),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let logits = model
-            .forward_logits(&x)
-            .unwrap()
-            .expect("Lite0 has its classifier");
+        let x = Tensor::from_vec(pixels, (batch.len(), 3, SIZE as usize, SIZE as usize), &Device::Cpu).unwrap();
+        let logits = model.forward_logits(&x).unwrap().expect("Lite0 has its classifier");
         let top1: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
         for ((_, want), got) in batch.iter().zip(top1) {
             if got == *want {
@@ -94,8 +80,5 @@ fn lite0_zero_shot_on_hymenoptera_val() {
         }
     }
     println!("zero-shot Lite0: {correct}/153 top-1 correct ({ants}/70 ants as 310, {bees}/83 bees as 309)");
-    assert!(
-        correct >= 122,
-        "only {correct}/153 images classified as ant/bee"
-    );
+    assert!(correct >= 122, "only {correct}/153 images classified as ant/bee");
 }

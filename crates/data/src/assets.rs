@@ -12,7 +12,9 @@ pub fn shared_dir() -> PathBuf {
 
 /// Whether missing assets must fail rather than skip (`TL_REQUIRE_ASSETS=1`, set by CI).
 pub fn assets_required() -> bool {
-    std::env::var("TL_REQUIRE_ASSETS").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false)
+    std::env::var("TL_REQUIRE_ASSETS")
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false)
 }
 
 /// The asset at `relative` under [`shared_dir`], or `None` after printing why the caller should skip.
@@ -29,6 +31,9 @@ pub fn require(relative: &str) -> Option<PathBuf> {
             path.display()
         );
     }
-    eprintln!("SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)", path.display());
+    eprintln!(
+        "SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)",
+        path.display()
+    );
     None
 }

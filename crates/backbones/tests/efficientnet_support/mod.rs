@@ -43,8 +43,7 @@ pub fn fixture(name: &str) -> Option<Fixture> {
     let entry = parity_entry(name)?;
     let weights = parity_path(entry["weights_file"].as_str().expect("weights_file"))?;
     let reference = parity_path(entry["reference_file"].as_str().expect("reference_file"))?;
-    let store =
-        ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).expect("load weights");
+    let store = ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).expect("load weights");
     let refs = candle_core::safetensors::load(&reference, &Device::Cpu).expect("load reference");
     let get = |k: &str| {
         refs.get(k)
@@ -95,8 +94,7 @@ pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
 /// The manifest's tensor names and shapes for `arch`, or `None` (skipped) when absent.
 pub fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
     let path = data::assets::require("parity/timm_manifest.json")?;
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let tensors = v[arch]["tensors"]
         .as_object()
         .unwrap_or_else(|| panic!("{arch} not in manifest"));
@@ -130,10 +128,7 @@ pub fn manifest_store(arch: &str) -> Option<(ParamStore, BTreeMap<String, Vec<us
             (k.clone(), t.unwrap())
         })
         .collect();
-    Some((
-        ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu),
-        m,
-    ))
+    Some((ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu), m))
 }
 
 /// Build `arch` over the manifest store and check names, shapes and that nothing is unused.
@@ -169,20 +164,13 @@ pub fn check_manifest(arch: &str) {
 pub fn check_parity(name: &str, arch: &str) {
     let Some(f) = fixture(name) else { return };
     let model = backbones::zoo::build(arch, &f.store).expect("build");
-    assert!(
-        f.store.unused().is_empty(),
-        "unused: {:?}",
-        f.store.unused()
-    );
+    assert!(f.store.unused().is_empty(), "unused: {:?}", f.store.unused());
     let t = std::time::Instant::now();
     let feats = model.forward_pooled(&f.input, false).expect("forward");
     println!("{name}: forward of 4×3×224×224 took {:.2?}", t.elapsed());
     assert_eq!(feats.dims(), &[4, model.num_features()]);
     assert_close(&format!("{name} features"), &feats, &f.features);
-    let logits = model
-        .classify(&feats)
-        .expect("classify")
-        .expect("classifier present");
+    let logits = model.classify(&feats).expect("classify").expect("classifier present");
     assert_close(&format!("{name} logits"), &logits, &f.logits);
 }
 
@@ -204,10 +192,7 @@ pub fn random_store(arch: &str, seed: u64) -> Option<ParamStore> {
             } else {
                 (0..n).map(|_| rng.gen_range(-0.1f32..0.1)).collect()
             };
-            (
-                k.clone(),
-                Tensor::from_vec(values, s.as_slice(), &Device::Cpu).unwrap(),
-            )
+            (k.clone(), Tensor::from_vec(values, s.as_slice(), &Device::Cpu).unwrap())
         })
         .collect();
     Some(ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu))
@@ -217,18 +202,14 @@ pub fn random_store(arch: &str, seed: u64) -> Option<ParamStore> {
 pub fn random_input(n: usize, hw: usize, seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..n * 3 * hw * hw)
-        .map(|_| rng.gen_range(-1f32..1.0))
-        .collect();
+    let v: Vec<f32> = (0..n * 3 * hw * hw).map(|_| rng.gen_range(-1f32..1.0)).collect();
     Tensor::from_vec(v, (n, 3, hw, hw), &Device::Cpu).unwrap()
 }
 
 fn in_stages(name: &str, stages: &[backbones::Stage]) -> bool {
-    stages.iter().any(|s| {
-        s.prefixes
-            .iter()
-            .any(|p| backbones::params::name_has_prefix(name, p))
-    })
+    stages
+        .iter()
+        .any(|s| s.prefixes.iter().any(|p| backbones::params::name_has_prefix(name, p)))
 }
 
 /// `freeze_all_but_last(b, 1)` makes exactly the last stage's parameters trainable.
@@ -300,10 +281,7 @@ pub fn check_train_mode_stats(arch: &str, unfrozen: usize) {
     for (b, (name, old)) in store.buffers().iter().zip(&before) {
         let new: Vec<f32> = b.tensor().flatten_all().unwrap().to_vec1().unwrap();
         if in_stages(name, live) {
-            assert_ne!(
-                &new, old,
-                "train mode left {name} unchanged in an unfrozen stage"
-            );
+            assert_ne!(&new, old, "train mode left {name} unchanged in an unfrozen stage");
             changed += 1;
         } else {
             assert_eq!(&new, old, "train mode changed {name} in a frozen stage");
@@ -337,13 +315,7 @@ pub fn check_backward(arch: &str, unfrozen: usize) {
                     .get(v.as_tensor())
                     .unwrap_or_else(|| panic!("no gradient for trainable {}", p.name()));
                 assert_eq!(g.dims(), v.dims());
-                let norm = g
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(norm.is_finite(), "non-finite gradient for {}", p.name());
                 with_grad += 1;
             }

@@ -1,0 +1,74 @@
+//! Helpers shared by the end-to-end tests: locating the `trainer` binary and the shared assets.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+}
+
+/// The `trainer` binary of the same profile as this test, built once if missing.
+pub fn trainer_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test-binary> -> target/<profile>/trainer
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir").to_path_buf();
+        let bin = profile_dir.join(format!("trainer{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(workspace_root()).args(["build", "-p", "trainer"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building the trainer binary failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A `trainer` command with a clean environment for tests (no Hub access, quiet colours).
+pub fn trainer() -> Command {
+    let mut cmd = Command::new(trainer_bin());
+    cmd.env("HF_HUB_OFFLINE", "1").env("NO_COLOR", "1");
+    cmd
+}
+
+/// The shared asset at `relative`, or `None` (test skipped with a printed reason) unless `TL_REQUIRE_ASSETS=1`.
+pub fn require(relative: &str) -> Option<PathBuf> {
+    let base = match std::env::var_os("TL_SHARED_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => workspace_root().join("../shared"),
+    };
+    let path = base.join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    let required = std::env::var("TL_REQUIRE_ASSETS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if required {
+        panic!("required test asset {} is missing (TL_REQUIRE_ASSETS=1)", path.display());
+    }
+    eprintln!("SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)", path.display());
+    None
+}
+
+/// Run and return the output, printing it when the command fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn trainer");
+    if !out.status.success() {
+        eprintln!(
+            "command {:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
