@@ -4,7 +4,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::plane::{axpy, contiguous, dot, Geom};
+use super::plane::{axpy, contiguous, mul_add, sum, Geom};
 
 const NAME: &str = "depthwise_conv2d";
 
@@ -84,12 +84,15 @@ fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Geom) -> Vec<T> {
 }
 
 /// Gradient for the weight: per-channel correlation of input and output gradient, summed over the batch.
+///
+/// Each kernel cell keeps a row of partial sums (element-wise multiply-adds, which vectorise), reduced at the end.
 fn bwd_weight<T: WithDType>(x: &[T], gy: &[T], n: usize, c: usize, g: &Geom) -> Vec<T> {
     let kk = g.k * g.k;
     let mut dw = vec![T::zero(); c * kk];
     dw.par_chunks_mut(kk).enumerate().for_each_init(
-        || vec![T::zero(); g.scratch_len()],
-        |scratch, (ch, dw)| {
+        || (vec![T::zero(); g.scratch_len()], vec![T::zero(); kk * g.wo]),
+        |(scratch, acc), (ch, dw)| {
+            acc.fill(T::zero());
             for b in 0..n {
                 let i = b * c + ch;
                 g.fill(&x[i * g.in_len()..(i + 1) * g.in_len()], scratch, T::zero());
@@ -97,13 +100,14 @@ fn bwd_weight<T: WithDType>(x: &[T], gy: &[T], n: usize, c: usize, g: &Geom) -> 
                     .chunks_exact(g.wo)
                     .enumerate()
                 {
-                    for ky in 0..g.k {
-                        for kx in 0..g.k {
-                            let at = g.run(oy, ky, kx);
-                            dw[ky * g.k + kx] += dot(grow, &scratch[at..at + g.wo]);
-                        }
+                    for (cell, arow) in acc.chunks_exact_mut(g.wo).enumerate() {
+                        let at = g.run(oy, cell / g.k, cell % g.k);
+                        mul_add(arow, grow, &scratch[at..at + g.wo]);
                     }
                 }
+            }
+            for (d, arow) in dw.iter_mut().zip(acc.chunks_exact(g.wo)) {
+                *d = sum(arow);
             }
         },
     );

@@ -4,8 +4,11 @@
 //! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
 
 mod depthwise;
+mod fold;
 mod maxpool;
 mod plane;
+
+pub use fold::fold_bn;
 
 use candle_core::{DType, Tensor};
 

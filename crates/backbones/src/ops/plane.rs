@@ -127,24 +127,26 @@ pub(crate) fn axpy<T: WithDType>(y: &mut [T], x: &[T], a: T) {
     }
 }
 
-/// Dot product with eight independent accumulators (so it vectorises without reassociation).
+/// `acc += a ⊙ b`, element-wise.
 #[inline]
-pub(crate) fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
+pub(crate) fn mul_add<T: WithDType>(acc: &mut [T], a: &[T], b: &[T]) {
+    for ((s, &x), &y) in acc.iter_mut().zip(a).zip(b) {
+        *s += x * y;
+    }
+}
+
+/// Sum of a slice, pairwise over eight lanes.
+pub(crate) fn sum<T: WithDType>(v: &[T]) -> T {
+    let mut lanes = [T::zero(); 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            lanes[i] += c[i];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (&x, &y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
+    rest.iter()
+        .fold(lanes.iter().fold(T::zero(), |a, &b| a + b), |a, &b| a + b)
 }
 
 /// The contiguous slice of a CPU tensor's storage, or an error naming `op` if the layout is strided.
