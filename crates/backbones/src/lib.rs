@@ -4,11 +4,15 @@
 //! exactly as timm's checkpoints do, so loading a Hub checkpoint is a path lookup.
 
 pub mod backbone;
+pub mod device;
 pub mod error;
+pub mod hub;
 pub mod layers;
 pub mod ops;
 pub mod params;
+pub mod pth;
 pub mod registry;
+pub mod weights;
 pub mod zoo;
 
 pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, Stage};
