@@ -21,14 +21,7 @@ pub enum Padding {
 
 impl Padding {
     /// Padding `[top, bottom, left, right]` for an input of `h × w`.
-    pub fn amounts(
-        &self,
-        h: usize,
-        w: usize,
-        k: usize,
-        stride: usize,
-        dilation: usize,
-    ) -> [usize; 4] {
+    pub fn amounts(&self, h: usize, w: usize, k: usize, stride: usize, dilation: usize) -> [usize; 4] {
         match *self {
             Padding::Symmetric(p) => [p, p, p, p],
             Padding::TfSame => {
@@ -94,12 +87,7 @@ impl Conv2d {
     pub fn new(store: &ParamStore, prefix: &str, cfg: ConvConfig) -> Result<Self> {
         let weight = store.param(
             &format!("{prefix}.weight"),
-            (
-                cfg.out_channels,
-                cfg.in_channels / cfg.groups,
-                cfg.kernel,
-                cfg.kernel,
-            ),
+            (cfg.out_channels, cfg.in_channels / cfg.groups, cfg.kernel, cfg.kernel),
         )?;
         let bias = if cfg.bias {
             Some(store.param(&format!("{prefix}.bias"), cfg.out_channels)?)
@@ -111,9 +99,7 @@ impl Conv2d {
 
     /// Whether this is a depthwise convolution (one filter per input channel).
     pub fn is_depthwise(&self) -> bool {
-        self.cfg.groups > 1
-            && self.cfg.groups == self.cfg.in_channels
-            && self.cfg.out_channels == self.cfg.in_channels
+        self.cfg.groups > 1 && self.cfg.groups == self.cfg.in_channels && self.cfg.out_channels == self.cfg.in_channels
     }
 
     /// Apply the convolution to `x` (N×C×H×W).
@@ -129,9 +115,7 @@ impl Conv2d {
             if symmetric {
                 x.conv2d(&w_t, pad[0], c.stride, 1, c.groups)?
             } else {
-                let xp = x
-                    .pad_with_zeros(2, pad[0], pad[1])?
-                    .pad_with_zeros(3, pad[2], pad[3])?;
+                let xp = x.pad_with_zeros(2, pad[0], pad[1])?.pad_with_zeros(3, pad[2], pad[3])?;
                 xp.conv2d(&w_t, 0, c.stride, 1, c.groups)?
             }
         };
@@ -205,11 +189,7 @@ impl BatchNorm2d {
         let count = (n * h * w) as f64;
         let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?; // 1×C×1×1
         let centered = x.broadcast_sub(&mean)?;
-        let var = centered
-            .sqr()?
-            .mean_keepdim(0)?
-            .mean_keepdim(2)?
-            .mean_keepdim(3)?;
+        let var = centered.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
         let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
         let y = centered
             .broadcast_mul(&inv_std)?
@@ -218,11 +198,7 @@ impl BatchNorm2d {
         // Running statistics: unbiased variance, as PyTorch.
         let m = self.momentum;
         let batch_mean = mean.flatten_all()?.detach();
-        let unbiased = if count > 1.0 {
-            count / (count - 1.0)
-        } else {
-            1.0
-        };
+        let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
         let batch_var = (var.flatten_all()?.detach() * unbiased)?;
         let rm = ((self.running_mean.tensor() * (1.0 - m))? + (batch_mean * m)?)?;
         let rv = ((self.running_var.tensor() * (1.0 - m))? + (batch_var * m)?)?;
@@ -243,13 +219,7 @@ pub struct Linear {
 
 impl Linear {
     /// Take the parameters under `prefix` from `store`.
-    pub fn new(
-        store: &ParamStore,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Self> {
+    pub fn new(store: &ParamStore, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = store.param(&format!("{prefix}.weight"), (out_dim, in_dim))?;
         let bias = if bias {
             Some(store.param(&format!("{prefix}.bias"), out_dim)?)

@@ -157,11 +157,10 @@ impl ParamStore {
 
     /// A store reading a safetensors file (any float dtype; converted to `dtype`).
     pub fn from_safetensors(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let tensors =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Ok(Self::from_tensors(tensors, dtype, device))
     }
 
@@ -240,12 +239,7 @@ impl ParamStore {
     }
 
     /// The buffer `name` with `shape` (running statistics); asking twice returns the same handle.
-    pub fn buffer<S: Into<Shape>>(
-        &self,
-        name: &str,
-        shape: S,
-        default_one: bool,
-    ) -> Result<Buffer> {
+    pub fn buffer<S: Into<Shape>>(&self, name: &str, shape: S, default_one: bool) -> Result<Buffer> {
         let shape = shape.into();
         if let Some(b) = self.inner.read().expect("store lock").buffers.get(name) {
             return Ok(b.clone());
@@ -265,24 +259,12 @@ impl ParamStore {
 
     /// Every parameter created so far, by name.
     pub fn params(&self) -> Vec<Param> {
-        self.inner
-            .read()
-            .expect("store lock")
-            .params
-            .values()
-            .cloned()
-            .collect()
+        self.inner.read().expect("store lock").params.values().cloned().collect()
     }
 
     /// Every buffer created so far, by name.
     pub fn buffers(&self) -> Vec<Buffer> {
-        self.inner
-            .read()
-            .expect("store lock")
-            .buffers
-            .values()
-            .cloned()
-            .collect()
+        self.inner.read().expect("store lock").buffers.values().cloned().collect()
     }
 
     /// The trainable parameters as `(name, Var)`, in name order.
@@ -317,12 +299,7 @@ impl ParamStore {
     pub fn unused(&self) -> Vec<String> {
         let inner = self.inner.read().expect("store lock");
         let used: BTreeSet<&String> = inner.params.keys().chain(inner.buffers.keys()).collect();
-        let mut out: Vec<String> = self
-            .source
-            .keys()
-            .filter(|k| !used.contains(k))
-            .cloned()
-            .collect();
+        let mut out: Vec<String> = self.source.keys().filter(|k| !used.contains(k)).cloned().collect();
         out.sort();
         out
     }
@@ -365,5 +342,6 @@ impl ParamStore {
 
 /// Whether `name` is `prefix` itself or lies under it (`layer4` matches `layer4.0.conv1.weight`, not `layer40.x`).
 pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
-    name == prefix || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+    name == prefix
+        || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
 }

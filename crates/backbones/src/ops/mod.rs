@@ -31,12 +31,8 @@ pub fn max_pool2d(
 ) -> candle_core::Result<candle_core::Tensor> {
     let x = if padding > 0 {
         let (n, c, h, w) = x.dims4()?;
-        let neg = candle_core::Tensor::full(
-            f32::MIN,
-            (n, c, h + 2 * padding, w + 2 * padding),
-            x.device(),
-        )?
-        .to_dtype(x.dtype())?;
+        let neg = candle_core::Tensor::full(f32::MIN, (n, c, h + 2 * padding, w + 2 * padding), x.device())?
+            .to_dtype(x.dtype())?;
         neg.slice_assign(&[0..n, 0..c, padding..padding + h, padding..padding + w], x)?
     } else {
         x.clone()
