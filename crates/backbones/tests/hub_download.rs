@@ -52,7 +52,13 @@ fn serve(repo: &str, body: Vec<u8>, etag: String, mode: Mode) -> Server {
     Server { endpoint, requests }
 }
 
-fn handle(mut stream: TcpStream, body: &[u8], etag: &str, expected_path: &str, mode: Mode) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    body: &[u8],
+    etag: &str,
+    expected_path: &str,
+    mode: Mode,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut first = String::new();
     reader.read_line(&mut first)?;
@@ -87,7 +93,11 @@ fn handle(mut stream: TcpStream, body: &[u8], etag: &str, expected_path: &str, m
             let (a, b) = r.split_once('-').unwrap();
             let a: usize = a.parse().unwrap();
             // hf-hub asks for one byte past the end on the last chunk: clamp like the Hub does.
-            let b: usize = if b.is_empty() { len - 1 } else { b.parse::<usize>().unwrap().min(len - 1) };
+            let b: usize = if b.is_empty() {
+                len - 1
+            } else {
+                b.parse::<usize>().unwrap().min(len - 1)
+            };
             (a, b)
         }
         None => (0, len - 1),
@@ -118,7 +128,9 @@ fn handle(mut stream: TcpStream, body: &[u8], etag: &str, expected_path: &str, m
 }
 
 fn options(server: &Server, cache: &Path) -> DownloadOptions {
-    let mut o = DownloadOptions::from_env().with_cache_dir(cache).with_endpoint(server.endpoint.clone());
+    let mut o = DownloadOptions::from_env()
+        .with_cache_dir(cache)
+        .with_endpoint(server.endpoint.clone());
     o.offline = false;
     o.token = None;
     o
@@ -173,8 +185,19 @@ fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
 
     let path = download(&spec, &opts).unwrap();
     let repo_dir = cache.path().join(repo_folder(&spec.hub.repo));
-    assert_eq!(path, repo_dir.join("snapshots").join(COMMIT).join("model.safetensors"));
-    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap().trim(), COMMIT);
+    assert_eq!(
+        path,
+        repo_dir
+            .join("snapshots")
+            .join(COMMIT)
+            .join("model.safetensors")
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/main"))
+            .unwrap()
+            .trim(),
+        COMMIT
+    );
     assert!(repo_dir.join("blobs").join(&sha).is_file());
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(cached_path_in(&spec, cache.path()), Some(path.clone()));
@@ -182,10 +205,16 @@ fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
     let tensors = load_tensors(&path).unwrap();
     assert!(tensors.contains_key("classifier.weight"));
     let hits = server.requests.load(Ordering::SeqCst);
-    assert!(hits >= 2, "metadata plus at least one ranged download, got {hits}");
+    assert!(
+        hits >= 2,
+        "metadata plus at least one ranged download, got {hits}"
+    );
 
     // Already cached: no network.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let again = rt.block_on(download_async(&spec, &opts, None)).unwrap();
     assert!(again.was_cached);
     assert_eq!(again.path, path);
@@ -195,7 +224,10 @@ fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
 fn assert_nothing_installed(spec: &ModelSpec, cache: &Path) {
     assert_eq!(cached_path_in(spec, cache), None);
     let repo_dir = cache.join(repo_folder(&spec.hub.repo));
-    assert!(!repo_dir.join("snapshots").exists(), "a snapshot was created");
+    assert!(
+        !repo_dir.join("snapshots").exists(),
+        "a snapshot was created"
+    );
     assert!(!repo_dir.join("refs").exists(), "a ref was created");
 }
 
@@ -203,7 +235,10 @@ fn assert_one_line_naming(e: &str, spec: &ModelSpec) {
     eprintln!("error: {e}");
     assert!(!e.contains('\n'), "{e}");
     assert!(e.contains(&format!("`{}`", spec.name)), "{e}");
-    assert!(e.contains(&format!("cargo xtask download-weights {}", spec.name)), "{e}");
+    assert!(
+        e.contains(&format!("cargo xtask download-weights {}", spec.name)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -213,10 +248,15 @@ fn a_connection_closed_early_is_an_error_and_leaves_no_complete_file() {
     let etag = "0123456789abcdef0123456789abcdef01234567".to_string();
     let server = serve(&spec.hub.repo, body, etag.clone(), Mode::CloseEarly);
     let cache = tempfile::tempdir().unwrap();
-    let e = download(&spec, &options(&server, cache.path())).unwrap_err().to_string();
+    let e = download(&spec, &options(&server, cache.path()))
+        .unwrap_err()
+        .to_string();
     assert_one_line_naming(&e, &spec);
     assert_nothing_installed(&spec, cache.path());
-    assert!(files_named(cache.path(), &etag).is_empty(), "a complete-looking blob was left");
+    assert!(
+        files_named(cache.path(), &etag).is_empty(),
+        "a complete-looking blob was left"
+    );
 }
 
 #[test]
@@ -227,11 +267,16 @@ fn a_short_body_is_detected_without_a_known_sha256() {
     let etag = "89abcdef0123456789abcdef0123456789abcdef".to_string();
     let server = serve(&spec.hub.repo, body, etag.clone(), Mode::ShortBody);
     let cache = tempfile::tempdir().unwrap();
-    let e = download(&spec, &options(&server, cache.path())).unwrap_err().to_string();
+    let e = download(&spec, &options(&server, cache.path()))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("incomplete"), "{e}");
     assert_one_line_naming(&e, &spec);
     assert_nothing_installed(&spec, cache.path());
-    assert!(files_named(cache.path(), &etag).is_empty(), "the partial blob was kept");
+    assert!(
+        files_named(cache.path(), &etag).is_empty(),
+        "the partial blob was kept"
+    );
 }
 
 #[test]
@@ -242,17 +287,27 @@ fn a_wrong_sha256_is_an_error_and_the_file_is_removed() {
     let etag = "fedcba9876543210fedcba9876543210fedcba98".to_string();
     let server = serve(&spec.hub.repo, body.clone(), etag.clone(), Mode::Full);
     let cache = tempfile::tempdir().unwrap();
-    let e = download(&spec, &options(&server, cache.path())).unwrap_err().to_string();
-    assert!(e.contains("sha256 mismatch") && e.contains(&wrong) && e.contains(&sha_hex(&body)), "{e}");
+    let e = download(&spec, &options(&server, cache.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sha256 mismatch") && e.contains(&wrong) && e.contains(&sha_hex(&body)),
+        "{e}"
+    );
     assert_one_line_naming(&e, &spec);
     assert_nothing_installed(&spec, cache.path());
-    assert!(files_named(cache.path(), &etag).is_empty(), "the bad blob was kept");
+    assert!(
+        files_named(cache.path(), &etag).is_empty(),
+        "the bad blob was kept"
+    );
 
     // The LFS etag is a sha256 too: a body that does not match it is refused even without a registry sha.
     let spec = small_spec(None);
     let lying_etag = sha_hex(b"not the body");
     let server = serve(&spec.hub.repo, body.clone(), lying_etag, Mode::Full);
-    let e = download(&spec, &options(&server, cache.path())).unwrap_err().to_string();
+    let e = download(&spec, &options(&server, cache.path()))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("sha256 mismatch") && e.contains("etag"), "{e}");
     assert_nothing_installed(&spec, cache.path());
 
@@ -267,7 +322,9 @@ fn a_404_is_a_clear_error() {
     let spec = small_spec(None);
     let server = serve(&spec.hub.repo, vec![1, 2, 3], "x".into(), Mode::NotFound);
     let cache = tempfile::tempdir().unwrap();
-    let e = download(&spec, &options(&server, cache.path())).unwrap_err().to_string();
+    let e = download(&spec, &options(&server, cache.path()))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("404") && e.contains(&spec.hub.repo), "{e}");
     assert_one_line_naming(&e, &spec);
     assert_nothing_installed(&spec, cache.path());
@@ -282,17 +339,26 @@ fn offline_refuses_the_network_with_the_command_to_run() {
     opts.offline = true;
     let e = download(&spec, &opts).unwrap_err().to_string();
     assert_one_line_naming(&e, &spec);
-    assert!(e.contains("HF_HUB_OFFLINE") && e.contains("--weights FILE"), "{e}");
+    assert!(
+        e.contains("HF_HUB_OFFLINE") && e.contains("--weights FILE"),
+        "{e}"
+    );
     assert_eq!(server.requests.load(Ordering::SeqCst), 0);
 }
 
 #[test]
 fn an_unreachable_endpoint_names_the_model_and_the_command() {
     // Bind then drop a listener: the port is (almost certainly) closed.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let spec = small_spec(None);
     let cache = tempfile::tempdir().unwrap();
-    let opts = DownloadOptions::from_env().with_cache_dir(cache.path()).with_endpoint(format!("http://127.0.0.1:{port}"));
+    let opts = DownloadOptions::from_env()
+        .with_cache_dir(cache.path())
+        .with_endpoint(format!("http://127.0.0.1:{port}"));
     let mut opts = opts;
     opts.offline = false;
     let e = download(&spec, &opts).unwrap_err().to_string();
