@@ -5,15 +5,19 @@
 
 pub mod backbone;
 pub mod blocks;
+pub mod device;
 pub mod efficientnet;
 pub mod error;
+pub mod hub;
 pub mod layers;
 pub mod mobilenetv3;
 pub mod ops;
 pub mod params;
+pub mod pth;
 pub mod registry;
 pub mod resnet;
 pub mod vgg;
+pub mod weights;
 pub mod zoo;
 
 pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, Stage};
