@@ -21,16 +21,28 @@ pub struct Head {
 
 fn layer_names(n_layers: usize) -> Vec<String> {
     (0..n_layers)
-        .map(|i| if i + 1 == n_layers { "out".to_string() } else { format!("hidden.{i}") })
+        .map(|i| {
+            if i + 1 == n_layers {
+                "out".to_string()
+            } else {
+                format!("hidden.{i}")
+            }
+        })
         .collect()
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.to_path_buf(), reason: e.to_string() }
+    Error::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!("{name}.{}.tmp", std::process::id()))
 }
 
@@ -60,7 +72,8 @@ impl Head {
             let (fan_in, fan_out) = (w[0], w[1]);
             // kaiming_uniform(a = √5) gives bound = gain·√(3/fan_in) = √(1/3)·√(3/fan_in) = 1/√fan_in.
             let bound = 1.0 / (fan_in as f32).sqrt();
-            let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-bound..bound)).collect() };
+            let mut uniform =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-bound..bound)).collect() };
             let weight = Tensor::from_vec(uniform(fan_in * fan_out), (fan_out, fan_in), device)?;
             let bias = Tensor::from_vec(uniform(fan_out), fan_out, device)?;
             layers.push((Var::from_tensor(&weight)?, Var::from_tensor(&bias)?));
@@ -103,16 +116,31 @@ impl Head {
         let dims = x.dims().to_vec();
         let ok = match self.config.input {
             InputKind::Pooled { features } => dims.len() == 2 && dims[1] == features,
-            InputKind::FeatureMap { channels, height, width } => dims.len() == 4 && dims[1..] == [channels, height, width],
+            InputKind::FeatureMap {
+                channels,
+                height,
+                width,
+            } => dims.len() == 4 && dims[1..] == [channels, height, width],
         };
         if !ok {
             let expected = match self.config.input {
                 InputKind::Pooled { features } => format!("N×{features}"),
-                InputKind::FeatureMap { channels, height, width } => format!("N×{channels}×{height}×{width}"),
+                InputKind::FeatureMap {
+                    channels,
+                    height,
+                    width,
+                } => format!("N×{channels}×{height}×{width}"),
             };
-            return Err(Error::InputShape { got: dims, expected });
+            return Err(Error::InputShape {
+                got: dims,
+                expected,
+            });
         }
-        let x = if dims.len() == 4 { x.flatten_from(1)? } else { x.clone() };
+        let x = if dims.len() == 4 {
+            x.flatten_from(1)?
+        } else {
+            x.clone()
+        };
         Ok(x.to_dtype(DType::F32)?)
     }
 
@@ -122,7 +150,9 @@ impl Head {
         let mut h = self.flatten_input(x)?;
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
-            h = h.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+            h = h
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
             if i == last {
                 break;
             }
@@ -131,7 +161,9 @@ impl Head {
             if let (Some(rng), true) = (dropout_rng.as_deref_mut(), p > 0.0) {
                 let (n, f) = h.dims2()?;
                 let scale = 1.0 / (1.0 - p);
-                let mask: Vec<f32> = (0..n * f).map(|_| if rng.gen::<f32>() < p { 0.0 } else { scale }).collect();
+                let mask: Vec<f32> = (0..n * f)
+                    .map(|_| if rng.gen::<f32>() < p { 0.0 } else { scale })
+                    .collect();
                 h = h.mul(&Tensor::from_vec(mask, (n, f), h.device())?)?;
             }
         }
@@ -154,8 +186,11 @@ impl Head {
 
     /// Save the weights to `path` (safetensors) and the config beside it (`path` with extension `json`), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: HashMap<String, Tensor> =
-            self.vars().into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+        let tensors: HashMap<String, Tensor> = self
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().detach()))
+            .collect();
         save_safetensors_atomic(&tensors, path)?;
         let json = serde_json::to_vec_pretty(&self.config).map_err(|e| io_err(path, e))?;
         write_atomic(&Self::config_path(path), &json)
@@ -170,7 +205,8 @@ impl Head {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let cfg_path = Self::config_path(path);
         let bytes = std::fs::read(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-        let config: HeadConfig = serde_json::from_slice(&bytes).map_err(|e| io_err(&cfg_path, e))?;
+        let config: HeadConfig =
+            serde_json::from_slice(&bytes).map_err(|e| io_err(&cfg_path, e))?;
         config.validate().map_err(|e| io_err(&cfg_path, e))?;
         let tensors = candle_core::safetensors::load(path, device).map_err(|e| io_err(path, e))?;
         let head = Self::new(config, device, &mut ChaCha8Rng::seed_from_u64(0))?;
@@ -179,12 +215,22 @@ impl Head {
                 .get(&name)
                 .ok_or_else(|| io_err(path, format!("tensor `{name}` is missing")))?;
             if t.dims() != var.dims() {
-                return Err(io_err(path, format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                return Err(io_err(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                ));
             }
             var.set(&t.to_dtype(DType::F32)?)?;
         }
         if tensors.len() != 2 * head.layers.len() {
-            return Err(io_err(path, "the file holds tensors that are not part of the head"));
+            return Err(io_err(
+                path,
+                "the file holds tensors that are not part of the head",
+            ));
         }
         Ok(head)
     }
