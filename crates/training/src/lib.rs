@@ -14,4 +14,12 @@ pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
 pub use metrics::{ClassMetrics, ClassificationReport};
 pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdConfig};
 pub use schedule::{LrSchedule, Schedule};
+pub mod cache;
+pub mod checkpoint;
+pub mod finetune;
+pub mod fit;
 
+pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, CachedFeatures};
+pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
+pub use finetune::{discriminative_groups, fine_tune, set_trainable, FineTuneConfig, Unfreeze};
+pub use fit::{batch_loss, fit, EpochRecord, FitConfig, FitResult, LossConfig, Model};
