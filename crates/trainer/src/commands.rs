@@ -520,3 +520,310 @@ fn require_run_dir(path: &Path, flag: &str) -> Result<(), UsageError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DatasetReport;
+    use crate::spec::{Mode, SchedulerSpec};
+    use crate::summary::{EvalSummary, WrongExample};
+    use clap::{CommandFactory, FromArgMatches};
+    use std::sync::{Arc, Mutex};
+
+    /// A backend that "trains" by reporting a fixed history, so the run-folder flow can be checked end to end.
+    struct Fake {
+        image: PathBuf,
+    }
+
+    impl Backend for Fake {
+        fn train(
+            &self,
+            cfg: &TrainConfig,
+            run_dir: &Path,
+            obs: &mut dyn TrainObserver,
+        ) -> anyhow::Result<TrainOutcome> {
+            assert!(
+                run_dir.join("config.toml").is_file(),
+                "config.toml is written before training"
+            );
+            let history = crate::summary::tests::history(cfg.epochs, true);
+            for row in &history {
+                obs.epoch_started(row.epoch, cfg.epochs, 2);
+                obs.batch(row.epoch, 1, 2, 0.7);
+                obs.batch(row.epoch, 2, 2, 0.6);
+                obs.epoch_ended(row)?;
+                let csv = std::fs::read_to_string(run_dir.join("metrics.csv"))?;
+                assert_eq!(
+                    csv.lines().count(),
+                    row.epoch + 1,
+                    "metrics.csv is current after each epoch"
+                );
+            }
+            let eval = EvalSummary::from_confusion(
+                vec!["ants".into(), "bees".into()],
+                vec![vec![9, 1], vec![2, 8]],
+                None,
+            );
+            let wrong = vec![WrongExample {
+                path: self.image.clone(),
+                true_class: "ants".into(),
+                pred_class: "bees".into(),
+                prob: 0.9,
+            }];
+            Ok(TrainOutcome {
+                history,
+                eval: Some(eval),
+                wrong,
+            })
+        }
+        fn evaluate(
+            &self,
+            _: Context,
+            _: &Path,
+            _: &Path,
+        ) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
+            unimplemented!()
+        }
+        fn predict(
+            &self,
+            _: Context,
+            _: &ModelSource,
+            _: &[PathBuf],
+            _: usize,
+            _: bool,
+        ) -> anyhow::Result<Vec<FilePrediction>> {
+            unimplemented!()
+        }
+        fn export(&self, _: &Path, _: &Path) -> anyhow::Result<()> {
+            unimplemented!()
+        }
+        fn inspect(&self, _: &Path, _: bool) -> anyhow::Result<DatasetReport> {
+            unimplemented!()
+        }
+        fn lr_find(&self, _: Context, _: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>> {
+            unimplemented!()
+        }
+    }
+
+    fn parse(line: &[&str]) -> (Cli, ArgMatches) {
+        let m = Cli::command().try_get_matches_from(line).unwrap();
+        (Cli::from_arg_matches(&m).unwrap(), m)
+    }
+
+    fn resolve_line(line: &[&str]) -> anyhow::Result<TrainConfig> {
+        let (cli, m) = parse(line);
+        let Some(Command::Train(args)) = cli.command else {
+            panic!("not train")
+        };
+        resolve_train_config(&args, m.subcommand_matches("train").unwrap(), &m)
+    }
+
+    #[test]
+    fn precedence_is_recipe_then_file_then_typed_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("my.toml");
+        std::fs::write(
+            &file,
+            "lr = 0.01\nepochs = 3\nbatch_size = 8\nstrict = true\nseed = 5\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let cfg = resolve_line(&[
+            "trainer",
+            "--device",
+            "cpu",
+            "train",
+            "--recipe",
+            "torchvision-resnet18",
+            "--config",
+            f,
+            "--epochs",
+            "5",
+            "--data",
+            "d",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cfg.epochs, 5, "typed flag beats the file");
+        assert_eq!((cfg.lr, cfg.batch_size), (0.01, 8), "file beats the recipe");
+        assert!(
+            cfg.strict,
+            "an untyped boolean flag does not reset the file's value"
+        );
+        assert_eq!(
+            cfg.seed, 7,
+            "global flag after the subcommand counts as typed"
+        );
+        assert_eq!(cfg.device, crate::spec::DeviceSpec::Cpu);
+        assert_eq!(
+            (cfg.mode, cfg.momentum),
+            (Mode::FineTune, 0.9),
+            "recipe beats defaults"
+        );
+        assert_eq!(
+            cfg.scheduler,
+            SchedulerSpec::Step {
+                step: 7,
+                gamma: 0.1
+            }
+        );
+        // Without the typed seed, the file's seed holds.
+        let cfg = resolve_line(&["trainer", "train", "--config", f, "--data", "d"]).unwrap();
+        assert_eq!((cfg.seed, cfg.epochs), (5, 3));
+        // A recipe named in the file applies under it.
+        std::fs::write(&file, "recipe = \"keras-vgg16-binary\"\nepochs = 2\n").unwrap();
+        let cfg = resolve_line(&["trainer", "train", "--config", f, "--data", "d"]).unwrap();
+        assert_eq!((cfg.model.as_str(), cfg.epochs, cfg.lr), ("vgg16", 2, 1e-4));
+    }
+
+    #[test]
+    fn resolution_errors_are_usage_errors() {
+        let e = resolve_line(&["trainer", "train", "--epochs", "0", "--data", "d"]).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(e.to_string().contains("--epochs"));
+        let e = resolve_line(&[
+            "trainer",
+            "train",
+            "--data",
+            "d",
+            "--config",
+            "/nonexistent/c.toml",
+        ])
+        .unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        let e = resolve_line(&[
+            "trainer",
+            "train",
+            "--data",
+            "d",
+            "--resume",
+            "/nonexistent/run",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--resume") && crate::error::exit_code(&e) == 2);
+    }
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn train_run_fills_the_run_folder_and_resume_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("ant.png");
+        image::RgbImage::from_pixel(50, 40, image::Rgb([200, 30, 30]))
+            .save(&image)
+            .unwrap();
+        let project = dir.path().join("runs");
+        let p = project.to_str().unwrap();
+        let cfg = resolve_line(&[
+            "trainer",
+            "train",
+            "--data",
+            "d",
+            "--epochs",
+            "3",
+            "--project",
+            p,
+        ])
+        .unwrap();
+        let sink = Sink::default();
+        let mut rep = Reporter::to_writer(LogFormat::Json, false, Box::new(sink.clone()));
+        let fake = Fake { image };
+        let run = train_run(cfg.clone(), &fake, &mut rep).unwrap();
+        assert_eq!(run, project.join("train"));
+        for f in [
+            "config.toml",
+            "metrics.csv",
+            "metrics.json",
+            "curves.png",
+            "confusion_matrix.png",
+            "report.html",
+        ] {
+            assert!(run.join(f).is_file(), "missing {f}");
+        }
+        let saved: TrainConfig =
+            toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+        assert_eq!(saved, cfg);
+        let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+        assert!(html.contains("data:image/jpeg;base64,") && html.contains("resnet18"));
+        let events = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            events
+                .lines()
+                .filter(|l| l.contains("\"epoch_ended\""))
+                .count(),
+            3
+        );
+        assert!(events.lines().last().unwrap().contains("\"finished\""));
+
+        // A second run never reuses the folder.
+        let mut quiet = Reporter::to_writer(LogFormat::Text, true, Box::new(Sink::default()));
+        assert_eq!(
+            train_run(cfg, &fake, &mut quiet).unwrap(),
+            project.join("train2")
+        );
+
+        // Resume: the run's config is the base, typed flags override, the folder is reused.
+        let r = run.to_str().unwrap();
+        let resumed = resolve_line(&["trainer", "train", "--resume", r, "--epochs", "4"]).unwrap();
+        assert_eq!(
+            (resumed.epochs, resumed.data.as_deref()),
+            (4, Some(Path::new("d")))
+        );
+        assert_eq!(train_run(resumed, &fake, &mut quiet).unwrap(), run);
+        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 5);
+        assert!(!project.join("train3").exists());
+    }
+
+    #[test]
+    fn default_job_uses_the_cached_data_or_explains_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cli, _) = parse(&["trainer", "--seed", "3"]);
+        let url = "http://127.0.0.1:9/hymenoptera_data.zip";
+        let e = default_job_config(&cli, Some(dir.path()), url)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(url) && e.contains("--data") && !e.contains('\n'),
+            "{e}"
+        );
+        let data = dir.path().join(tutorial::HYMENOPTERA_DIR);
+        std::fs::create_dir_all(data.join("train/ants")).unwrap();
+        std::fs::create_dir_all(data.join("val/ants")).unwrap();
+        let cfg = default_job_config(&cli, Some(dir.path()), url).unwrap();
+        assert_eq!(cfg.data, Some(data.join("train")));
+        assert_eq!(cfg.val, Some(data.join("val")));
+        assert_eq!(
+            (cfg.seed, cfg.recipe),
+            (3, Some(Recipe::TorchvisionResnet18))
+        );
+    }
+
+    #[test]
+    fn inputs_expand_folders_and_flag_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        for f in ["b.JPG", "a.png", "notes.txt", "sub/c.jpeg"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let missing = dir.path().join("gone.jpg");
+        let (files, errors) = expand_inputs(&[dir.path().to_path_buf(), missing.clone()]);
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a.png", "b.JPG", "sub/c.jpeg"]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, missing);
+    }
+}
