@@ -381,3 +381,35 @@ fn eval_from_config_resizes_then_center_crops() {
         3 * 24 * 40
     );
 }
+
+#[test]
+fn config_validation_names_the_bad_field() {
+    assert!(PreprocessConfig::default().validate().is_ok());
+    let bad = PreprocessConfig {
+        crop_pct: 0.0,
+        ..Default::default()
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("crop_pct"));
+    let bad = PreprocessConfig {
+        std: [0.5, 0.0, 0.5],
+        ..Default::default()
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("std"));
+    let bad = PreprocessConfig {
+        input_size: [0, 224],
+        ..Default::default()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("input_size"));
+    assert_eq!(
+        PreprocessConfig {
+            crop_pct: 0.95,
+            ..Default::default()
+        }
+        .resize_size(),
+        235
+    );
+}

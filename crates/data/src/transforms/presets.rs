@@ -153,6 +153,7 @@ impl Pipeline {
     /// timm's eval transform: resize shorter side to `cfg.resize_size()`, center-crop `input_size`, normalise.
     ///
     /// A non-square `input_size` resizes to cover `input_size / crop_pct` keeping the aspect (timm `ResizeKeepRatio`).
+    /// Check an untrusted config with [`PreprocessConfig::validate`] first.
     pub fn eval(cfg: &PreprocessConfig) -> Self {
         let [h, w] = cfg.input_size;
         let size = if h == w {
