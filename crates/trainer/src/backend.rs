@@ -16,6 +16,8 @@ pub trait TrainObserver {
     fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64);
     /// An epoch finished; an error (e.g. the run folder vanished) should stop training.
     fn epoch_ended(&mut self, row: &EpochRow) -> anyhow::Result<()>;
+    /// A note for the user (e.g. whether the feature cache was hit).
+    fn info(&mut self, _message: &str) {}
 }
 
 /// Where `predict` takes its model from.

@@ -187,6 +187,11 @@ impl TrainObserver for RunObserver<'_> {
         self.reporter.emit(Event::EpochEnded(row.clone()));
         Ok(())
     }
+    fn info(&mut self, message: &str) {
+        self.reporter.emit(Event::Info {
+            message: message.to_string(),
+        });
+    }
 }
 
 /// Create (or reuse, for `--resume`) the run folder, record the config, train, and write every artifact.

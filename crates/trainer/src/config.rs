@@ -30,6 +30,8 @@ pub struct TrainConfig {
     pub mode: Mode,
     /// Stages unfrozen in fine-tune mode (default: all).
     pub unfreeze: Option<Unfreeze>,
+    /// Fine-tune mode: head-only epochs before unfreezing (fastai's `fine_tune`); 0 trains in one phase.
+    pub freeze_epochs: usize,
     /// Train BatchNorm statistics and affine parameters of unfrozen stages.
     pub train_bn: bool,
     /// Head on the features.
@@ -97,6 +99,7 @@ impl Default for TrainConfig {
             weights: None,
             mode: Mode::FeatureExtract,
             unfreeze: None,
+            freeze_epochs: 1,
             train_bn: false,
             head: HeadSpec::Linear,
             pool: Pooling::Avg,
@@ -157,6 +160,7 @@ pub fn recipe_config(recipe: Recipe) -> TrainConfig {
             model: "resnet18".into(),
             mode: Mode::FineTune,
             unfreeze: Some(Unfreeze::All),
+            freeze_epochs: 0,
             train_bn: true,
             head: HeadSpec::Linear,
             optimizer: OptimizerKind::Sgd,

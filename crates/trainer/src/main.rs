@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use trainer::{backend, cli, commands, config, error};
+use trainer::{cli, commands, config, engine, error};
 
 fn main() -> ExitCode {
     // A bug must still end in one line (exit code 101), not a backtrace.
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
-    match commands::run(parsed, &matches, &backend::Unwired) {
+    match commands::run(parsed, &matches, &engine::Graft) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", config::one_line(&format!("{err:#}")));

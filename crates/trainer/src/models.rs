@@ -2,9 +2,9 @@
 
 /// The backbone names `--model` accepts (the lead points this at the model registry).
 pub fn names() -> Vec<String> {
-    backbones::zoo::ARCHITECTURES
-        .iter()
-        .map(|s| s.to_string())
+    backbones::registry::names()
+        .into_iter()
+        .map(String::from)
         .collect()
 }
 

@@ -51,6 +51,9 @@ pub struct EvalSummary {
     pub confusion: Vec<Vec<u64>>,
     /// Metrics per class, in class order.
     pub per_class: Vec<ClassMetrics>,
+    /// ROC-AUC of class 1's probability, for two classes (when both are present).
+    #[serde(default)]
+    pub roc_auc: Option<f64>,
 }
 
 impl EvalSummary {
@@ -94,6 +97,7 @@ impl EvalSummary {
             classes,
             confusion,
             per_class,
+            roc_auc: None,
         }
     }
 }

@@ -1,0 +1,165 @@
+//! Scoring a labelled set with a model and summarising it: accuracy, per-class metrics, confusion matrix,
+//! ROC-AUC (two classes), loss and the most confidently wrong images; `trainer evaluate`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use candle_core::Device;
+use data::transforms::Pipeline;
+use heads::Head;
+use training::{ClassificationReport, Model};
+
+use super::inputs::{self, FeatureSpec, Features};
+use super::model::load_model;
+use super::train::best_path;
+use crate::error::UsageError;
+use crate::summary::{EvalSummary, WrongExample};
+
+/// How many wrong images the report shows.
+pub const WRONG_SHOWN: usize = 12;
+
+/// Class probabilities of each image of a labelled set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Probabilities per image (classes in order).
+    pub scores: Vec<Vec<f32>>,
+    /// True class per image.
+    pub labels: Vec<usize>,
+    /// Image file per image.
+    pub paths: Vec<PathBuf>,
+}
+
+impl Scored {
+    /// Scores of the head on cached features of `dataset`.
+    pub fn from_features(head: &Head, f: &Features, dataset: &data::Dataset, batch_size: usize) -> anyhow::Result<Self> {
+        let n = f.x.dim(0)?;
+        let mut scores = Vec::with_capacity(n);
+        let mut start = 0;
+        while start < n {
+            let len = batch_size.max(1).min(n - start);
+            let p = head.predict_proba(&f.x.narrow(0, start, len)?)?;
+            scores.extend(p.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+            start += len;
+        }
+        let labels: Vec<u32> = f.labels.to_device(&Device::Cpu)?.to_vec1()?;
+        Ok(Self {
+            scores,
+            labels: labels.into_iter().map(|l| l as usize).collect(),
+            paths: f.index.iter().map(|&i| dataset.samples[i].path.clone()).collect(),
+        })
+    }
+
+    /// Scores of the whole model over a loader of `dataset` (eval mode).
+    pub fn from_loader(model: Model<'_>, loader: &data::Loader, dataset: &data::Dataset) -> anyhow::Result<Self> {
+        let mut out = Self {
+            scores: Vec::new(),
+            labels: Vec::new(),
+            paths: Vec::new(),
+        };
+        for batch in loader.epoch(0) {
+            let b = batch?;
+            let backbone = model.backbone.context("scoring images needs a backbone")?;
+            let features = super::model::head_input(backbone, model.head, &b.images)?;
+            let p = model.head.predict_proba(&features)?;
+            out.scores.extend(p.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+            for &i in &b.indices {
+                out.labels.push(dataset.samples[i].label);
+                out.paths.push(dataset.samples[i].path.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The evaluation summary and the most confidently wrong images (most confident first).
+pub fn summarize(s: &Scored, classes: &[String]) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
+    let report = ClassificationReport::from_scores(&s.scores, &s.labels, classes);
+    let confusion = report
+        .confusion
+        .iter()
+        .map(|r| r.iter().map(|&c| c as u64).collect())
+        .collect();
+    // Mean negative log-likelihood of the true class (cross-entropy; for one sigmoid output, BCE).
+    let n = s.labels.len().max(1) as f64;
+    let loss = s
+        .scores
+        .iter()
+        .zip(&s.labels)
+        .map(|(p, &l)| -(p[l].max(1e-12) as f64).ln())
+        .sum::<f64>()
+        / n;
+    let mut eval = EvalSummary::from_confusion(classes.to_vec(), confusion, Some(loss));
+    eval.roc_auc = report.roc_auc;
+    let mut wrong: Vec<WrongExample> = s
+        .scores
+        .iter()
+        .zip(&s.labels)
+        .zip(&s.paths)
+        .filter_map(|((p, &l), path)| {
+            let pred = training::metrics::argmax_rows(std::slice::from_ref(p))[0];
+            (pred != l).then(|| WrongExample {
+                path: path.clone(),
+                true_class: classes[l].clone(),
+                pred_class: classes[pred].clone(),
+                prob: p[pred],
+            })
+        })
+        .collect();
+    wrong.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+    wrong.truncate(WRONG_SHOWN);
+    Ok((eval, wrong))
+}
+
+/// Evaluate a run's best model on the labelled data at `data_path`.
+pub fn evaluate(
+    device: &Device,
+    run_dir: &Path,
+    data_path: &Path,
+    batch_size: usize,
+) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
+    let best = best_path(run_dir);
+    if !best.is_file() {
+        return Err(UsageError(format!(
+            "--run {}: no best.safetensors (training did not finish an epoch)",
+            run_dir.display()
+        ))
+        .into());
+    }
+    let model = load_model(&best, device)?;
+    let classes = model.meta.classes.clone();
+    let dataset = data::open(data_path).map_err(|e| UsageError(format!("--data: {e}")))?;
+    let (dataset, dropped) = dataset
+        .relabel(&classes, false)
+        .map_err(|e| UsageError(format!("--data: {e} (the model knows {})", classes.join(", "))))?;
+    debug_assert_eq!(dropped, 0);
+    let pipeline = Pipeline::eval(&model.meta.preprocess);
+    let scored = match (&model.meta.weights, model.meta.backbone_included) {
+        // Frozen pretrained backbone: its features may already be in the cache.
+        (Some(w), false) => {
+            let f = inputs::features(
+                &inputs::cache_dir(),
+                &dataset,
+                FeatureSpec {
+                    backbone: model.backbone.as_ref(),
+                    model: &model.meta.model,
+                    weights_sha256: &w.sha256,
+                    input: model.head.config().input,
+                    pipeline_name: "eval".into(),
+                    pipeline,
+                    preprocess: &model.meta.preprocess,
+                    views: 1,
+                    batch_size,
+                    strict: false,
+                    seed: 0,
+                },
+                device,
+            )?;
+            Scored::from_features(&model.head, &f, &dataset, batch_size)?
+        }
+        _ => {
+            let ld = inputs::loader(&dataset, pipeline, batch_size, false, 0, false, device)?;
+            Scored::from_loader(model.model(), &ld, &dataset)?
+        }
+    };
+    summarize(&scored, &classes)
+}

@@ -1,0 +1,108 @@
+//! `trainer predict`: top-k classes per image file, optionally averaging the image and its horizontal flip.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use data::transforms::Pipeline;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::model::{load_model, LoadedModel};
+use super::train::best_path;
+use crate::backend::ModelSource;
+use crate::error::UsageError;
+use crate::predict_out::{ClassProb, FilePrediction};
+
+/// Load the model `source` names.
+pub fn load_source(source: &ModelSource, device: &Device) -> anyhow::Result<LoadedModel> {
+    match source {
+        ModelSource::Run(dir) => {
+            let best = best_path(dir);
+            if !best.is_file() {
+                return Err(UsageError(format!(
+                    "--run {}: no best.safetensors (not a finished run folder)",
+                    dir.display()
+                ))
+                .into());
+            }
+            load_model(&best, device)
+        }
+        ModelSource::File(f) => load_model(f, device).map_err(|e| UsageError(format!("--model: {e:#}")).into()),
+    }
+}
+
+/// The preprocessed pixels of `path` (and of its mirror image with `tta`), or why it cannot be read.
+fn prepare(path: &PathBuf, pipeline: &Pipeline, tta: bool) -> Result<Vec<Vec<f32>>, String> {
+    let img = data::decode_image(path).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut views = vec![pipeline.apply(img.clone(), &mut rng)];
+    if tta {
+        views.push(pipeline.apply(image::imageops::flip_horizontal(&img), &mut rng));
+    }
+    Ok(views)
+}
+
+/// Top-`top_k` predictions for each file, in order; unreadable files get their error.
+pub fn predict(
+    model: &LoadedModel,
+    device: &Device,
+    files: &[PathBuf],
+    top_k: usize,
+    tta: bool,
+    batch_size: usize,
+) -> anyhow::Result<Vec<FilePrediction>> {
+    let pipeline = Pipeline::eval(&model.meta.preprocess);
+    let (h, w) = pipeline.output_hw;
+    let classes = &model.meta.classes;
+    let mut out = Vec::with_capacity(files.len());
+    for chunk in files.chunks(batch_size.max(1)) {
+        let prepared: Vec<Result<Vec<Vec<f32>>, String>> =
+            chunk.par_iter().map(|p| prepare(p, &pipeline, tta)).collect();
+        let mut pixels = Vec::new();
+        let mut rows = 0;
+        for views in prepared.iter().flatten() {
+            for v in views {
+                pixels.extend_from_slice(v);
+                rows += 1;
+            }
+        }
+        let probs: Vec<Vec<f32>> = if rows > 0 {
+            let x = Tensor::from_vec(pixels, (rows, 3, h, w), device)?;
+            model.probabilities(&x)?.to_device(&Device::Cpu)?.to_vec2()?
+        } else {
+            Vec::new()
+        };
+        let mut next = probs.into_iter();
+        for (path, prep) in chunk.iter().zip(prepared) {
+            let result = match prep {
+                Err(e) => Err(e),
+                Ok(views) => {
+                    let mut mean = vec![0f32; classes.len()];
+                    for _ in 0..views.len() {
+                        // Invariant: one probability row per prepared view.
+                        let p = next.next().expect("a row per view");
+                        for (m, v) in mean.iter_mut().zip(p) {
+                            *m += v / views.len() as f32;
+                        }
+                    }
+                    let mut ranked: Vec<(usize, f32)> = mean.into_iter().enumerate().collect();
+                    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    Ok(ranked
+                        .into_iter()
+                        .take(top_k)
+                        .map(|(c, p)| ClassProb {
+                            class: classes[c].clone(),
+                            probability: p,
+                        })
+                        .collect())
+                }
+            };
+            out.push(FilePrediction {
+                path: path.clone(),
+                result,
+            });
+        }
+    }
+    Ok(out)
+}
