@@ -116,7 +116,8 @@ pub struct TrainArgs {
     /// Backbone stages to unfreeze from the top in fine-tune mode: a number or `all`.
     #[arg(long, value_name = "N|all")]
     pub unfreeze: Option<Unfreeze>,
-    /// Fine-tune mode: epochs training only the head (on cached features) before unfreezing; 0 = one phase.
+    /// Fine-tune mode: how many of --epochs train only the head (on cached features) before unfreezing (default 1;
+    /// 0 = one phase).
     #[arg(long, value_name = "N")]
     pub freeze_epochs: Option<usize>,
     /// Also train BatchNorm layers of unfrozen stages.

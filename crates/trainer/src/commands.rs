@@ -47,7 +47,7 @@ pub fn run(cli: Cli, matches: &ArgMatches, backend: &dyn Backend) -> anyhow::Res
             train_run(cfg, backend, &mut reporter)?;
         }
         Some(Command::Evaluate(args)) => {
-            evaluate(ctx, &args, backend, &mut reporter, cli.log_format)?
+            evaluate(ctx, &args, backend, cli.quiet, cli.log_format)?
         }
         Some(Command::Predict(args)) => return predict(ctx, &args, backend),
         Some(Command::Export(args)) => export(&args, backend, &mut reporter)?,
@@ -309,30 +309,26 @@ fn evaluate(
     ctx: Context,
     args: &EvaluateArgs,
     backend: &dyn Backend,
-    reporter: &mut Reporter,
+    quiet: bool,
     format: LogFormat,
 ) -> anyhow::Result<()> {
     require_run_dir(&args.run, "--run")?;
     require_exists(&args.data, "--data")?;
     let (eval, _wrong) = backend.evaluate(ctx, &args.run, &args.data)?;
-    if format == LogFormat::Json {
-        // Invariant: the summary holds names and finite numbers.
-        println!(
-            "{}",
-            serde_json::to_string(&eval).expect("evaluation serialises")
-        );
-        return Ok(());
-    }
-    reporter.emit(Event::Info {
-        message: format!("accuracy {:.4}", eval.accuracy),
-    });
-    for (name, m) in eval.classes.iter().zip(&eval.per_class) {
-        reporter.emit(Event::Info {
-            message: format!(
+    // The metrics go to stdout as JSON whatever the log format; a human summary goes to stderr in text mode.
+    // Invariant: the summary holds names and finite numbers.
+    println!(
+        "{}",
+        serde_json::to_string(&eval).expect("evaluation serialises")
+    );
+    if format == LogFormat::Text && !quiet {
+        eprintln!("accuracy {:.4}", eval.accuracy);
+        for (name, m) in eval.classes.iter().zip(&eval.per_class) {
+            eprintln!(
                 "  {name}: precision {:.4} recall {:.4} f1 {:.4} support {}",
                 m.precision, m.recall, m.f1, m.support
-            ),
-        });
+            );
+        }
     }
     Ok(())
 }

@@ -30,7 +30,8 @@ pub struct TrainConfig {
     pub mode: Mode,
     /// Stages unfrozen in fine-tune mode (default: all).
     pub unfreeze: Option<Unfreeze>,
-    /// Fine-tune mode: head-only epochs before unfreezing (fastai's `fine_tune`); 0 trains in one phase.
+    /// Fine-tune mode: of `epochs`, how many train only the head (on cached features) before unfreezing
+    /// (fastai's `fine_tune`); 0 trains in one phase.
     pub freeze_epochs: usize,
     /// Train BatchNorm statistics and affine parameters of unfrozen stages.
     pub train_bn: bool,
@@ -111,8 +112,8 @@ impl Default for TrainConfig {
             lr: 1e-3,
             momentum: 0.9,
             weight_decay: 0.0,
-            scheduler: SchedulerSpec::None,
-            augment: Augment::Torchvision,
+            scheduler: SchedulerSpec::Cosine { warmup: 0 },
+            augment: Augment::None,
             aug_views: 1,
             label_smoothing: 0.0,
             class_weights: ClassWeights::None,

@@ -350,17 +350,16 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     let head = Head::seeded(head_cfg.clone(), &device, cfg.seed)?;
     let loss = loss_config(cfg, &train);
     let has_val = val.is_some();
+    // Fine-tuning's `epochs` include the head-only ones (phase 1); the rest train unfrozen (phase 2).
     let freeze_epochs = match cfg.mode {
         Mode::FeatureExtract => cfg.epochs,
-        Mode::FineTune => cfg.freeze_epochs,
+        Mode::FineTune => cfg.freeze_epochs.min(cfg.epochs),
     };
+    let unfrozen_epochs = cfg.epochs - freeze_epochs;
     let job = Job {
         cfg,
         has_val,
-        total_epochs: match cfg.mode {
-            Mode::FeatureExtract => cfg.epochs,
-            Mode::FineTune => cfg.freeze_epochs + cfg.epochs,
-        },
+        total_epochs: cfg.epochs,
         observer: RefCell::new(observer),
         rows: RefCell::new(Vec::new()),
     };
@@ -446,7 +445,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     }
 
     // Phase 2 of fine-tuning: unfreeze and train on images.
-    let fine_tuned = cfg.mode == Mode::FineTune && cfg.epochs > 0;
+    let fine_tuned = cfg.mode == Mode::FineTune && unfrozen_epochs > 0;
     let model = Model {
         backbone: Some(backbone.as_ref()),
         head: &head,
@@ -459,7 +458,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         };
         training::set_trainable(backbone.as_ref(), unfreeze, cfg.train_bn)
             .map_err(|e| UsageError(format!("--unfreeze: {e}")))?;
-        let two_phase = cfg.freeze_epochs > 0;
+        let two_phase = freeze_epochs > 0;
         let (head_lr, mult) = if two_phase { (cfg.lr / 2.0, 100.0) } else { (cfg.lr, 1.0) };
         let groups = training::discriminative_groups(model, head_lr, mult);
         let mut opt = make_optimizer(cfg, groups)?;
@@ -486,16 +485,16 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         };
         let steps = train_ld.num_batches();
         let sched = match (two_phase, cfg.scheduler) {
-            // fastai's phase 2: one cycle (pct_start 0.3, div 5) unless a schedule is asked for.
-            (true, SchedulerSpec::None) => Schedule::OneCycle {
-                total_steps: (cfg.epochs * steps).max(1),
+            // fastai's phase 2: one cycle (pct_start 0.3, div 5).
+            (true, _) => Schedule::OneCycle {
+                total_steps: (unfrozen_epochs * steps).max(1),
                 pct_start: 0.3,
                 div: 5.0,
                 final_div: 1e5,
             },
-            (_, s) => schedule(s, cfg.epochs, steps),
+            (false, s) => schedule(s, unfrozen_epochs, steps),
         };
-        let offset = cfg.freeze_epochs;
+        let offset = freeze_epochs;
         let to_pair = |b: data::Result<data::Batch>| {
             b.map(|b| (b.images, b.labels))
                 .map_err(|e| training::Error::Config(e.to_string()))
@@ -504,7 +503,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             model,
             opt.as_mut(),
             &sched,
-            cfg.epochs,
+            unfrozen_epochs,
             offset,
             cfg.seed.wrapping_add(1),
             run_dir.to_path_buf(),
