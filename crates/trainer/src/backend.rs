@@ -59,12 +59,7 @@ pub trait Backend {
         observer: &mut dyn TrainObserver,
     ) -> anyhow::Result<TrainOutcome>;
     /// Evaluate the run's model on labelled data; also the most confidently wrong images.
-    fn evaluate(
-        &self,
-        ctx: Context,
-        run_dir: &Path,
-        data: &Path,
-    ) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)>;
+    fn evaluate(&self, ctx: Context, run_dir: &Path, data: &Path) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)>;
     /// Top-`top_k` classes for each file (all exist and are files); per-file failures go in the result.
     fn predict(
         &self,
@@ -79,11 +74,7 @@ pub trait Backend {
     /// Scan a dataset.
     fn inspect(&self, data: &Path, strict: bool) -> anyhow::Result<DatasetReport>;
     /// `(lr, loss)` for each step of an exponential learning-rate sweep.
-    fn lr_find(
-        &self,
-        ctx: Context,
-        args: &crate::cli::LrFindArgs,
-    ) -> anyhow::Result<Vec<(f64, f64)>>;
+    fn lr_find(&self, ctx: Context, args: &crate::cli::LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>>;
 }
 
 /// The backend of a build without the libraries wired in: every command says so.
@@ -95,20 +86,10 @@ fn unwired<T>(what: &str) -> anyhow::Result<T> {
 }
 
 impl Backend for Unwired {
-    fn train(
-        &self,
-        _: &TrainConfig,
-        _: &Path,
-        _: &mut dyn TrainObserver,
-    ) -> anyhow::Result<TrainOutcome> {
+    fn train(&self, _: &TrainConfig, _: &Path, _: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
         unwired("train")
     }
-    fn evaluate(
-        &self,
-        _: Context,
-        _: &Path,
-        _: &Path,
-    ) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
+    fn evaluate(&self, _: Context, _: &Path, _: &Path) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
         unwired("evaluate")
     }
     fn predict(

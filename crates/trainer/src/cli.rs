@@ -8,8 +8,7 @@ use serde::Serialize;
 use crate::events::LogFormat;
 use crate::predict_out::PredictFormat;
 use crate::spec::{
-    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe,
-    SchedulerSpec, Unfreeze,
+    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe, SchedulerSpec, Unfreeze,
 };
 
 const ROOT_AFTER: &str = "\
@@ -48,31 +47,22 @@ pub enum Command {
     #[command(after_help = TRAIN_AFTER)]
     Train(Box<TrainArgs>),
     /// Evaluate a trained run on labelled data.
-    #[command(
-        after_help = "Example:\n  trainer evaluate --run runs/train --data data/hymenoptera/val"
-    )]
+    #[command(after_help = "Example:\n  trainer evaluate --run runs/train --data data/hymenoptera/val")]
     Evaluate(EvaluateArgs),
     /// Classify images with a trained run or an exported model.
     #[command(after_help = PREDICT_AFTER)]
     Predict(PredictArgs),
     /// Export a run's model as one safetensors file (weights, classes, preprocessing).
-    #[command(
-        after_help = "Example:\n  trainer export --run runs/train --out ants_bees.safetensors"
-    )]
+    #[command(after_help = "Example:\n  trainer export --run runs/train --out ants_bees.safetensors")]
     Export(ExportArgs),
     /// List the available backbones.
     #[command(after_help = "Example:\n  trainer models")]
     Models,
     /// Dataset tools.
-    #[command(
-        subcommand,
-        after_help = "Example:\n  trainer data inspect data/hymenoptera/train"
-    )]
+    #[command(subcommand, after_help = "Example:\n  trainer data inspect data/hymenoptera/train")]
     Data(DataCommand),
     /// Sweep the learning rate over one short run and suggest a value.
-    #[command(
-        after_help = "Example:\n  trainer lr-find --data data/hymenoptera/train --model resnet18 --plot lr.png"
-    )]
+    #[command(after_help = "Example:\n  trainer lr-find --data data/hymenoptera/train --model resnet18 --plot lr.png")]
     LrFind(LrFindArgs),
 }
 
@@ -307,10 +297,7 @@ mod tests {
         Cli::command().debug_assert();
         let cmd = Cli::command();
         for sub in cmd.get_subcommands() {
-            let after = sub
-                .get_after_help()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            let after = sub.get_after_help().map(|s| s.to_string()).unwrap_or_default();
             assert!(
                 after.contains("trainer "),
                 "`{}` --help shows no example",

@@ -9,12 +9,8 @@ use clap::ArgMatches;
 
 use crate::atomic::write_atomic;
 use crate::backend::{Backend, Context, ModelSource, TrainObserver};
-use crate::cli::{
-    Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs, PredictArgs, TrainArgs,
-};
-use crate::config::{
-    non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig,
-};
+use crate::cli::{Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs, PredictArgs, TrainArgs};
+use crate::config::{non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig};
 use crate::error::UsageError;
 use crate::events::{Event, LogFormat, Reporter};
 use crate::plots::{encode_png, render_confusion, render_curves};
@@ -33,11 +29,7 @@ pub fn run(cli: Cli, matches: &ArgMatches, backend: &dyn Backend) -> anyhow::Res
     };
     match cli.command {
         None => {
-            let cfg = default_job_config(
-                &cli,
-                tutorial::cache_dir().as_deref(),
-                tutorial::HYMENOPTERA_URL,
-            )?;
+            let cfg = default_job_config(&cli, tutorial::cache_dir().as_deref(), tutorial::HYMENOPTERA_URL)?;
             train_run(cfg, backend, &mut reporter)?;
         }
         Some(Command::Train(args)) => {
@@ -46,9 +38,7 @@ pub fn run(cli: Cli, matches: &ArgMatches, backend: &dyn Backend) -> anyhow::Res
             let cfg = resolve_train_config(&args, sub, matches)?;
             train_run(cfg, backend, &mut reporter)?;
         }
-        Some(Command::Evaluate(args)) => {
-            evaluate(ctx, &args, backend, cli.quiet, cli.log_format)?
-        }
+        Some(Command::Evaluate(args)) => evaluate(ctx, &args, backend, cli.quiet, cli.log_format)?,
         Some(Command::Predict(args)) => return predict(ctx, &args, backend),
         Some(Command::Export(args)) => export(&args, backend, &mut reporter)?,
         Some(Command::Models) => list_models(),
@@ -62,18 +52,13 @@ pub fn run(cli: Cli, matches: &ArgMatches, backend: &dyn Backend) -> anyhow::Res
 
 /// Whether the user typed `id` on the command line (in the subcommand or, for global flags, anywhere).
 fn typed(id: &str, matches: &[&ArgMatches]) -> bool {
-    matches.iter().any(|m| {
-        m.try_get_raw(id).ok().flatten().is_some()
-            && m.value_source(id) == Some(ValueSource::CommandLine)
-    })
+    matches
+        .iter()
+        .any(|m| m.try_get_raw(id).ok().flatten().is_some() && m.value_source(id) == Some(ValueSource::CommandLine))
 }
 
 /// Resolve `trainer train`'s settings: defaults < recipe < resumed run < `--config` file < typed flags.
-pub fn resolve_train_config(
-    args: &TrainArgs,
-    sub: &ArgMatches,
-    root: &ArgMatches,
-) -> anyhow::Result<TrainConfig> {
+pub fn resolve_train_config(args: &TrainArgs, sub: &ArgMatches, root: &ArgMatches) -> anyhow::Result<TrainConfig> {
     let file = match &args.config {
         Some(path) => Some(read_config_file(path)?),
         None => None,
@@ -102,10 +87,7 @@ pub fn resolve_train_config(
     let all = toml::Table::try_from(args).expect("train args serialise to TOML");
     let mut cli_layer: Layer = all.into_iter().filter(|(k, _)| typed(k, &[sub])).collect();
     let root_and_sub = [root, sub];
-    if let Some(seed) = root
-        .get_one::<u64>("seed")
-        .filter(|_| typed("seed", &root_and_sub))
-    {
+    if let Some(seed) = root.get_one::<u64>("seed").filter(|_| typed("seed", &root_and_sub)) {
         cli_layer.insert("seed".into(), toml::Value::Integer(*seed as i64));
     }
     if let Some(device) = root
@@ -136,11 +118,7 @@ fn recipe_of(layer: Option<&Layer>) -> Result<Option<Recipe>, UsageError> {
 }
 
 /// The no-argument job: the torchvision recipe on the cached (or freshly fetched) hymenoptera data.
-pub fn default_job_config(
-    cli: &Cli,
-    cache: Option<&Path>,
-    url: &str,
-) -> anyhow::Result<TrainConfig> {
+pub fn default_job_config(cli: &Cli, cache: Option<&Path>, url: &str) -> anyhow::Result<TrainConfig> {
     let data = match cache {
         Some(cache) => tutorial::ensure_hymenoptera(cache, url, Duration::from_secs(5))
             .map_err(|e| anyhow::anyhow!(tutorial::offline_message(Some(cache), &e)))?,
@@ -167,11 +145,7 @@ struct RunObserver<'a> {
 
 impl TrainObserver for RunObserver<'_> {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize) {
-        self.reporter.emit(Event::EpochStarted {
-            epoch,
-            epochs,
-            batches,
-        });
+        self.reporter.emit(Event::EpochStarted { epoch, epochs, batches });
     }
     fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
         self.reporter.emit(Event::Batch {
@@ -195,11 +169,7 @@ impl TrainObserver for RunObserver<'_> {
 }
 
 /// Create (or reuse, for `--resume`) the run folder, record the config, train, and write every artifact.
-pub fn train_run(
-    cfg: TrainConfig,
-    backend: &dyn Backend,
-    reporter: &mut Reporter,
-) -> anyhow::Result<PathBuf> {
+pub fn train_run(cfg: TrainConfig, backend: &dyn Backend, reporter: &mut Reporter) -> anyhow::Result<PathBuf> {
     let run_dir = match &cfg.resume {
         Some(dir) => dir.clone(),
         None => run_dir::create_run_dir(cfg.out.as_deref(), &cfg.project, &cfg.name, cfg.exist_ok)?,
@@ -228,11 +198,7 @@ pub fn train_run(
 }
 
 /// Write `metrics.csv`, `metrics.json`, `curves.png`, `confusion_matrix.png` (with validation) and `report.html`.
-pub fn write_run_artifacts(
-    run_dir: &Path,
-    cfg: &TrainConfig,
-    outcome: &TrainOutcome,
-) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_run_artifacts(run_dir: &Path, cfg: &TrainConfig, outcome: &TrainOutcome) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut put = |name: &str, bytes: &[u8]| -> anyhow::Result<()> {
         let path = run_dir.join(name);
@@ -240,10 +206,7 @@ pub fn write_run_artifacts(
         written.push(path);
         Ok(())
     };
-    put(
-        "metrics.csv",
-        crate::summary::metrics_csv(&outcome.history).as_bytes(),
-    )?;
+    put("metrics.csv", crate::summary::metrics_csv(&outcome.history).as_bytes())?;
     write_metrics_json(run_dir, &outcome.history, outcome.eval.as_ref())?;
     let curves = encode_png(&render_curves(&outcome.history, 1000, 400)?)?;
     put("curves.png", &curves)?;
@@ -291,15 +254,9 @@ fn report_settings(cfg: &TrainConfig) -> Vec<(String, String)> {
                 .map(|f| format!("{f} of data"))
                 .unwrap_or_else(|| opt(&cfg.val)),
         ),
-        (
-            "optimizer".into(),
-            format!("{} lr {}", cfg.optimizer, cfg.lr),
-        ),
+        ("optimizer".into(), format!("{} lr {}", cfg.optimizer, cfg.lr)),
         ("scheduler".into(), cfg.scheduler.to_string()),
-        (
-            "epochs × batch".into(),
-            format!("{} × {}", cfg.epochs, cfg.batch_size),
-        ),
+        ("epochs × batch".into(), format!("{} × {}", cfg.epochs, cfg.batch_size)),
         ("augmentation".into(), cfg.augment.to_string()),
         ("seed".into(), cfg.seed.to_string()),
     ]
@@ -317,10 +274,7 @@ fn evaluate(
     let (eval, _wrong) = backend.evaluate(ctx, &args.run, &args.data)?;
     // The metrics go to stdout as JSON whatever the log format; a human summary goes to stderr in text mode.
     // Invariant: the summary holds names and finite numbers.
-    println!(
-        "{}",
-        serde_json::to_string(&eval).expect("evaluation serialises")
-    );
+    println!("{}", serde_json::to_string(&eval).expect("evaluation serialises"));
     if format == LogFormat::Text && !quiet {
         eprintln!("accuracy {:.4}", eval.accuracy);
         for (name, m) in eval.classes.iter().zip(&eval.per_class) {
@@ -415,36 +369,22 @@ fn predict(ctx: Context, args: &PredictArgs, backend: &dyn Backend) -> anyhow::R
 fn export(args: &ExportArgs, backend: &dyn Backend, reporter: &mut Reporter) -> anyhow::Result<()> {
     require_run_dir(&args.run, "--run")?;
     backend.export(&args.run, &args.out)?;
-    reporter.emit(Event::Artifact {
-        path: args.out.clone(),
-    });
+    reporter.emit(Event::Artifact { path: args.out.clone() });
     Ok(())
 }
 
 fn list_models() {
-    let names = models::names();
-    if names.is_empty() {
-        println!("(no backbones registered in this build)");
-    }
-    for n in names {
-        println!("{n}");
+    for line in models::table() {
+        println!("{line}");
     }
 }
 
-fn inspect(
-    path: &Path,
-    strict: bool,
-    backend: &dyn Backend,
-    format: LogFormat,
-) -> anyhow::Result<ExitCode> {
+fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) -> anyhow::Result<ExitCode> {
     require_exists(path, "PATH")?;
     let report = backend.inspect(path, strict)?;
     if format == LogFormat::Json {
         // Invariant: names, counts and paths serialise.
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serialises")
-        );
+        println!("{}", serde_json::to_string(&report).expect("report serialises"));
     } else {
         let total: usize = report.classes.iter().map(|c| c.1).sum();
         println!(
@@ -467,12 +407,7 @@ fn inspect(
     })
 }
 
-fn lr_find_cmd(
-    ctx: Context,
-    args: &LrFindArgs,
-    backend: &dyn Backend,
-    reporter: &mut Reporter,
-) -> anyhow::Result<()> {
+fn lr_find_cmd(ctx: Context, args: &LrFindArgs, backend: &dyn Backend, reporter: &mut Reporter) -> anyhow::Result<()> {
     if !(args.start_lr > 0.0 && args.end_lr > args.start_lr) {
         return Err(UsageError("--start-lr must be positive and below --end-lr".into()).into());
     }
@@ -492,9 +427,7 @@ fn lr_find_cmd(
         Some(lr) => reporter.emit(Event::Info {
             message: format!("suggested lr {lr:.2e}"),
         }),
-        None => anyhow::bail!(
-            "the loss never decreased during the sweep; try a smaller --start-lr or more --steps"
-        ),
+        None => anyhow::bail!("the loss never decreased during the sweep; try a smaller --start-lr or more --steps"),
     }
     Ok(())
 }
@@ -503,10 +436,7 @@ fn require_exists(path: &Path, flag: &str) -> Result<(), UsageError> {
     if path.exists() {
         Ok(())
     } else {
-        Err(UsageError(format!(
-            "{flag} {}: no such file or folder",
-            path.display()
-        )))
+        Err(UsageError(format!("{flag} {}: no such file or folder", path.display())))
     }
 }
 
@@ -560,11 +490,8 @@ mod tests {
                     "metrics.csv is current after each epoch"
                 );
             }
-            let eval = EvalSummary::from_confusion(
-                vec!["ants".into(), "bees".into()],
-                vec![vec![9, 1], vec![2, 8]],
-                None,
-            );
+            let eval =
+                EvalSummary::from_confusion(vec!["ants".into(), "bees".into()], vec![vec![9, 1], vec![2, 8]], None);
             let wrong = vec![WrongExample {
                 path: self.image.clone(),
                 true_class: "ants".into(),
@@ -577,12 +504,7 @@ mod tests {
                 wrong,
             })
         }
-        fn evaluate(
-            &self,
-            _: Context,
-            _: &Path,
-            _: &Path,
-        ) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
+        fn evaluate(&self, _: Context, _: &Path, _: &Path) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
             unimplemented!()
         }
         fn predict(
@@ -648,27 +570,11 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.epochs, 5, "typed flag beats the file");
         assert_eq!((cfg.lr, cfg.batch_size), (0.01, 8), "file beats the recipe");
-        assert!(
-            cfg.strict,
-            "an untyped boolean flag does not reset the file's value"
-        );
-        assert_eq!(
-            cfg.seed, 7,
-            "global flag after the subcommand counts as typed"
-        );
+        assert!(cfg.strict, "an untyped boolean flag does not reset the file's value");
+        assert_eq!(cfg.seed, 7, "global flag after the subcommand counts as typed");
         assert_eq!(cfg.device, crate::spec::DeviceSpec::Cpu);
-        assert_eq!(
-            (cfg.mode, cfg.momentum),
-            (Mode::FineTune, 0.9),
-            "recipe beats defaults"
-        );
-        assert_eq!(
-            cfg.scheduler,
-            SchedulerSpec::Step {
-                step: 7,
-                gamma: 0.1
-            }
-        );
+        assert_eq!((cfg.mode, cfg.momentum), (Mode::FineTune, 0.9), "recipe beats defaults");
+        assert_eq!(cfg.scheduler, SchedulerSpec::Step { step: 7, gamma: 0.1 });
         // Without the typed seed, the file's seed holds.
         let cfg = resolve_line(&["trainer", "train", "--config", f, "--data", "d"]).unwrap();
         assert_eq!((cfg.seed, cfg.epochs), (5, 3));
@@ -683,25 +589,9 @@ mod tests {
         let e = resolve_line(&["trainer", "train", "--epochs", "0", "--data", "d"]).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2);
         assert!(e.to_string().contains("--epochs"));
-        let e = resolve_line(&[
-            "trainer",
-            "train",
-            "--data",
-            "d",
-            "--config",
-            "/nonexistent/c.toml",
-        ])
-        .unwrap_err();
+        let e = resolve_line(&["trainer", "train", "--data", "d", "--config", "/nonexistent/c.toml"]).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2);
-        let e = resolve_line(&[
-            "trainer",
-            "train",
-            "--data",
-            "d",
-            "--resume",
-            "/nonexistent/run",
-        ])
-        .unwrap_err();
+        let e = resolve_line(&["trainer", "train", "--data", "d", "--resume", "/nonexistent/run"]).unwrap_err();
         assert!(e.to_string().contains("--resume") && crate::error::exit_code(&e) == 2);
     }
 
@@ -725,17 +615,7 @@ mod tests {
             .unwrap();
         let project = dir.path().join("runs");
         let p = project.to_str().unwrap();
-        let cfg = resolve_line(&[
-            "trainer",
-            "train",
-            "--data",
-            "d",
-            "--epochs",
-            "3",
-            "--project",
-            p,
-        ])
-        .unwrap();
+        let cfg = resolve_line(&["trainer", "train", "--data", "d", "--epochs", "3", "--project", p]).unwrap();
         let sink = Sink::default();
         let mut rep = Reporter::to_writer(LogFormat::Json, false, Box::new(sink.clone()));
         let fake = Fake { image };
@@ -751,35 +631,22 @@ mod tests {
         ] {
             assert!(run.join(f).is_file(), "missing {f}");
         }
-        let saved: TrainConfig =
-            toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+        let saved: TrainConfig = toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
         assert_eq!(saved, cfg);
         let html = std::fs::read_to_string(run.join("report.html")).unwrap();
         assert!(html.contains("data:image/jpeg;base64,") && html.contains("resnet18"));
         let events = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            events
-                .lines()
-                .filter(|l| l.contains("\"epoch_ended\""))
-                .count(),
-            3
-        );
+        assert_eq!(events.lines().filter(|l| l.contains("\"epoch_ended\"")).count(), 3);
         assert!(events.lines().last().unwrap().contains("\"finished\""));
 
         // A second run never reuses the folder.
         let mut quiet = Reporter::to_writer(LogFormat::Text, true, Box::new(Sink::default()));
-        assert_eq!(
-            train_run(cfg, &fake, &mut quiet).unwrap(),
-            project.join("train2")
-        );
+        assert_eq!(train_run(cfg, &fake, &mut quiet).unwrap(), project.join("train2"));
 
         // Resume: the run's config is the base, typed flags override, the folder is reused.
         let r = run.to_str().unwrap();
         let resumed = resolve_line(&["trainer", "train", "--resume", r, "--epochs", "4"]).unwrap();
-        assert_eq!(
-            (resumed.epochs, resumed.data.as_deref()),
-            (4, Some(Path::new("d")))
-        );
+        assert_eq!((resumed.epochs, resumed.data.as_deref()), (4, Some(Path::new("d"))));
         assert_eq!(train_run(resumed, &fake, &mut quiet).unwrap(), run);
         let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
         assert_eq!(csv.lines().count(), 5);
@@ -791,23 +658,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cli, _) = parse(&["trainer", "--seed", "3"]);
         let url = "http://127.0.0.1:9/hymenoptera_data.zip";
-        let e = default_job_config(&cli, Some(dir.path()), url)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(url) && e.contains("--data") && !e.contains('\n'),
-            "{e}"
-        );
+        let e = default_job_config(&cli, Some(dir.path()), url).unwrap_err().to_string();
+        assert!(e.contains(url) && e.contains("--data") && !e.contains('\n'), "{e}");
         let data = dir.path().join(tutorial::HYMENOPTERA_DIR);
         std::fs::create_dir_all(data.join("train/ants")).unwrap();
         std::fs::create_dir_all(data.join("val/ants")).unwrap();
         let cfg = default_job_config(&cli, Some(dir.path()), url).unwrap();
         assert_eq!(cfg.data, Some(data.join("train")));
         assert_eq!(cfg.val, Some(data.join("val")));
-        assert_eq!(
-            (cfg.seed, cfg.recipe),
-            (3, Some(Recipe::TorchvisionResnet18))
-        );
+        assert_eq!((cfg.seed, cfg.recipe), (3, Some(Recipe::TorchvisionResnet18)));
     }
 
     #[test]

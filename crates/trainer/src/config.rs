@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
 use crate::spec::{
-    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe,
-    SchedulerSpec, Unfreeze,
+    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe, SchedulerSpec, Unfreeze,
 };
 
 /// Every setting of `trainer train`; the TOML keys are the flag names with `_` for `-`.
@@ -167,10 +166,7 @@ pub fn recipe_config(recipe: Recipe) -> TrainConfig {
             optimizer: OptimizerKind::Sgd,
             lr: 0.001,
             momentum: 0.9,
-            scheduler: SchedulerSpec::Step {
-                step: 7,
-                gamma: 0.1,
-            },
+            scheduler: SchedulerSpec::Step { step: 7, gamma: 0.1 },
             epochs: 25,
             batch_size: 4,
             augment: Augment::Torchvision,
@@ -189,9 +185,7 @@ pub type Layer = toml::Table;
 pub fn non_default_layer(cfg: &TrainConfig) -> Layer {
     let all = to_table(cfg);
     let default = to_table(&TrainConfig::default());
-    all.into_iter()
-        .filter(|(k, v)| default.get(k) != Some(v))
-        .collect()
+    all.into_iter().filter(|(k, v)| default.get(k) != Some(v)).collect()
 }
 
 fn to_table(cfg: &TrainConfig) -> Layer {
@@ -203,9 +197,9 @@ fn to_table(cfg: &TrainConfig) -> Layer {
 pub fn read_config_file(path: &Path) -> Result<Layer, UsageError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
-    let layer: Layer = text.parse().map_err(|e: toml::de::Error| {
-        UsageError(format!("{}: {}", path.display(), one_line(&e.to_string())))
-    })?;
+    let layer: Layer = text
+        .parse()
+        .map_err(|e: toml::de::Error| UsageError(format!("{}: {}", path.display(), one_line(&e.to_string()))))?;
     for (a, b) in EXCLUSIVE {
         if layer.contains_key(*a) && layer.contains_key(*b) {
             return Err(UsageError(format!(
@@ -279,16 +273,10 @@ impl TrainConfig {
             return fail(format!("--lr must be a positive number, got {}", self.lr));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return fail(format!(
-                "--momentum must be in [0, 1), got {}",
-                self.momentum
-            ));
+            return fail(format!("--momentum must be in [0, 1), got {}", self.momentum));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return fail(format!(
-                "--weight-decay must be >= 0, got {}",
-                self.weight_decay
-            ));
+            return fail(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("--dropout must be in [0, 1), got {}", self.dropout));
@@ -301,9 +289,7 @@ impl TrainConfig {
         }
         if let Some(f) = self.val_split {
             if !(f > 0.0 && f < 1.0) {
-                return fail(format!(
-                    "--val-split must be between 0 and 1 (exclusive), got {f}"
-                ));
+                return fail(format!("--val-split must be between 0 and 1 (exclusive), got {f}"));
             }
         }
         if self.aug_views == 0 {
@@ -316,10 +302,7 @@ impl TrainConfig {
             return fail("--patience must be at least 1".into());
         }
         if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return fail(format!(
-                "--name must be a plain folder name, got `{}`",
-                self.name
-            ));
+            return fail(format!("--name must be a plain folder name, got `{}`", self.name));
         }
         Ok(())
     }
@@ -354,21 +337,9 @@ mod tests {
             (t.model.as_str(), t.mode, t.unfreeze),
             ("resnet18", Mode::FineTune, Some(Unfreeze::All))
         );
-        assert_eq!(
-            (t.optimizer, t.lr, t.momentum),
-            (OptimizerKind::Sgd, 0.001, 0.9)
-        );
-        assert_eq!(
-            t.scheduler,
-            SchedulerSpec::Step {
-                step: 7,
-                gamma: 0.1
-            }
-        );
-        assert_eq!(
-            (t.epochs, t.batch_size, t.augment),
-            (25, 4, Augment::Torchvision)
-        );
+        assert_eq!((t.optimizer, t.lr, t.momentum), (OptimizerKind::Sgd, 0.001, 0.9));
+        assert_eq!(t.scheduler, SchedulerSpec::Step { step: 7, gamma: 0.1 });
+        assert_eq!((t.epochs, t.batch_size, t.augment), (25, 4, Augment::Torchvision));
     }
 
     #[test]
@@ -400,18 +371,13 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "epochz = 3\n").unwrap();
         let e = read_config_file(&p).unwrap_err().0;
-        assert!(
-            e.contains("c.toml") && e.contains("epochz") && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.contains("c.toml") && e.contains("epochz") && !e.contains('\n'), "{e}");
         std::fs::write(&p, "head = \"mlp:x\"\n").unwrap();
         let e = read_config_file(&p).unwrap_err().0;
         assert!(e.contains("c.toml") && e.contains("mlp:x"), "{e}");
         std::fs::write(&p, "val = \"a\"\nval_split = 0.1\n").unwrap();
         assert!(read_config_file(&p).unwrap_err().0.contains("cannot both"));
-        let e = read_config_file(&dir.path().join("missing.toml"))
-            .unwrap_err()
-            .0;
+        let e = read_config_file(&dir.path().join("missing.toml")).unwrap_err().0;
         assert!(e.contains("missing.toml"), "{e}");
     }
 
@@ -424,13 +390,7 @@ mod tests {
         ok.validate().unwrap();
         let e = TrainConfig::default().validate().unwrap_err().0;
         assert!(e.contains("--data"));
-        let e = TrainConfig {
-            lr: 0.0,
-            ..ok.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .0;
+        let e = TrainConfig { lr: 0.0, ..ok.clone() }.validate().unwrap_err().0;
         assert!(e.contains("--lr"));
         let e = TrainConfig {
             unfreeze: Some(Unfreeze::Last(2)),

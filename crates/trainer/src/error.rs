@@ -7,10 +7,7 @@ pub struct UsageError(pub String);
 
 /// The exit code for an error: 2 for usage mistakes anywhere in the chain, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<UsageError>().is_some())
-    {
+    if err.chain().any(|e| e.downcast_ref::<UsageError>().is_some()) {
         2
     } else {
         1

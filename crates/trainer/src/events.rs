@@ -127,18 +127,12 @@ impl Reporter {
             return;
         }
         match event {
-            Event::EpochStarted {
-                epoch,
-                epochs,
-                batches,
-            } if self.tty => {
+            Event::EpochStarted { epoch, epochs, batches } if self.tty => {
                 let bar = ProgressBar::new(batches as u64);
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                 );
                 bar.set_prefix(format!("{epoch}/{epochs}"));
                 self.bar = Some(bar);
@@ -189,22 +183,12 @@ pub fn epoch_line(r: &EpochRow) -> String {
 
 fn text_line(e: &Event) -> String {
     match e {
-        Event::RunStarted {
-            run_dir,
-            model,
-            epochs,
-        } => {
-            format!(
-                "run folder {} ({model}, {epochs} epochs)",
-                run_dir.display()
-            )
+        Event::RunStarted { run_dir, model, epochs } => {
+            format!("run folder {} ({model}, {epochs} epochs)", run_dir.display())
         }
         Event::Artifact { path } => format!("wrote {}", path.display()),
         Event::Info { message } => message.clone(),
-        Event::Finished {
-            run_dir,
-            val_accuracy,
-        } => {
+        Event::Finished { run_dir, val_accuracy } => {
             let acc = val_accuracy
                 .map(|a| format!(", best val accuracy {a:.4}"))
                 .unwrap_or_default();
@@ -266,20 +250,11 @@ mod tests {
     #[test]
     fn json_prints_one_tagged_object_per_event() {
         let out = run(LogFormat::Json, false);
-        let v: Vec<serde_json::Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let v: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let kinds: Vec<&str> = v.iter().map(|e| e["event"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,
-            [
-                "run_started",
-                "epoch_started",
-                "batch",
-                "epoch_ended",
-                "finished"
-            ]
+            ["run_started", "epoch_started", "batch", "epoch_ended", "finished"]
         );
         assert_eq!(v[3]["val_acc"], 0.5);
         assert_eq!(v[0]["run_dir"], "runs/train2");
@@ -291,9 +266,7 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[0].contains("runs/train2"));
-        assert!(
-            lines[1].starts_with("epoch 1: train loss 1.0000") && lines[1].contains("val loss")
-        );
+        assert!(lines[1].starts_with("epoch 1: train loss 1.0000") && lines[1].contains("val loss"));
         assert!(lines[2].contains("best val accuracy 0.5000"));
         assert_eq!(run(LogFormat::Json, true), "");
         assert_eq!(run(LogFormat::Text, true), "");

@@ -49,9 +49,7 @@ pub fn render_lr_curve(
         .collect();
     let (lo, hi) = finite
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(p.0), b.max(p.0))
-        });
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (lo, hi) = if lo < hi { (lo, hi) } else { (1e-7, 10.0) };
     let y_max = finite.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-6) * 1.05;
     {
@@ -79,10 +77,7 @@ pub fn render_lr_curve(
             .map_err(|x| e(&x))?;
         if let Some(lr) = suggestion {
             chart
-                .draw_series(LineSeries::new(
-                    [(lr, 0.0), (lr, y_max)],
-                    RED.stroke_width(1),
-                ))
+                .draw_series(LineSeries::new([(lr, 0.0), (lr, y_max)], RED.stroke_width(1)))
                 .map_err(|x| e(&x))?;
         }
         root.present().map_err(|x| e(&x))?;
@@ -114,10 +109,7 @@ mod tests {
     fn suggests_near_the_steepest_descent() {
         for target in [-4.0, -2.5] {
             let lr = suggest_lr(&sweep(target)).unwrap();
-            assert!(
-                (lr.log10() - target).abs() < 0.7,
-                "suggested {lr:e} for 1e{target}"
-            );
+            assert!((lr.log10() - target).abs() < 0.7, "suggested {lr:e} for 1e{target}");
         }
         let rising: Vec<(f64, f64)> = (1..50).map(|i| (i as f64 * 1e-5, i as f64)).collect();
         assert_eq!(suggest_lr(&rising), None);

@@ -2,10 +2,31 @@
 
 /// The backbone names `--model` accepts (the lead points this at the model registry).
 pub fn names() -> Vec<String> {
-    backbones::registry::names()
-        .into_iter()
-        .map(String::from)
-        .collect()
+    backbones::registry::names().into_iter().map(String::from).collect()
+}
+
+/// `trainer models`: one line per registered backbone with parameters (millions), input size, pooled feature
+/// width and whether its weights are in the local Hugging Face cache, after a header line.
+pub fn table() -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<24} {:>8} {:>9} {:>9}  {}",
+        "model", "params_m", "input", "features", "weights"
+    )];
+    for spec in backbones::registry::all() {
+        let [h, w] = spec.preprocess.input_size;
+        let cached = match backbones::weights::cached_path(spec) {
+            Some(p) => format!("cached ({})", p.display()),
+            None => "not cached".to_string(),
+        };
+        out.push(format!(
+            "{:<24} {:>8.2} {:>9} {:>9}  {cached}",
+            spec.name,
+            spec.params_m,
+            format!("{h}x{w}"),
+            spec.num_features
+        ));
+    }
+    out
 }
 
 /// The known name closest to `name`, if one is close enough to be a likely typo.
@@ -51,5 +72,14 @@ mod tests {
         let e = check("resnt18", &known).unwrap_err();
         assert!(e.contains("`resnt18`") && e.contains("`resnet18`"));
         assert!(check("anything", &[]).is_ok());
+    }
+
+    #[test]
+    fn table_lists_every_registered_backbone_with_its_figures() {
+        let table = table();
+        assert_eq!(table.len(), names().len() + 1);
+        let lite0 = table.iter().find(|l| l.starts_with("tf_efficientnet_lite0 ")).unwrap();
+        assert!(lite0.contains("224x224") && lite0.contains("1280"), "{lite0}");
+        assert!(names().iter().any(|n| n == "resnet18"));
     }
 }

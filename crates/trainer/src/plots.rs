@@ -102,15 +102,9 @@ pub fn render_curves(history: &[EpochRow], width: u32, height: u32) -> Result<Rg
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                     .map_err(err("curves"))?
                     .label(name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                    });
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
                 chart
-                    .draw_series(
-                        points
-                            .into_iter()
-                            .map(|p| Circle::new(p, 3, color.filled())),
-                    )
+                    .draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                     .map_err(err("curves"))?;
             }
             chart
@@ -142,9 +136,8 @@ pub fn render_confusion(classes: &[String], confusion: &[Vec<u64>]) -> Result<Rg
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err("confusion matrix"))?;
-        let centered = |size: i32| {
-            TextStyle::from((FAMILY, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center))
-        };
+        let centered =
+            |size: i32| TextStyle::from((FAMILY, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
         root.draw(&Text::new(
             "Confusion matrix (rows: true, columns: predicted)",
             (width as i32 / 2, 20),
@@ -165,19 +158,12 @@ pub fn render_confusion(classes: &[String], confusion: &[Vec<u64>]) -> Result<Rg
         for (t, row) in confusion.iter().enumerate() {
             let total: u64 = row.iter().sum();
             for (p, &count) in row.iter().enumerate() {
-                let frac = if total == 0 {
-                    0.0
-                } else {
-                    count as f64 / total as f64
-                };
+                let frac = if total == 0 { 0.0 } else { count as f64 / total as f64 };
                 let shade = |full: u8| (255.0 - (255.0 - full as f64) * frac).round() as u8;
                 let fill = RGBColor(shade(8), shade(48), shade(107));
                 let (x0, y0) = (left + p as i32 * cell, top + t as i32 * cell);
-                root.draw(&Rectangle::new(
-                    [(x0, y0), (x0 + cell, y0 + cell)],
-                    fill.filled(),
-                ))
-                .map_err(err("confusion matrix"))?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], fill.filled()))
+                    .map_err(err("confusion matrix"))?;
                 root.draw(&Rectangle::new(
                     [(x0, y0), (x0 + cell, y0 + cell)],
                     RGBColor(200, 200, 200),
@@ -186,27 +172,18 @@ pub fn render_confusion(classes: &[String], confusion: &[Vec<u64>]) -> Result<Rg
                 if n <= 30 {
                     let color = if frac > 0.5 { WHITE } else { BLACK };
                     let style = centered(font).color(&color);
-                    root.draw(&Text::new(
-                        count.to_string(),
-                        (x0 + cell / 2, y0 + cell / 2),
-                        style,
-                    ))
-                    .map_err(err("confusion matrix"))?;
+                    root.draw(&Text::new(count.to_string(), (x0 + cell / 2, y0 + cell / 2), style))
+                        .map_err(err("confusion matrix"))?;
                 }
             }
         }
         if n <= 40 {
-            let right_aligned =
-                TextStyle::from((FAMILY, 13).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+            let right_aligned = TextStyle::from((FAMILY, 13).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
             let max_x_chars = ((cell / 7).max(2)) as usize;
             for i in 0..n as usize {
                 let y = top + i as i32 * cell + cell / 2;
-                root.draw(&Text::new(
-                    label(i, 22),
-                    (left - 6, y),
-                    right_aligned.clone(),
-                ))
-                .map_err(err("confusion matrix"))?;
+                root.draw(&Text::new(label(i, 22), (left - 6, y), right_aligned.clone()))
+                    .map_err(err("confusion matrix"))?;
                 let x = left + i as i32 * cell + cell / 2;
                 root.draw(&Text::new(
                     label(i, max_x_chars),
@@ -233,8 +210,7 @@ pub fn render_confusion(classes: &[String], confusion: &[Vec<u64>]) -> Result<Rg
 /// Encode an RGB image as PNG bytes.
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, PlotError> {
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(err("PNG"))?;
+    img.write_to(&mut out, image::ImageFormat::Png).map_err(err("PNG"))?;
     Ok(out.into_inner())
 }
 
@@ -258,27 +234,13 @@ mod tests {
         let png = encode_png(&render_curves(&history(6, true), 900, 360).unwrap()).unwrap();
         let img = decode(&png);
         assert_eq!(img.dimensions(), (900, 360));
-        let near = |c: RGBColor| {
-            move |p: &image::Rgb<u8>| {
-                p.0.iter()
-                    .zip([c.0, c.1, c.2])
-                    .all(|(a, b)| a.abs_diff(b) < 8)
-            }
-        };
+        let near =
+            |c: RGBColor| move |p: &image::Rgb<u8>| p.0.iter().zip([c.0, c.1, c.2]).all(|(a, b)| a.abs_diff(b) < 8);
         // Both series drawn in both panels.
         for c in [TRAIN, VAL] {
-            let left = count(
-                &image::imageops::crop_imm(&img, 0, 0, 450, 360).to_image(),
-                near(c),
-            );
-            let right = count(
-                &image::imageops::crop_imm(&img, 450, 0, 450, 360).to_image(),
-                near(c),
-            );
-            assert!(
-                left > 50 && right > 50,
-                "series colour {c:?}: {left} / {right} pixels"
-            );
+            let left = count(&image::imageops::crop_imm(&img, 0, 0, 450, 360).to_image(), near(c));
+            let right = count(&image::imageops::crop_imm(&img, 450, 0, 450, 360).to_image(), near(c));
+            assert!(left > 50 && right > 50, "series colour {c:?}: {left} / {right} pixels");
         }
         // Text and axes: plenty of dark pixels.
         assert!(count(&img, |p| p.0.iter().all(|&v| v < 60)) > 500);
@@ -288,30 +250,21 @@ mod tests {
     fn curves_without_validation_or_epochs_still_render() {
         let img = render_curves(&history(3, false), 600, 300).unwrap();
         assert_eq!(img.dimensions(), (600, 300));
-        assert_eq!(
-            count(&img, |p| p.0 == [VAL.0, VAL.1, VAL.2]),
-            0,
-            "no val series"
-        );
+        assert_eq!(count(&img, |p| p.0 == [VAL.0, VAL.1, VAL.2]), 0, "no val series");
         render_curves(&[], 400, 200).unwrap();
     }
 
     #[test]
     fn confusion_png_shades_cells_by_row_fraction() {
         let classes = vec!["ants".to_string(), "bees".to_string()];
-        let img = decode(
-            &encode_png(&render_confusion(&classes, &[vec![9, 1], vec![0, 10]]).unwrap()).unwrap(),
-        );
+        let img = decode(&encode_png(&render_confusion(&classes, &[vec![9, 1], vec![0, 10]]).unwrap()).unwrap());
         let (w, h) = img.dimensions();
         assert!(w > 300 && h > 200);
         let cell = 90u32;
         // Sample near the cell corners (away from the centred count text).
         let at = |r: u32, c: u32| *img.get_pixel(170 + c * cell + 6, 50 + r * cell + 6);
         let (diag, off, empty) = (at(0, 0), at(0, 1), at(1, 0));
-        assert!(
-            diag.0[0] < off.0[0] && off.0[0] < 255,
-            "{diag:?} vs {off:?}"
-        );
+        assert!(diag.0[0] < off.0[0] && off.0[0] < 255, "{diag:?} vs {off:?}");
         assert_eq!(empty.0, [255, 255, 255]);
         // Class names drawn left of the grid.
         let label_area = image::imageops::crop_imm(&img, 0, 50, 165, 2 * cell).to_image();
@@ -322,9 +275,7 @@ mod tests {
     fn many_classes_stay_bounded() {
         let n = 120;
         let classes: Vec<String> = (0..n).map(|i| format!("class number {i}")).collect();
-        let conf: Vec<Vec<u64>> = (0..n)
-            .map(|i| (0..n).map(|j| u64::from(i == j)).collect())
-            .collect();
+        let conf: Vec<Vec<u64>> = (0..n).map(|i| (0..n).map(|j| u64::from(i == j)).collect()).collect();
         let img = render_confusion(&classes, &conf).unwrap();
         assert!(img.width() < 2000 && img.height() < 2000);
     }

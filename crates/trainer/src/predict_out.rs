@@ -33,11 +33,7 @@ pub enum PredictFormat {
 }
 
 /// Write the predictions that succeeded (CSV) or all of them (JSON lines, errors as `error` objects).
-pub fn write_predictions<W: Write>(
-    out: W,
-    format: PredictFormat,
-    preds: &[FilePrediction],
-) -> std::io::Result<()> {
+pub fn write_predictions<W: Write>(out: W, format: PredictFormat, preds: &[FilePrediction]) -> std::io::Result<()> {
     match format {
         PredictFormat::Csv => {
             let mut w = csv::Writer::from_writer(out);
@@ -101,10 +97,7 @@ mod tests {
         let mut buf = Vec::new();
         write_predictions(&mut buf, PredictFormat::Csv, &sample()).unwrap();
         let mut rdr = csv::Reader::from_reader(buf.as_slice());
-        assert_eq!(
-            rdr.headers().unwrap(),
-            vec!["path", "rank", "class", "probability"]
-        );
+        assert_eq!(rdr.headers().unwrap(), vec!["path", "rank", "class", "probability"]);
         let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(&rows[0][2], "ant, emmet, pismire");

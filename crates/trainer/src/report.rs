@@ -82,8 +82,7 @@ pub fn render_report(input: &ReportInput<'_>) -> String {
 
     h.push_str("<section id=\"summary\"><h2>Summary</h2><table>\n");
     let best = best_epoch(input.history);
-    let mut rows: Vec<(String, String)> =
-        vec![("epochs run".into(), input.history.len().to_string())];
+    let mut rows: Vec<(String, String)> = vec![("epochs run".into(), input.history.len().to_string())];
     if let Some(b) = best {
         rows.push(("best epoch".into(), b.epoch.to_string()));
         if let Some(acc) = b.val_acc {
@@ -94,10 +93,7 @@ pub fn render_report(input: &ReportInput<'_>) -> String {
         }
     }
     if let Some(last) = input.history.last() {
-        rows.push((
-            "final train accuracy".into(),
-            format!("{:.4}", last.train_acc),
-        ));
+        rows.push(("final train accuracy".into(), format!("{:.4}", last.train_acc)));
         let secs: f64 = input.history.iter().map(|r| r.seconds).sum();
         rows.push(("training time".into(), format!("{secs:.1} s")));
     }
@@ -125,9 +121,7 @@ pub fn render_report(input: &ReportInput<'_>) -> String {
 
     if let Some(eval) = input.eval {
         h.push_str("<section id=\"per-class\"><h2>Per-class metrics</h2><table>\n");
-        h.push_str(
-            "<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>\n",
-        );
+        h.push_str("<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>\n");
         for (name, m) in eval.classes.iter().zip(&eval.per_class) {
             let _ = writeln!(
                 h,
@@ -193,9 +187,7 @@ mod tests {
                 let (mime, b64) = uri.split_once(";base64,").unwrap();
                 (
                     mime.to_string(),
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64)
-                        .unwrap(),
+                    base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
                 )
             })
             .collect()
@@ -209,8 +201,7 @@ mod tests {
             .save(&photo)
             .unwrap();
         let classes = vec!["ants".to_string(), "bees <&>".to_string()];
-        let eval =
-            EvalSummary::from_confusion(classes.clone(), vec![vec![9, 1], vec![2, 8]], Some(0.4));
+        let eval = EvalSummary::from_confusion(classes.clone(), vec![vec![9, 1], vec![2, 8]], Some(0.4));
         let hist = history(4, true);
         let curves = encode_png(&render_curves(&hist, 800, 300).unwrap()).unwrap();
         let conf = encode_png(&render_confusion(&classes, &eval.confusion).unwrap()).unwrap();
@@ -238,10 +229,7 @@ mod tests {
             wrong: &wrong,
         });
         for id in ["summary", "curves", "confusion", "per-class", "wrong"] {
-            assert!(
-                html.contains(&format!("<section id=\"{id}\">")),
-                "missing section {id}"
-            );
+            assert!(html.contains(&format!("<section id=\"{id}\">")), "missing section {id}");
         }
         assert!(html.contains("best val accuracy</th><td>0.9500"));
         assert!(html.contains("bees &lt;&amp;&gt;") && !html.contains("bees <&>"));

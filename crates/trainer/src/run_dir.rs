@@ -10,12 +10,7 @@ use crate::error::UsageError;
 /// With `out`, that folder is used; it may already exist only when empty or with `exist_ok`. Otherwise the first
 /// of `project/name`, `project/name2`, `project/name3`, ... that does not exist is created (with `exist_ok`,
 /// `project/name` itself is reused).
-pub fn create_run_dir(
-    out: Option<&Path>,
-    project: &Path,
-    name: &str,
-    exist_ok: bool,
-) -> anyhow::Result<PathBuf> {
+pub fn create_run_dir(out: Option<&Path>, project: &Path, name: &str, exist_ok: bool) -> anyhow::Result<PathBuf> {
     if let Some(out) = out {
         if out.exists() && !exist_ok && !is_empty_dir(out) {
             return Err(UsageError(format!(
@@ -25,9 +20,7 @@ pub fn create_run_dir(
             .into());
         }
         if out.exists() && !out.is_dir() {
-            return Err(
-                UsageError(format!("--out {} is a file, not a folder", out.display())).into(),
-            );
+            return Err(UsageError(format!("--out {} is a file, not a folder", out.display())).into());
         }
         create_all(out)?;
         return Ok(out.to_path_buf());
@@ -55,14 +48,11 @@ pub fn create_run_dir(
 }
 
 fn create_all(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", dir.display()))
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create folder {}: {e}", dir.display()))
 }
 
 fn is_empty_dir(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
+    std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -81,11 +71,7 @@ mod tests {
         assert_eq!(c, project.join("train3"));
         assert!(a.is_dir() && b.is_dir() && c.is_dir());
         let again = create_run_dir(None, &project, "train", true).unwrap();
-        assert_eq!(
-            again,
-            project.join("train"),
-            "--exist-ok reuses the base name"
-        );
+        assert_eq!(again, project.join("train"), "--exist-ok reuses the base name");
     }
 
     #[test]
@@ -106,10 +92,7 @@ mod tests {
             create_run_dir(Some(&out), Path::new("unused"), "train", true).unwrap(),
             out
         );
-        assert_eq!(
-            std::fs::read_to_string(out.join("metrics.csv")).unwrap(),
-            "x"
-        );
+        assert_eq!(std::fs::read_to_string(out.join("metrics.csv")).unwrap(), "x");
         assert!(!Path::new("unused").exists());
     }
 }

@@ -168,11 +168,7 @@ impl FromStr for HeadSpec {
         if s.eq_ignore_ascii_case("linear") {
             return Ok(Self::Linear);
         }
-        let bad = || {
-            format!(
-                "invalid head `{s}` (expected `linear` or `mlp:WIDTH[,WIDTH...]`, e.g. mlp:128,64)"
-            )
-        };
+        let bad = || format!("invalid head `{s}` (expected `linear` or `mlp:WIDTH[,WIDTH...]`, e.g. mlp:128,64)");
         let widths = s.strip_prefix("mlp:").ok_or_else(bad)?;
         let widths: Vec<usize> = widths
             .split(',')
@@ -223,9 +219,8 @@ impl FromStr for SchedulerSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let lower = s.to_ascii_lowercase();
-        let bad = || {
-            format!("invalid scheduler `{s}` (expected none, step:STEP,GAMMA, cosine, cosine:WARMUP or onecycle)")
-        };
+        let bad =
+            || format!("invalid scheduler `{s}` (expected none, step:STEP,GAMMA, cosine, cosine:WARMUP or onecycle)");
         match lower.as_str() {
             "none" => return Ok(Self::None),
             "cosine" => return Ok(Self::Cosine { warmup: 0 }),
@@ -289,9 +284,7 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| {
-                    format!("unknown device `{s}` (expected cpu, cuda, cuda:N, metal or auto)")
-                }),
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda, cuda:N, metal or auto)")),
         }
     }
 }
@@ -329,27 +322,17 @@ mod tests {
 
     fn roundtrip<T: FromStr<Err = String> + fmt::Display + PartialEq + fmt::Debug>(s: &str) -> T {
         let v: T = s.parse().unwrap();
-        assert_eq!(
-            v.to_string().parse::<T>().unwrap(),
-            v,
-            "{s} does not round-trip"
-        );
+        assert_eq!(v.to_string().parse::<T>().unwrap(), v, "{s} does not round-trip");
         v
     }
 
     #[test]
     fn parses_and_prints_every_flag_language() {
-        assert_eq!(
-            roundtrip::<HeadSpec>("mlp:128,64"),
-            HeadSpec::Mlp(vec![128, 64])
-        );
+        assert_eq!(roundtrip::<HeadSpec>("mlp:128,64"), HeadSpec::Mlp(vec![128, 64]));
         assert_eq!(roundtrip::<HeadSpec>("linear"), HeadSpec::Linear);
         assert_eq!(
             roundtrip::<SchedulerSpec>("step:7,0.1"),
-            SchedulerSpec::Step {
-                step: 7,
-                gamma: 0.1
-            }
+            SchedulerSpec::Step { step: 7, gamma: 0.1 }
         );
         assert_eq!(
             roundtrip::<SchedulerSpec>("cosine:3"),
@@ -359,20 +342,14 @@ mod tests {
             roundtrip::<SchedulerSpec>("cosine"),
             SchedulerSpec::Cosine { warmup: 0 }
         );
-        assert_eq!(
-            roundtrip::<SchedulerSpec>("onecycle"),
-            SchedulerSpec::OneCycle
-        );
+        assert_eq!(roundtrip::<SchedulerSpec>("onecycle"), SchedulerSpec::OneCycle);
         assert_eq!(roundtrip::<Unfreeze>("all"), Unfreeze::All);
         assert_eq!(roundtrip::<Unfreeze>("2"), Unfreeze::Last(2));
         assert_eq!(roundtrip::<DeviceSpec>("cuda:1"), DeviceSpec::Cuda(1));
         assert_eq!(roundtrip::<DeviceSpec>("cuda"), DeviceSpec::Cuda(0));
         assert_eq!(roundtrip::<Mode>("fine-tune"), Mode::FineTune);
         assert_eq!(roundtrip::<OptimizerKind>("AdamW"), OptimizerKind::AdamW);
-        assert_eq!(
-            roundtrip::<Recipe>("keras-vgg16-binary"),
-            Recipe::KerasVgg16Binary
-        );
+        assert_eq!(roundtrip::<Recipe>("keras-vgg16-binary"), Recipe::KerasVgg16Binary);
     }
 
     #[test]

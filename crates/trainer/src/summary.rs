@@ -58,25 +58,16 @@ pub struct EvalSummary {
 
 impl EvalSummary {
     /// Accuracy and per-class metrics from a square confusion matrix (`confusion[true][pred]`).
-    pub fn from_confusion(
-        classes: Vec<String>,
-        confusion: Vec<Vec<u64>>,
-        loss: Option<f64>,
-    ) -> Self {
+    pub fn from_confusion(classes: Vec<String>, confusion: Vec<Vec<u64>>, loss: Option<f64>) -> Self {
         let n = confusion.len();
         let total: u64 = confusion.iter().flatten().sum();
-        let correct: u64 = (0..n)
-            .map(|i| confusion[i].get(i).copied().unwrap_or(0))
-            .sum();
+        let correct: u64 = (0..n).map(|i| confusion[i].get(i).copied().unwrap_or(0)).sum();
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let per_class = (0..n)
             .map(|c| {
                 let tp = confusion[c].get(c).copied().unwrap_or(0);
                 let support: u64 = confusion[c].iter().sum();
-                let predicted: u64 = confusion
-                    .iter()
-                    .map(|row| row.get(c).copied().unwrap_or(0))
-                    .sum();
+                let predicted: u64 = confusion.iter().map(|row| row.get(c).copied().unwrap_or(0)).sum();
                 let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
                 let f1 = if precision + recall > 0.0 {
                     2.0 * precision * recall / (precision + recall)
@@ -172,21 +163,13 @@ pub fn metrics_json(history: &[EpochRow], eval: Option<&EvalSummary>) -> serde_j
 
 /// Write `metrics.csv` into the run folder (atomically; called after every epoch).
 pub fn write_metrics_csv(run_dir: &Path, history: &[EpochRow]) -> std::io::Result<()> {
-    write_atomic(
-        &run_dir.join("metrics.csv"),
-        metrics_csv(history).as_bytes(),
-    )
+    write_atomic(&run_dir.join("metrics.csv"), metrics_csv(history).as_bytes())
 }
 
 /// Write `metrics.json` into the run folder (atomically).
-pub fn write_metrics_json(
-    run_dir: &Path,
-    history: &[EpochRow],
-    eval: Option<&EvalSummary>,
-) -> std::io::Result<()> {
+pub fn write_metrics_json(run_dir: &Path, history: &[EpochRow], eval: Option<&EvalSummary>) -> std::io::Result<()> {
     // Invariant: the value holds only finite-or-null numbers and strings.
-    let text = serde_json::to_string_pretty(&metrics_json(history, eval))
-        .expect("metrics serialise to JSON");
+    let text = serde_json::to_string_pretty(&metrics_json(history, eval)).expect("metrics serialise to JSON");
     write_atomic(&run_dir.join("metrics.json"), text.as_bytes())
 }
 
@@ -215,22 +198,14 @@ pub(crate) mod tests {
     #[test]
     fn per_class_metrics_from_confusion() {
         // 10 ants: 8 right, 2 called bees; 5 bees: 4 right, 1 called ant.
-        let s = EvalSummary::from_confusion(
-            vec!["ants".into(), "bees".into()],
-            vec![vec![8, 2], vec![1, 4]],
-            None,
-        );
+        let s = EvalSummary::from_confusion(vec!["ants".into(), "bees".into()], vec![vec![8, 2], vec![1, 4]], None);
         assert!((s.accuracy - 12.0 / 15.0).abs() < 1e-12);
         let a = s.per_class[0];
         assert!((a.precision - 8.0 / 9.0).abs() < 1e-12 && (a.recall - 0.8).abs() < 1e-12);
         assert!((a.f1 - 2.0 * (8.0 / 9.0) * 0.8 / (8.0 / 9.0 + 0.8)).abs() < 1e-12);
         assert_eq!((a.support, s.per_class[1].support), (10, 5));
         // A class never predicted and never present: zeros, not NaN.
-        let z = EvalSummary::from_confusion(
-            vec!["a".into(), "b".into()],
-            vec![vec![3, 0], vec![0, 0]],
-            None,
-        );
+        let z = EvalSummary::from_confusion(vec!["a".into(), "b".into()], vec![vec![3, 0], vec![0, 0]], None);
         assert_eq!(z.per_class[1].f1, 0.0);
     }
 
@@ -270,16 +245,10 @@ pub(crate) mod tests {
     #[test]
     fn json_reports_best_epoch_and_classes() {
         let dir = tempfile::tempdir().unwrap();
-        let eval = EvalSummary::from_confusion(
-            vec!["a".into(), "b".into()],
-            vec![vec![5, 0], vec![1, 4]],
-            Some(0.3),
-        );
+        let eval = EvalSummary::from_confusion(vec!["a".into(), "b".into()], vec![vec![5, 0], vec![1, 4]], Some(0.3));
         write_metrics_json(dir.path(), &history(4, true), Some(&eval)).unwrap();
-        let v: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("metrics.json")).unwrap(),
-        )
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("metrics.json")).unwrap()).unwrap();
         assert_eq!(v["best_epoch"], 3);
         assert_eq!(v["val_accuracy"], 0.95);
         assert_eq!(v["classes"], serde_json::json!(["a", "b"]));

@@ -58,11 +58,7 @@ pub fn is_dataset(dir: &Path) -> bool {
 }
 
 /// The dataset folder under `cache`, downloading and unpacking `url` first when it is not there yet.
-pub fn ensure_hymenoptera(
-    cache: &Path,
-    url: &str,
-    timeout: Duration,
-) -> Result<PathBuf, FetchError> {
+pub fn ensure_hymenoptera(cache: &Path, url: &str, timeout: Duration) -> Result<PathBuf, FetchError> {
     let target = cache.join(HYMENOPTERA_DIR);
     if is_dataset(&target) {
         return Ok(target);
@@ -145,12 +141,8 @@ mod tests {
 
     fn make_zip(path: &Path, with_val: bool) {
         let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        let mut files = vec![
-            "hymenoptera_data/train/ants/a.jpg",
-            "hymenoptera_data/train/bees/b.jpg",
-        ];
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let mut files = vec!["hymenoptera_data/train/ants/a.jpg", "hymenoptera_data/train/bees/b.jpg"];
         if with_val {
             files.push("hymenoptera_data/val/ants/c.jpg");
         }
@@ -169,10 +161,7 @@ mod tests {
         unpack(&zip_path, dir.path()).unwrap();
         let data = dir.path().join(HYMENOPTERA_DIR);
         assert!(is_dataset(&data));
-        assert_eq!(
-            std::fs::read(data.join("val/ants/c.jpg")).unwrap(),
-            vec![7u8; 300]
-        );
+        assert_eq!(std::fs::read(data.join("val/ants/c.jpg")).unwrap(), vec![7u8; 300]);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -180,12 +169,7 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         // Present now: no network needed.
-        let got = ensure_hymenoptera(
-            dir.path(),
-            "http://127.0.0.1:9/none.zip",
-            Duration::from_millis(200),
-        )
-        .unwrap();
+        let got = ensure_hymenoptera(dir.path(), "http://127.0.0.1:9/none.zip", Duration::from_millis(200)).unwrap();
         assert_eq!(got, data);
     }
 
@@ -198,10 +182,7 @@ mod tests {
         assert!(e.contains("h.zip") && e.contains("val"), "{e}");
         assert!(!dir.path().join(HYMENOPTERA_DIR).exists());
         std::fs::write(&zip_path, b"not a zip").unwrap();
-        assert!(unpack(&zip_path, dir.path())
-            .unwrap_err()
-            .to_string()
-            .contains("h.zip"));
+        assert!(unpack(&zip_path, dir.path()).unwrap_err().to_string().contains("h.zip"));
     }
 
     #[test]

@@ -31,7 +31,12 @@ pub struct Scored {
 
 impl Scored {
     /// Scores of the head on cached features of `dataset`.
-    pub fn from_features(head: &Head, f: &Features, dataset: &data::Dataset, batch_size: usize) -> anyhow::Result<Self> {
+    pub fn from_features(
+        head: &Head,
+        f: &Features,
+        dataset: &data::Dataset,
+        batch_size: usize,
+    ) -> anyhow::Result<Self> {
         let n = f.x.dim(0)?;
         let mut scores = Vec::with_capacity(n);
         let mut start = 0;
@@ -162,4 +167,38 @@ pub fn evaluate(
         }
     };
     summarize(&scored, &classes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_confusion_and_ranks_confident_mistakes() {
+        let classes = vec!["ants".to_string(), "bees".to_string()];
+        let s = Scored {
+            scores: vec![
+                vec![0.9, 0.1],
+                vec![0.2, 0.8],
+                vec![0.4, 0.6],
+                vec![0.05, 0.95],
+                vec![0.7, 0.3],
+            ],
+            labels: vec![0, 1, 0, 0, 1],
+            paths: ["a1", "b1", "a2", "a3", "b2"].iter().map(PathBuf::from).collect(),
+        };
+        let (eval, wrong) = summarize(&s, &classes).unwrap();
+        assert_eq!(eval.confusion, vec![vec![1, 2], vec![1, 1]]);
+        assert!((eval.accuracy - 0.4).abs() < 1e-12);
+        let expected_loss = -(0.9f64.ln() + 0.8f64.ln() + 0.4f64.ln() + 0.05f64.ln() + 0.3f64.ln()) / 5.0;
+        assert!((eval.loss.unwrap() - expected_loss).abs() < 1e-6);
+        assert!(eval.roc_auc.is_some());
+        let order: Vec<&str> = wrong.iter().map(|w| w.path.to_str().unwrap()).collect();
+        assert_eq!(order, ["a3", "b2", "a2"]);
+        assert_eq!(
+            (wrong[0].true_class.as_str(), wrong[0].pred_class.as_str()),
+            ("ants", "bees")
+        );
+        assert!((wrong[0].prob - 0.95).abs() < 1e-6);
+    }
 }

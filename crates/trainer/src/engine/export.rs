@@ -21,7 +21,12 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
-            return Err(UsageError(format!("--out {}: folder {} does not exist", out.display(), parent.display())).into());
+            return Err(UsageError(format!(
+                "--out {}: folder {} does not exist",
+                out.display(),
+                parent.display()
+            ))
+            .into());
         }
     }
     let (mut meta, tensors) = read_model_file(&best, &Device::Cpu)?;
@@ -32,8 +37,13 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
             .as_ref()
             .with_context(|| format!("{} records no backbone weights", best.display()))?;
         // Loading checks the recorded sha256 and that the tensors fit the architecture.
-        let model = super::model::load_model(&best, &Device::Cpu)
-            .with_context(|| format!("cannot rebuild the model of {} (weights {})", run_dir.display(), w.path.display()))?;
+        let model = super::model::load_model(&best, &Device::Cpu).with_context(|| {
+            format!(
+                "cannot rebuild the model of {} (weights {})",
+                run_dir.display(),
+                w.path.display()
+            )
+        })?;
         for (k, t) in model.backbone.store().state_dict() {
             tensors.push((format!("backbone.{k}"), t));
         }

@@ -55,7 +55,8 @@ pub fn open_sets(cfg: &TrainConfig) -> anyhow::Result<Sets> {
         let all = data::open(data).map_err(|e| UsageError(format!("--data: {e}")))?;
         match cfg.val_split {
             Some(f) => {
-                let tv = TrainVal::split(all, f as f64, cfg.seed).map_err(|e| UsageError(format!("--val-split: {e}")))?;
+                let tv =
+                    TrainVal::split(all, f as f64, cfg.seed).map_err(|e| UsageError(format!("--val-split: {e}")))?;
                 Sets {
                     train: tv.train,
                     val: Some(tv.val),
@@ -190,7 +191,15 @@ pub fn features(dir: &Path, dataset: &Dataset, spec: FeatureSpec<'_>, device: &D
     let key = training::CacheKey::new(&files, spec.model, spec.weights_sha256, &desc, spec.views)?;
     let backbone = spec.backbone;
     let views = spec.views;
-    let ld = loader(dataset, spec.pipeline, spec.batch_size, false, spec.seed, spec.strict, device)?;
+    let ld = loader(
+        dataset,
+        spec.pipeline,
+        spec.batch_size,
+        false,
+        spec.seed,
+        spec.strict,
+        device,
+    )?;
     let cached = training::load_or_compute(dir, &key, device, || {
         let (mut feats, mut rows) = (Vec::new(), Vec::new());
         for view in 0..views {

@@ -25,7 +25,12 @@ pub const EVAL_BATCH: usize = 32;
 pub struct Graft;
 
 impl Backend for Graft {
-    fn train(&self, cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
+    fn train(
+        &self,
+        cfg: &TrainConfig,
+        run_dir: &Path,
+        observer: &mut dyn TrainObserver,
+    ) -> anyhow::Result<TrainOutcome> {
         train::train(cfg, run_dir, observer)
     }
 
@@ -53,12 +58,15 @@ impl Backend for Graft {
 
     fn inspect(&self, data_path: &Path, _strict: bool) -> anyhow::Result<DatasetReport> {
         let report = data::inspect(data_path).map_err(|e| UsageError(e.to_string()))?;
-        let is_csv = data_path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let is_csv = data_path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
         Ok(DatasetReport {
             kind: if is_csv { "csv" } else { "imagefolder" }.into(),
-            classes: report.classes.iter().cloned().zip(report.counts.iter().copied()).collect(),
+            classes: report
+                .classes
+                .iter()
+                .cloned()
+                .zip(report.counts.iter().copied())
+                .collect(),
             skipped: report
                 .unreadable
                 .iter()

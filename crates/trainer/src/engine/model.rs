@@ -143,9 +143,14 @@ pub fn read_model_file(path: &Path, device: &Device) -> anyhow::Result<(ModelMet
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| anyhow::anyhow!("{} is not a graft model file (no `{META_KEY}` metadata)", path.display()))?;
-    let meta: ModelMeta = serde_json::from_str(json)
-        .with_context(|| format!("{}: invalid `{META_KEY}` metadata", path.display()))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is not a graft model file (no `{META_KEY}` metadata)",
+                path.display()
+            )
+        })?;
+    let meta: ModelMeta =
+        serde_json::from_str(json).with_context(|| format!("{}: invalid `{META_KEY}` metadata", path.display()))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("cannot read the tensors of {}", path.display()))?;
     Ok((meta, tensors))
@@ -161,7 +166,11 @@ fn check_weights(w: &WeightsRef) -> anyhow::Result<PathBuf> {
     }
     let sha = backbones::weights::file_sha256(&w.path)?;
     if sha != w.sha256 {
-        bail!("{} changed since training (sha256 {sha}, expected {})", w.path.display(), w.sha256);
+        bail!(
+            "{} changed since training (sha256 {sha}, expected {})",
+            w.path.display(),
+            w.sha256
+        );
     }
     Ok(w.path.clone())
 }
@@ -201,9 +210,107 @@ pub fn restore_head(config: &HeadConfig, tensors: &HashMap<String, Tensor>, devi
             .get(&name)
             .ok_or_else(|| anyhow::anyhow!("head tensor `{name}` is missing"))?;
         if t.dims() != var.dims() {
-            bail!("head tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims());
+            bail!(
+                "head tensor `{name}` has shape {:?}, expected {:?}",
+                t.dims(),
+                var.dims()
+            );
         }
         var.set(&t.to_dtype(DType::F32)?.to_device(device)?)?;
     }
     Ok(head)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use heads::Task;
+
+    /// A resnet18 with zero weights except a random `fc`-free first conv, and a seeded 3-class linear head.
+    pub fn tiny_model() -> LoadedModel {
+        let dev = Device::Cpu;
+        let store = ParamStore::empty(DType::F32, &dev);
+        let backbone = backbones::zoo::build("resnet18", &store).unwrap();
+        let conv = store.params().into_iter().find(|p| p.name() == "conv1.weight").unwrap();
+        conv.set(&Tensor::randn(0f32, 0.1, conv.tensor().dims(), &dev).unwrap())
+            .unwrap();
+        let spec = backbones::registry::get("resnet18").unwrap();
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let head_cfg = HeadConfig::linear(Task::MultiClass, classes.clone(), backbone.num_features());
+        let head = Head::seeded(head_cfg.clone(), &dev, 7).unwrap();
+        let meta = ModelMeta {
+            model: spec.name.clone(),
+            architecture: spec.architecture.clone(),
+            classes,
+            preprocess: spec.preprocess.clone(),
+            head: head_cfg,
+            mode: "fine-tune".into(),
+            weights: None,
+            backbone_included: true,
+        };
+        LoadedModel { meta, backbone, head }
+    }
+
+    fn same(a: &Tensor, b: &Tensor) -> bool {
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap() == b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn a_saved_model_loads_back_with_its_tensors_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let m = tiny_model();
+        save_model(&path, &m.meta, &m.head, Some(m.backbone.as_ref())).unwrap();
+        let back = load_model(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.meta, m.meta);
+        for ((n1, v1), (n2, v2)) in m.head.vars().iter().zip(back.head.vars()) {
+            assert_eq!(n1, &n2);
+            assert!(same(v1.as_tensor(), v2.as_tensor()), "{n1}");
+        }
+        let a = m.backbone.store().state_dict();
+        let b = back.backbone.store().state_dict();
+        assert_eq!(a.len(), b.len());
+        assert!(same(&a["conv1.weight"], &b["conv1.weight"]));
+        assert!(!dir
+            .path()
+            .read_dir()
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    }
+
+    #[test]
+    fn a_model_without_its_backbone_needs_the_recorded_weights_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("best.safetensors");
+        let mut m = tiny_model();
+        let weights = dir.path().join("pretrained.safetensors");
+        m.meta.weights = Some(WeightsRef {
+            path: weights.clone(),
+            sha256: "0".repeat(64),
+        });
+        save_model(&path, &m.meta, &m.head, None).unwrap();
+        let (meta, tensors) = read_model_file(&path, &Device::Cpu).unwrap();
+        assert!(!meta.backbone_included);
+        assert!(tensors.keys().all(|k| k.starts_with("head.")));
+        let err = format!("{:#}", load_model(&path, &Device::Cpu).err().unwrap());
+        assert!(err.contains("pretrained.safetensors"), "{err}");
+        // Present but different from what was recorded: refused by its sha256.
+        std::fs::write(&weights, b"not the weights").unwrap();
+        let err = format!("{:#}", load_model(&path, &Device::Cpu).err().unwrap());
+        assert!(err.contains("changed since training"), "{err}");
+    }
+
+    #[test]
+    fn files_that_are_not_graft_models_are_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.safetensors");
+        let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("x".to_string(), t)]), &plain).unwrap();
+        let err = format!("{:#}", load_model(&plain, &Device::Cpu).err().unwrap());
+        assert!(err.contains("not a graft model file") && !err.contains('\n'), "{err}");
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"garbage").unwrap();
+        let err = format!("{:#}", load_model(&junk, &Device::Cpu).err().unwrap());
+        assert!(err.contains("junk.safetensors"), "{err}");
+    }
 }

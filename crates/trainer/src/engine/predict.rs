@@ -33,7 +33,7 @@ pub fn load_source(source: &ModelSource, device: &Device) -> anyhow::Result<Load
 }
 
 /// The preprocessed pixels of `path` (and of its mirror image with `tta`), or why it cannot be read.
-fn prepare(path: &PathBuf, pipeline: &Pipeline, tta: bool) -> Result<Vec<Vec<f32>>, String> {
+fn prepare(path: &std::path::Path, pipeline: &Pipeline, tta: bool) -> Result<Vec<Vec<f32>>, String> {
     let img = data::decode_image(path).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut views = vec![pipeline.apply(img.clone(), &mut rng)];
@@ -105,4 +105,38 @@ pub fn predict(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::tests::tiny_model;
+
+    #[test]
+    fn unreadable_files_are_reported_and_the_others_predicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.png");
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]))
+            .save(&good)
+            .unwrap();
+        let bad = dir.path().join("bad.jpg");
+        std::fs::write(&bad, b"not an image").unwrap();
+        let m = tiny_model();
+        let files = vec![bad.clone(), good.clone()];
+        let preds = predict(&m, &Device::Cpu, &files, 2, false, 32).unwrap();
+        assert_eq!(preds.len(), 2);
+        assert_eq!(preds[0].path, bad);
+        assert!(preds[0].result.is_err());
+        let top = preds[1].result.as_ref().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0].probability >= top[1].probability);
+        assert!(top.iter().all(|c| (0.0..=1.0).contains(&c.probability)));
+
+        // TTA averages two views: still a probability distribution over the classes.
+        let tta = predict(&m, &Device::Cpu, &files[1..], 3, true, 32).unwrap();
+        let all = tta[0].result.as_ref().unwrap();
+        let sum: f32 = all.iter().map(|c| c.probability).sum();
+        assert_eq!(all.len(), 3);
+        assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+    }
 }

@@ -373,8 +373,16 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     let mut val_features = None;
     if freeze_epochs > 0 {
         let (name, pipeline, views) = match cfg.augment {
-            Augment::None => ("eval".to_string(), data::transforms::Pipeline::eval(&spec.preprocess), 1),
-            a => (a.to_string(), inputs::train_pipeline(a, &spec.preprocess), cfg.aug_views),
+            Augment::None => (
+                "eval".to_string(),
+                data::transforms::Pipeline::eval(&spec.preprocess),
+                1,
+            ),
+            a => (
+                a.to_string(),
+                inputs::train_pipeline(a, &spec.preprocess),
+                cfg.aug_views,
+            ),
         };
         let fspec = |pipeline_name: String, pipeline, views| FeatureSpec {
             backbone: backbone.as_ref(),
@@ -435,9 +443,14 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             dir,
             &loss,
             steps,
-            |epoch| feature_batches(&tf, bs, Some((seed, epoch))).map_or_else(|e| vec![Err(e)], |v| v.into_iter().map(Ok).collect()),
+            |epoch| {
+                feature_batches(&tf, bs, Some((seed, epoch)))
+                    .map_or_else(|e| vec![Err(e)], |v| v.into_iter().map(Ok).collect())
+            },
             |_| match &vf {
-                Some(vf) => feature_batches(vf, bs, None).map_or_else(|e| vec![Err(e)], |v| v.into_iter().map(Ok).collect()),
+                Some(vf) => {
+                    feature_batches(vf, bs, None).map_or_else(|e| vec![Err(e)], |v| v.into_iter().map(Ok).collect())
+                }
                 None => Vec::new(),
             },
         )?;
@@ -459,8 +472,17 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         training::set_trainable(backbone.as_ref(), unfreeze, cfg.train_bn)
             .map_err(|e| UsageError(format!("--unfreeze: {e}")))?;
         let two_phase = freeze_epochs > 0;
-        let (head_lr, mult) = if two_phase { (cfg.lr / 2.0, 100.0) } else { (cfg.lr, 1.0) };
-        let groups = training::discriminative_groups(model, head_lr, mult);
+        let (head_lr, mult) = if two_phase {
+            (cfg.lr / 2.0, 100.0)
+        } else {
+            (cfg.lr, 1.0)
+        };
+        let mut groups = training::discriminative_groups(model, head_lr, mult);
+        // Stage names may clash with the head's group (EfficientNet has a `head` stage).
+        let last = groups.len() - 1;
+        for g in &mut groups[..last] {
+            g.name = format!("backbone.{}", g.name);
+        }
         let mut opt = make_optimizer(cfg, groups)?;
         let train_ld = inputs::loader(
             &train,
@@ -510,13 +532,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             &loss,
             steps,
             |epoch| train_ld.epoch((offset + epoch) as u64).map(to_pair),
-            |_| {
-                val_ld
-                    .iter()
-                    .flat_map(|l| l.epoch(0))
-                    .map(to_pair)
-                    .collect::<Vec<_>>()
-            },
+            |_| val_ld.iter().flat_map(|l| l.epoch(0)).map(to_pair).collect::<Vec<_>>(),
         )?;
         training::set_trainable(backbone.as_ref(), training::Unfreeze::None, false)?;
         if let (Some(v), Some(ld)) = (&val, &val_ld) {
@@ -551,4 +567,84 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     };
     let history = job.rows.into_inner();
     Ok(TrainOutcome { history, eval, wrong })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use training::LrSchedule;
+
+    #[test]
+    fn feature_batches_cover_every_row_and_reshuffle_per_epoch() {
+        let x = Tensor::arange(0f32, 10.0, &Device::Cpu)
+            .unwrap()
+            .reshape((10, 1))
+            .unwrap();
+        let labels = Tensor::arange(0u32, 10, &Device::Cpu).unwrap();
+        let f = Features {
+            x,
+            labels,
+            index: (0..10).collect(),
+            hit: false,
+        };
+        let rows =
+            |b: &[(Tensor, Tensor)]| -> Vec<u32> { b.iter().flat_map(|(_, y)| y.to_vec1::<u32>().unwrap()).collect() };
+        let e0 = feature_batches(&f, 4, Some((1, 0))).unwrap();
+        assert_eq!(e0.iter().map(|b| b.0.dim(0).unwrap()).collect::<Vec<_>>(), [4, 4, 2]);
+        let mut sorted = rows(&e0);
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<u32>>());
+        // Features stay with their labels.
+        for (x, y) in &e0 {
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(
+                xs,
+                y.to_vec1::<u32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(
+            rows(&e0),
+            rows(&feature_batches(&f, 4, Some((1, 0))).unwrap()),
+            "seeded"
+        );
+        assert_ne!(
+            rows(&e0),
+            rows(&feature_batches(&f, 4, Some((1, 1))).unwrap()),
+            "per epoch"
+        );
+        assert_eq!(
+            rows(&feature_batches(&f, 4, None).unwrap()),
+            (0..10).collect::<Vec<u32>>()
+        );
+    }
+
+    #[test]
+    fn scheduler_flags_map_to_schedules_over_the_run() {
+        let cos = schedule(SchedulerSpec::Cosine { warmup: 1 }, 4, 10);
+        assert!(cos.multiplier(0) < 0.2 && (cos.multiplier(10) - 1.0).abs() < 1e-9);
+        assert!(cos.multiplier(39) < 0.01);
+        let step = schedule(SchedulerSpec::Step { step: 2, gamma: 0.1 }, 6, 5);
+        assert_eq!((step.multiplier(9), step.multiplier(10)), (1.0, 0.1f64.powi(1)));
+        assert_eq!(schedule(SchedulerSpec::None, 3, 3).multiplier(7), 1.0);
+    }
+
+    #[test]
+    fn unknown_models_and_missing_weights_are_usage_errors() {
+        let e = model_spec("resnet19").err().unwrap();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(e.to_string().contains("resnet18"), "{e}");
+        let spec = model_spec("resnet18").unwrap();
+        let e = resolve_weights(&spec, Some(Path::new("/no/such/weights.safetensors")))
+            .err()
+            .unwrap();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(
+            e.to_string().contains("--weights") && e.to_string().contains("/no/such"),
+            "{e}"
+        );
+    }
 }
