@@ -110,6 +110,8 @@ impl Conv2d {
         let w_t = self.weight.tensor();
         let y = if self.is_depthwise() {
             crate::ops::depthwise_conv2d(x, &w_t, c.stride, pad)?
+        } else if c.groups == 1 {
+            crate::conv::conv2d(x, &w_t, c.stride, pad)?
         } else {
             let symmetric = pad.iter().all(|&p| p == pad[0]);
             if symmetric {

@@ -4,7 +4,9 @@
 //! exactly as timm's checkpoints do, so loading a Hub checkpoint is a path lookup.
 
 pub mod backbone;
+pub mod conv;
 pub mod error;
+pub mod fused;
 pub mod layers;
 pub mod ops;
 pub mod params;
