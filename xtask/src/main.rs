@@ -1,12 +1,15 @@
-//! Project tasks: `cargo xtask bench`.
+//! Project tasks: `cargo xtask download-weights [NAME…] [--all]`, `cargo xtask bench`.
 
 mod bench;
+mod download;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Project tasks.
+/// graft's project tasks.
 #[derive(Debug, Parser)]
-#[command(name = "xtask")]
+#[command(name = "cargo xtask", about = "graft project tasks", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Download pretrained weights from the Hugging Face Hub into its cache (reused by Python tools too).
+    DownloadWeights(download::Args),
     /// CPU benchmarks: forward, end to end, training steps, data pipeline; prints a table, writes JSON.
     Bench(bench::Args),
     /// Run one benchmark measurement in this process (used by `bench`, one child process per measurement).
@@ -21,9 +26,18 @@ enum Command {
     BenchOne(bench::OneArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::DownloadWeights(args) => download::run(&args),
         Command::Bench(args) => bench::run(args),
         Command::BenchOne(args) => bench::run_one(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the context chain on one line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

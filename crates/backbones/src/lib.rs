@@ -4,15 +4,22 @@
 //! exactly as timm's checkpoints do, so loading a Hub checkpoint is a path lookup.
 
 pub mod backbone;
+pub mod blocks;
 pub mod conv;
+pub mod device;
+pub mod efficientnet;
 pub mod error;
 pub mod fused;
+pub mod hub;
 pub mod layers;
+pub mod mobilenetv3;
 pub mod ops;
 pub mod params;
+pub mod pth;
 pub mod registry;
 pub mod resnet;
 pub mod vgg;
+pub mod weights;
 pub mod zoo;
 
 pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, Stage};

@@ -1,14 +1,57 @@
 //! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward.
+//!
+//! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
+//! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
 
-/// Depthwise 2-D convolution: `x` N×C×H×W, `w` C×1×k×k, padding `[top, bottom, left, right]`.
+mod depthwise;
+mod fold;
+mod maxpool;
+mod plane;
+
+pub use fold::fold_bn;
+
+use candle_core::{DType, Tensor};
+
+/// Run `f` on `x` (and `w`) converted to f32 when their dtype is not f32/f64, converting the result back.
+fn via_float(xs: &[&Tensor], f: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+    let dtype = xs[0].dtype();
+    if matches!(dtype, DType::F32 | DType::F64) {
+        let xs = xs
+            .iter()
+            .map(|t| t.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        f(&xs)
+    } else {
+        let xs = xs
+            .iter()
+            .map(|t| t.to_dtype(DType::F32)?.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        f(&xs)?.to_dtype(dtype)
+    }
+}
+
+/// Depthwise 2-D convolution: `x` N×C×H×W, `w` C×1×k×k, zero padding `[top, bottom, left, right]`.
 ///
-/// Reference implementation through candle's grouped convolution (correct, slow: one small convolution per channel).
+/// CPU: a direct custom op with its own backward (gradients for `x` and `w`). Other devices: candle's grouped
+/// convolution.
 pub fn depthwise_conv2d(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
     stride: usize,
     pad: [usize; 4],
 ) -> candle_core::Result<candle_core::Tensor> {
+    if x.device().is_cpu() {
+        if w.dtype() != x.dtype() {
+            candle_core::bail!(
+                "depthwise_conv2d: weight dtype {:?} differs from input dtype {:?}",
+                w.dtype(),
+                x.dtype()
+            );
+        }
+        return via_float(&[x, w], |t| {
+            t[0].apply_op2(&t[1], depthwise::DepthwiseConv { stride, pad })
+        });
+    }
     let c = x.dim(1)?;
     let symmetric = pad.iter().all(|&p| p == pad[0]);
     if symmetric {
@@ -20,18 +63,28 @@ pub fn depthwise_conv2d(
     }
 }
 
-/// Max-pooling with a square `kernel`, `stride` and symmetric zero-free `padding` (padded cells never win).
+/// Max-pooling with a square `kernel`, `stride` and symmetric `padding` (padded cells never win; floor output size).
 ///
-/// Reference implementation: candle's forward; its backward fails when `kernel != stride`.
+/// CPU: a custom op whose backward routes each gradient to the first maximum of its window, for any kernel and
+/// stride. Other devices: candle's forward over a `-inf`-padded input, whose backward fails when `kernel != stride`.
 pub fn max_pool2d(
     x: &candle_core::Tensor,
     kernel: usize,
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<candle_core::Tensor> {
+    if x.device().is_cpu() {
+        return via_float(&[x], |t| {
+            t[0].apply_op1(maxpool::MaxPool {
+                kernel,
+                stride,
+                padding,
+            })
+        });
+    }
     let x = if padding > 0 {
         let (n, c, h, w) = x.dims4()?;
-        let neg = candle_core::Tensor::full(f32::MIN, (n, c, h + 2 * padding, w + 2 * padding), x.device())?
+        let neg = Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * padding, w + 2 * padding), x.device())?
             .to_dtype(x.dtype())?;
         neg.slice_assign(&[0..n, 0..c, padding..padding + h, padding..padding + w], x)?
     } else {

@@ -1,0 +1,134 @@
+//! EfficientNet-B0 (Tan & Le, 2019) and EfficientNet-Lite0, as timm's `efficientnet_b0` and
+//! `tf_efficientnet_lite0`: stem 3×3/2 → seven MBConv stages → 1×1 head conv to 1280 → pool → classifier.
+
+use candle_core::Tensor;
+
+use crate::backbone::{Backbone, Stage};
+use crate::blocks::{
+    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, ConvNormAct, MobileConfig,
+    SeWidth,
+};
+use crate::error::Result;
+use crate::layers::{Activation, Linear};
+use crate::params::ParamStore;
+
+use BlockArgs as A;
+
+const SILU: Activation = Activation::Silu;
+const RELU6: Activation = Activation::Relu6;
+
+/// EfficientNet-B0 (Table 1 of the paper): operator, repeats, kernel, stride, expansion, channels, SE ratio.
+pub const B0: &[&[BlockArgs]] = &[
+    &[A::ds(3, 1, 16, 0.25, SILU)],          // ds_r1_k3_s1_e1_c16_se0.25
+    &[A::ir(2, 3, 2, 6.0, 24, 0.25, SILU)],  // ir_r2_k3_s2_e6_c24_se0.25
+    &[A::ir(2, 5, 2, 6.0, 40, 0.25, SILU)],  // ir_r2_k5_s2_e6_c40_se0.25
+    &[A::ir(3, 3, 2, 6.0, 80, 0.25, SILU)],  // ir_r3_k3_s2_e6_c80_se0.25
+    &[A::ir(3, 5, 1, 6.0, 112, 0.25, SILU)], // ir_r3_k5_s1_e6_c112_se0.25
+    &[A::ir(4, 5, 2, 6.0, 192, 0.25, SILU)], // ir_r4_k5_s2_e6_c192_se0.25
+    &[A::ir(1, 3, 1, 6.0, 320, 0.25, SILU)], // ir_r1_k3_s1_e6_c320_se0.25
+];
+
+/// EfficientNet-Lite0: B0's table without squeeze-excite, with ReLU6.
+pub const LITE0: &[&[BlockArgs]] = &[
+    &[A::ds(3, 1, 16, 0.0, RELU6)],
+    &[A::ir(2, 3, 2, 6.0, 24, 0.0, RELU6)],
+    &[A::ir(2, 5, 2, 6.0, 40, 0.0, RELU6)],
+    &[A::ir(3, 3, 2, 6.0, 80, 0.0, RELU6)],
+    &[A::ir(3, 5, 1, 6.0, 112, 0.0, RELU6)],
+    &[A::ir(4, 5, 2, 6.0, 192, 0.0, RELU6)],
+    &[A::ir(1, 3, 1, 6.0, 320, 0.0, RELU6)],
+];
+
+const STEM: usize = 32;
+const HEAD: usize = 1280;
+const CLASSES: usize = 1000;
+
+/// An EfficientNet-family network (B0 or Lite0) with timm's parameter names.
+#[derive(Debug)]
+pub struct EfficientNet {
+    name: String,
+    store: ParamStore,
+    stem: ConvNormAct,
+    blocks: Vec<Vec<Block>>,
+    head: ConvNormAct,
+    classifier: Option<Linear>,
+}
+
+impl EfficientNet {
+    /// timm's `efficientnet_b0`: SiLU, squeeze-excite, BN eps 1e-5, symmetric padding.
+    pub fn b0(store: &ParamStore) -> Result<Self> {
+        let cfg = MobileConfig {
+            eps: 1e-5,
+            tf_same: false,
+            se_act: None,
+            se_gate: Activation::Sigmoid,
+            se_width: SeWidth::FromBlockInput,
+        };
+        Self::build("efficientnet_b0", store, &cfg, B0, SILU)
+    }
+
+    /// timm's `tf_efficientnet_lite0`: ReLU6, no squeeze-excite, BN eps 1e-3, TF "SAME" padding.
+    pub fn lite0(store: &ParamStore) -> Result<Self> {
+        let cfg = MobileConfig {
+            eps: 1e-3,
+            tf_same: true,
+            se_act: None,
+            se_gate: Activation::Sigmoid,
+            se_width: SeWidth::FromBlockInput,
+        };
+        Self::build("tf_efficientnet_lite0", store, &cfg, LITE0, RELU6)
+    }
+
+    fn build(
+        name: &str,
+        store: &ParamStore,
+        cfg: &MobileConfig,
+        table: &[&[BlockArgs]],
+        act: Activation,
+    ) -> Result<Self> {
+        let stem = ConvNormAct::new(store, ("conv_stem", "bn1"), cfg, (3, STEM, 3, 2), act)?;
+        let (blocks, c) = build_stages(store, cfg, table, STEM)?;
+        let head = ConvNormAct::new(store, ("conv_head", "bn2"), cfg, (c, HEAD, 1, 1), act)?;
+        let classifier = optional_classifier(store, "classifier", HEAD, CLASSES)?;
+        Ok(Self {
+            name: name.to_string(),
+            store: store.clone(),
+            stem,
+            blocks,
+            head,
+            classifier,
+        })
+    }
+}
+
+impl Backbone for EfficientNet {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn num_features(&self) -> usize {
+        HEAD
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        mobile_stages(self.blocks.len(), &["conv_head", "bn2"])
+    }
+
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.stem.forward(x, train)?;
+        let x = forward_stages(&self.blocks, &x, train)?;
+        self.head.forward(&x, train)
+    }
+
+    fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    fn classify(&self, pooled: &Tensor) -> Result<Option<Tensor>> {
+        self.classifier.as_ref().map(|c| c.forward(pooled)).transpose()
+    }
+}

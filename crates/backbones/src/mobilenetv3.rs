@@ -1,0 +1,127 @@
+//! MobileNetV3-Large 1.0 (Howard et al., 2019), as timm's `mobilenetv3_large_100`: stem 3×3/2 16ch hard-swish →
+//! seven stages of bottlenecks → 1×1 conv to 960 → pool → 1×1 conv (bias) to 1280 → hard-swish → classifier.
+
+use candle_core::Tensor;
+
+use crate::backbone::{Backbone, Stage};
+use crate::blocks::{
+    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, ConvNormAct, MobileConfig,
+    SeWidth,
+};
+use crate::error::Result;
+use crate::layers::{global_avg_pool, Activation, Conv2d, ConvConfig, Linear};
+use crate::params::ParamStore;
+
+const RE: Activation = Activation::Relu;
+const HS: Activation = Activation::HardSwish;
+
+use BlockArgs as A;
+
+/// MobileNetV3-Large (Table 1 of the paper): kind, repeats, kernel, stride, expansion, channels, SE ratio, activation
+/// (`nre`: ReLU, otherwise hard-swish).
+pub const LARGE: &[&[BlockArgs]] = &[
+    &[A::ds(3, 1, 16, 0.0, RE)], // ds_r1_k3_s1_e1_c16_nre
+    &[
+        A::ir(1, 3, 2, 4.0, 24, 0.0, RE), // ir_r1_k3_s2_e4_c24_nre
+        A::ir(1, 3, 1, 3.0, 24, 0.0, RE), // ir_r1_k3_s1_e3_c24_nre
+    ],
+    &[A::ir(3, 5, 2, 3.0, 40, 0.25, RE)], // ir_r3_k5_s2_e3_c40_se0.25_nre
+    &[
+        A::ir(1, 3, 2, 6.0, 80, 0.0, HS), // ir_r1_k3_s2_e6_c80
+        A::ir(1, 3, 1, 2.5, 80, 0.0, HS), // ir_r1_k3_s1_e2.5_c80
+        A::ir(2, 3, 1, 2.3, 80, 0.0, HS), // ir_r2_k3_s1_e2.3_c80
+    ],
+    &[A::ir(2, 3, 1, 6.0, 112, 0.25, HS)], // ir_r2_k3_s1_e6_c112_se0.25
+    &[A::ir(3, 5, 2, 6.0, 160, 0.25, HS)], // ir_r3_k5_s2_e6_c160_se0.25
+    &[A::cn(1, 1, 960, HS)],               // cn_r1_k1_s1_c960
+];
+
+const STEM: usize = 16;
+const HEAD: usize = 1280;
+const CLASSES: usize = 1000;
+
+/// MobileNetV3 with timm's parameter names; the head convolution runs after pooling.
+#[derive(Debug)]
+pub struct MobileNetV3 {
+    name: String,
+    store: ParamStore,
+    stem: ConvNormAct,
+    blocks: Vec<Vec<Block>>,
+    conv_head: Conv2d,
+    classifier: Option<Linear>,
+}
+
+impl MobileNetV3 {
+    /// timm's `mobilenetv3_large_100`: BN eps 1e-5, SE with ReLU and hard-sigmoid gate.
+    pub fn large_100(store: &ParamStore) -> Result<Self> {
+        let cfg = MobileConfig {
+            eps: 1e-5,
+            tf_same: false,
+            se_act: Some(Activation::Relu),
+            se_gate: Activation::HardSigmoid,
+            se_width: SeWidth::FromMidDivisible,
+        };
+        let stem = ConvNormAct::new(store, ("conv_stem", "bn1"), &cfg, (3, STEM, 3, 2), HS)?;
+        let (blocks, c) = build_stages(store, &cfg, LARGE, STEM)?;
+        let conv_head = Conv2d::new(
+            store,
+            "conv_head",
+            ConvConfig {
+                in_channels: c,
+                out_channels: HEAD,
+                kernel: 1,
+                bias: true,
+                ..ConvConfig::default()
+            },
+        )?;
+        let classifier = optional_classifier(store, "classifier", HEAD, CLASSES)?;
+        Ok(Self {
+            name: "mobilenetv3_large_100".to_string(),
+            store: store.clone(),
+            stem,
+            blocks,
+            conv_head,
+            classifier,
+        })
+    }
+}
+
+impl Backbone for MobileNetV3 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn num_features(&self) -> usize {
+        HEAD
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        mobile_stages(self.blocks.len(), &["conv_head"])
+    }
+
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// The last feature map before the head: N×960×h×w.
+    fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.stem.forward(x, train)?;
+        forward_stages(&self.blocks, &x, train)
+    }
+
+    /// Pool, then the 1×1 head convolution (with bias) and hard-swish: N×1280.
+    fn forward_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let pooled = global_avg_pool(&self.forward_features(x, train)?)?;
+        let (n, c) = pooled.dims2()?;
+        let y = self.conv_head.forward(&pooled.reshape((n, c, 1, 1))?)?;
+        HS.forward(&y.reshape((n, HEAD))?)
+    }
+
+    fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    fn classify(&self, pooled: &Tensor) -> Result<Option<Tensor>> {
+        self.classifier.as_ref().map(|c| c.forward(pooled)).transpose()
+    }
+}

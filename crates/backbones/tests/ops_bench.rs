@@ -1,0 +1,124 @@
+//! Timings of the custom ops against candle's own (ignored; run with `--ignored --nocapture`). Nothing is asserted
+//! about speed, only that both paths agree.
+
+use std::time::Instant;
+
+use backbones::ops::{depthwise_conv2d, max_pool2d};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Wall-clock time of one run of `f`, in milliseconds (for the slow references).
+fn once(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Best of `reps` wall-clock runs of `f` after a warm-up, in milliseconds.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn grouped(x: &Tensor, w: &Tensor, s: usize, p: usize) -> Tensor {
+    x.conv2d(w, p, s, 1, x.dim(1).unwrap()).unwrap()
+}
+
+#[test]
+#[ignore]
+fn bench_depthwise_and_maxpool() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for &(n, c, h, k, s) in &[
+        (16, 32, 112, 3, 1),
+        (16, 144, 56, 3, 1),
+        (16, 240, 28, 5, 2),
+        (16, 672, 14, 5, 1),
+    ] {
+        let p = k / 2;
+        let x = randn(&mut rng, &[n, c, h, h]);
+        let w = randn(&mut rng, &[c, 1, k, k]);
+        let ours = depthwise_conv2d(&x, &w, s, [p; 4]).unwrap();
+        let theirs = grouped(&x, &w, s, p);
+        let d: f32 = (&ours - &theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4);
+        let reps = 5;
+        let f_old = once(|| drop(grouped(&x, &w, s, p)));
+        let f_new = time(reps, || drop(depthwise_conv2d(&x, &w, s, [p; 4]).unwrap()));
+        let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+        let r = randn(&mut rng, ours.dims());
+        let b_old = once(|| {
+            let l = (grouped(xv.as_tensor(), wv.as_tensor(), s, p) * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            drop(l.backward().unwrap());
+        });
+        let b_new = time(reps, || {
+            let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), s, [p; 4]).unwrap();
+            drop((y * &r).unwrap().sum_all().unwrap().backward().unwrap());
+        });
+        // The autograd overhead of the loss itself, with a slice in place of the convolution.
+        let (ho, wo) = (ours.dim(2).unwrap(), ours.dim(3).unwrap());
+        let base = time(reps, || {
+            let y = xv.as_tensor().narrow(2, 0, ho).unwrap().narrow(3, 0, wo).unwrap();
+            drop((y * &r).unwrap().sum_all().unwrap().backward().unwrap());
+        });
+        println!(
+            "depthwise {n}x{c}x{h}x{h} k{k} s{s}: forward grouped {f_old:.1} ms -> ours {f_new:.1} ms; \
+             forward+backward grouped {b_old:.1} ms -> ours {b_new:.1} ms \
+             (loss autograd overhead alone: {base:.1} ms)"
+        );
+    }
+    let x = randn(&mut rng, &[16, 64, 112, 112]);
+    let reference = |x: &Tensor| {
+        x.pad_with_same(2, 1, 1)
+            .unwrap()
+            .pad_with_same(3, 1, 1)
+            .unwrap()
+            .max_pool2d_with_stride(3, 2)
+            .unwrap()
+    };
+    let ours = max_pool2d(&x, 3, 2, 1).unwrap();
+    let d: f32 = (&ours - reference(&x))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    let f_old = time(5, || drop(reference(&x)));
+    let f_new = time(5, || drop(max_pool2d(&x, 3, 2, 1).unwrap()));
+    let xv = Var::from_tensor(&x).unwrap();
+    let r = randn(&mut rng, ours.dims());
+    let b_new = time(5, || {
+        let y = max_pool2d(xv.as_tensor(), 3, 2, 1).unwrap();
+        drop((y * &r).unwrap().sum_all().unwrap().backward().unwrap());
+    });
+    println!(
+        "max_pool 16x64x112x112 3/2/1: forward candle {f_old:.1} ms -> ours {f_new:.1} ms; ours forward+backward \
+         {b_new:.1} ms (candle has no backward)"
+    );
+    let _ = DType::F32;
+}
