@@ -13,7 +13,8 @@ use crate::layers::{Activation, BatchNorm2d, Conv2d};
 
 /// `act(bn(conv(x)))`, folded into one convolution when `bn` does not use batch statistics for this call.
 pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, act: Activation, x: &Tensor, train: bool) -> Result<Tensor> {
-    let fold = !bn.uses_batch_stats(train) && !conv.is_depthwise() && conv.cfg.groups == 1;
+    let depthwise = conv.is_depthwise();
+    let fold = !bn.uses_batch_stats(train) && (depthwise || conv.cfg.groups == 1);
     if !fold {
         return act.forward(&bn.forward(&conv.forward(x)?, train)?);
     }
@@ -33,6 +34,10 @@ pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, act: Activation, x: &Tensor,
         Activation::Relu6 => (Epilogue::Relu6, Activation::None),
         other => (Epilogue::None, other),
     };
+    if depthwise {
+        let y = crate::ops::depthwise_conv2d(x, &w, c.stride, pad)?.broadcast_add(&bias.reshape((1, co, 1, 1))?)?;
+        return act.forward(&y);
+    }
     let y = conv2d_bias_act(x, &w, &bias, c.stride, pad, epi)?;
     rest.forward(&y)
 }
