@@ -5,36 +5,19 @@ use std::path::{Path, PathBuf};
 
 use backbones::{zoo, ParamStore};
 use candle_core::{DType, Device, Tensor};
+use data::transforms::Pipeline;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 const ANT: u32 = 310;
 const BEE: u32 = 309;
-const SIZE: u32 = 224;
-const RESIZE: u32 = 256; // floor(224 / crop_pct 0.875)
+const SIZE: usize = 224;
 
-/// timm's eval transform for Lite0: resize shorter side to 256 (bicubic, antialiased), center-crop 224,
-/// mean = std = 0.5. CHW f32.
-fn preprocess(path: &Path) -> Vec<f32> {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("decode {}: {e}", path.display()))
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (RESIZE, (RESIZE as u64 * h as u64 / w as u64) as u32)
-    } else {
-        ((RESIZE as u64 * w as u64 / h as u64) as u32, RESIZE)
-    };
-    let img = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::CatmullRom);
-    let left = ((nw - SIZE) as f64 / 2.0).round() as u32;
-    let top = ((nh - SIZE) as f64 / 2.0).round() as u32;
-    let crop = image::imageops::crop_imm(&img, left, top, SIZE, SIZE).to_image();
-    let n = (SIZE * SIZE) as usize;
-    let mut out = vec![0f32; 3 * n];
-    for (i, p) in crop.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = (p[c] as f32 / 255.0 - 0.5) / 0.5;
-        }
-    }
-    out
+/// The registry's eval transform for Lite0 (timm's: resize shorter side to 256 bicubic antialiased, center-crop
+/// 224, mean = std = 0.5), CHW f32.
+fn preprocess(pipeline: &Pipeline, path: &Path) -> Vec<f32> {
+    let img = image::open(path).unwrap_or_else(|e| panic!("decode {}: {e}", path.display())).to_rgb8();
+    pipeline.apply(img, &mut ChaCha8Rng::seed_from_u64(0))
 }
 
 fn images(dir: &Path) -> Vec<PathBuf> {
@@ -53,6 +36,9 @@ fn lite0_zero_shot_on_hymenoptera_val() {
     };
     let store = ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).unwrap();
     let model = zoo::build("tf_efficientnet_lite0", &store).unwrap();
+    let spec = backbones::registry::get("tf_efficientnet_lite0").unwrap();
+    assert_eq!(spec.preprocess.input_size, [SIZE, SIZE]);
+    let pipeline = Pipeline::eval(&spec.preprocess);
     assert!(store.unused().is_empty());
 
     let mut samples: Vec<(PathBuf, u32)> = images(&val.join("ants")).into_iter().map(|p| (p, ANT)).collect();
@@ -61,11 +47,11 @@ fn lite0_zero_shot_on_hymenoptera_val() {
 
     let (mut correct, mut ants, mut bees) = (0, 0, 0);
     for batch in samples.chunks(16) {
-        let mut pixels = Vec::with_capacity(batch.len() * 3 * (SIZE * SIZE) as usize);
+        let mut pixels = Vec::with_capacity(batch.len() * 3 * SIZE * SIZE);
         for (p, _) in batch {
-            pixels.extend(preprocess(p));
+            pixels.extend(preprocess(&pipeline, p));
         }
-        let x = Tensor::from_vec(pixels, (batch.len(), 3, SIZE as usize, SIZE as usize), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(pixels, (batch.len(), 3, SIZE, SIZE), &Device::Cpu).unwrap();
         let logits = model.forward_logits(&x).unwrap().expect("Lite0 has its classifier");
         let top1: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
         for ((_, want), got) in batch.iter().zip(top1) {

@@ -44,6 +44,14 @@ pub struct PreprocessConfig {
     pub std: [f32; 3],
 }
 
+/// A preprocessing config whose values cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is out of range; the message names it.
+    #[error("invalid preprocessing config: {0}")]
+    Invalid(String),
+}
+
 /// ImageNet channel means (torchvision).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (torchvision).
@@ -62,6 +70,27 @@ impl Default for PreprocessConfig {
 }
 
 impl PreprocessConfig {
+    /// Check the values (positive sizes, `0 < crop_pct <= 2`, finite mean, positive finite std).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.input_size.contains(&0) {
+            return bad(format!(
+                "input_size must be positive, got {:?}",
+                self.input_size
+            ));
+        }
+        if !(self.crop_pct > 0.0 && self.crop_pct <= 2.0) {
+            return bad(format!("crop_pct must be in (0, 2], got {}", self.crop_pct));
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) {
+            return bad(format!("mean must be finite, got {:?}", self.mean));
+        }
+        if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return bad(format!("std must be positive, got {:?}", self.std));
+        }
+        Ok(())
+    }
+
     /// The shorter-side size the image is resized to before the center crop (timm's `scale_size`).
     pub fn resize_size(&self) -> usize {
         let size = self.input_size[0].max(self.input_size[1]);

@@ -1,1 +1,64 @@
-fn main() {}
+//! `trainer`: graft's command-line interface. This file only wires: parsing, dispatch, exit codes.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use trainer::{backend, cli, commands, config, error};
+
+fn main() -> ExitCode {
+    // A bug must still end in one line (exit code 101), not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error{at}: {msg} (please report this)");
+    }));
+
+    let matches = match cli::Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let parsed = match cli::Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
+    match commands::run(parsed, &matches, &backend::Unwired) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", config::one_line(&format!("{err:#}")));
+            ExitCode::from(error::exit_code(&err))
+        }
+    }
+}
+
+/// Help and version go to stdout as clap prints them; usage errors become one `error: …` line, exit code 2.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let text = e.render().to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or("error: invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let tips: Vec<&str> = lines.filter(|l| l.starts_with("tip:")).collect();
+            let tip = if tips.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", tips.join("; "))
+            };
+            eprintln!("error: {first}{tip}; see --help");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,25 @@
-//! training
+//! Training for transfer learning: optimizers, schedules, losses, metrics, the fit loop, feature caching and
+//! checkpoints. Every random choice draws from a seeded host RNG, so a seed reproduces a run.
+
+pub mod error;
+pub mod loss;
+pub mod lr_finder;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub use loss::{bce_with_logits, class_weights_auto, cross_entropy, log_softmax, CrossEntropy};
+pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
+pub use metrics::{ClassMetrics, ClassificationReport};
+pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdConfig};
+pub use schedule::{LrSchedule, Schedule};
+pub mod cache;
+pub mod checkpoint;
+pub mod finetune;
+pub mod fit;
+
+pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, CachedFeatures};
+pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
+pub use finetune::{discriminative_groups, fine_tune, set_trainable, FineTuneConfig, Unfreeze};
+pub use fit::{batch_loss, fit, EpochRecord, FitConfig, FitResult, LossConfig, Model};

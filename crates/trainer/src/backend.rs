@@ -1,0 +1,131 @@
+//! The seam to the libraries: what the CLI asks of data loading, models and training. The lead implements
+//! [`Backend`] on top of the `data`, `backbones`, `heads` and `training` crates; until then [`Unwired`] answers.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::TrainConfig;
+use crate::predict_out::FilePrediction;
+use crate::spec::DeviceSpec;
+use crate::summary::{EpochRow, EvalSummary, TrainOutcome, WrongExample};
+
+/// Receives progress while training; the CLI prints it and rewrites `metrics.csv` after every epoch.
+pub trait TrainObserver {
+    /// An epoch of `batches` batches begins.
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize);
+    /// A training batch finished with this loss.
+    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64);
+    /// An epoch finished; an error (e.g. the run folder vanished) should stop training.
+    fn epoch_ended(&mut self, row: &EpochRow) -> anyhow::Result<()>;
+}
+
+/// Where `predict` takes its model from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A run folder written by `train`.
+    Run(PathBuf),
+    /// A file written by `export`.
+    File(PathBuf),
+}
+
+/// What `data inspect` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DatasetReport {
+    /// `imagefolder` or `csv`.
+    pub kind: String,
+    /// Class names and image counts, in class-index order.
+    pub classes: Vec<(String, usize)>,
+    /// Files that were skipped, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// Compute device.
+    pub device: DeviceSpec,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// The work the libraries do for the CLI.
+pub trait Backend {
+    /// Train per `cfg`, saving checkpoints in `run_dir`, reporting through `observer`.
+    fn train(
+        &self,
+        cfg: &TrainConfig,
+        run_dir: &Path,
+        observer: &mut dyn TrainObserver,
+    ) -> anyhow::Result<TrainOutcome>;
+    /// Evaluate the run's model on labelled data; also the most confidently wrong images.
+    fn evaluate(
+        &self,
+        ctx: Context,
+        run_dir: &Path,
+        data: &Path,
+    ) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)>;
+    /// Top-`top_k` classes for each file (all exist and are files); per-file failures go in the result.
+    fn predict(
+        &self,
+        ctx: Context,
+        model: &ModelSource,
+        files: &[PathBuf],
+        top_k: usize,
+        tta: bool,
+    ) -> anyhow::Result<Vec<FilePrediction>>;
+    /// Write the run's model to `out`.
+    fn export(&self, run_dir: &Path, out: &Path) -> anyhow::Result<()>;
+    /// Scan a dataset.
+    fn inspect(&self, data: &Path, strict: bool) -> anyhow::Result<DatasetReport>;
+    /// `(lr, loss)` for each step of an exponential learning-rate sweep.
+    fn lr_find(
+        &self,
+        ctx: Context,
+        args: &crate::cli::LrFindArgs,
+    ) -> anyhow::Result<Vec<(f64, f64)>>;
+}
+
+/// The backend of a build without the libraries wired in: every command says so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unwired;
+
+fn unwired<T>(what: &str) -> anyhow::Result<T> {
+    anyhow::bail!("`trainer {what}` is not available in this build yet (the training libraries are not wired in)")
+}
+
+impl Backend for Unwired {
+    fn train(
+        &self,
+        _: &TrainConfig,
+        _: &Path,
+        _: &mut dyn TrainObserver,
+    ) -> anyhow::Result<TrainOutcome> {
+        unwired("train")
+    }
+    fn evaluate(
+        &self,
+        _: Context,
+        _: &Path,
+        _: &Path,
+    ) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
+        unwired("evaluate")
+    }
+    fn predict(
+        &self,
+        _: Context,
+        _: &ModelSource,
+        _: &[PathBuf],
+        _: usize,
+        _: bool,
+    ) -> anyhow::Result<Vec<FilePrediction>> {
+        unwired("predict")
+    }
+    fn export(&self, _: &Path, _: &Path) -> anyhow::Result<()> {
+        unwired("export")
+    }
+    fn inspect(&self, _: &Path, _: bool) -> anyhow::Result<DatasetReport> {
+        unwired("data inspect")
+    }
+    fn lr_find(&self, _: Context, _: &crate::cli::LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>> {
+        unwired("lr-find")
+    }
+}

@@ -1,0 +1,361 @@
+//! The command line: global flags and subcommands (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::events::LogFormat;
+use crate::predict_out::PredictFormat;
+use crate::spec::{
+    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe,
+    SchedulerSpec, Unfreeze,
+};
+
+const ROOT_AFTER: &str = "\
+With no arguments, runs the PyTorch transfer-learning tutorial (hymenoptera ants/bees + resnet18), fetching the
+data into $XDG_CACHE_HOME/graft (or ~/.cache/graft) when it is not there yet.
+
+Examples:
+  trainer train --data data/flowers --model resnet18 --epochs 5 --project runs --name flowers
+  trainer predict --run runs/flowers image.jpg --top-k 3";
+
+/// Transfer learning for image classification.
+#[derive(Debug, Parser)]
+#[command(name = "trainer", version, about, after_help = ROOT_AFTER)]
+pub struct Cli {
+    /// Compute device: cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, global = true, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
+    /// Random seed (data order, augmentation, head initialisation).
+    #[arg(long, global = true, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Print nothing but errors (and requested output such as predictions).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Progress output style.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do (default: the tutorial job).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a classifier on a pretrained backbone; writes a run folder.
+    #[command(after_help = TRAIN_AFTER)]
+    Train(Box<TrainArgs>),
+    /// Evaluate a trained run on labelled data.
+    #[command(
+        after_help = "Example:\n  trainer evaluate --run runs/train --data data/hymenoptera/val"
+    )]
+    Evaluate(EvaluateArgs),
+    /// Classify images with a trained run or an exported model.
+    #[command(after_help = PREDICT_AFTER)]
+    Predict(PredictArgs),
+    /// Export a run's model as one safetensors file (weights, classes, preprocessing).
+    #[command(
+        after_help = "Example:\n  trainer export --run runs/train --out ants_bees.safetensors"
+    )]
+    Export(ExportArgs),
+    /// List the available backbones.
+    #[command(after_help = "Example:\n  trainer models")]
+    Models,
+    /// Dataset tools.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  trainer data inspect data/hymenoptera/train"
+    )]
+    Data(DataCommand),
+    /// Sweep the learning rate over one short run and suggest a value.
+    #[command(
+        after_help = "Example:\n  trainer lr-find --data data/hymenoptera/train --model resnet18 --plot lr.png"
+    )]
+    LrFind(LrFindArgs),
+}
+
+const TRAIN_AFTER: &str = "\
+Precedence: recipe < --config file < flags typed here. The resolved settings are saved as RUN_DIR/config.toml.
+
+Examples:
+  trainer train --data data/hymenoptera/train --val data/hymenoptera/val --model resnet18 \\
+      --mode fine-tune --unfreeze 2 --epochs 10 --project runs --name ants
+  trainer train --recipe torchvision-resnet18 --data data/hymenoptera/train --val data/hymenoptera/val
+  trainer train --config my.toml --lr 3e-4 --out runs/sweep1";
+
+const PREDICT_AFTER: &str = "\
+Output (stdout): CSV `path,rank,class,probability`, one row per file and rank (rank 1 is the best), or with
+--format jsonl one object per file. Files that fail are reported on stderr; the others are still predicted.
+
+Example:
+  trainer predict --run runs/train img1.jpg img2.jpg --top-k 2 --format jsonl";
+
+/// `trainer train` flags; field names are the `config.toml` keys.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct TrainArgs {
+    /// Training data: an ImageFolder directory (class sub-folders) or a CSV file (path,label).
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Validation data (ImageFolder or CSV).
+    #[arg(long, value_name = "PATH", conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    /// Hold out this fraction of --data for validation.
+    #[arg(long, value_name = "F")]
+    pub val_split: Option<f32>,
+    /// Backbone name (see `trainer models`).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// Pretrained weights file (safetensors) instead of downloading from the Hub.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// feature-extract (frozen backbone) or fine-tune.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// Backbone stages to unfreeze from the top in fine-tune mode: a number or `all`.
+    #[arg(long, value_name = "N|all")]
+    pub unfreeze: Option<Unfreeze>,
+    /// Also train BatchNorm layers of unfrozen stages.
+    #[arg(long)]
+    pub train_bn: bool,
+    /// Head: `linear` or `mlp:W1[,W2...]`.
+    #[arg(long, value_name = "HEAD")]
+    pub head: Option<HeadSpec>,
+    /// Feature pooling before the head: avg or flatten.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<Pooling>,
+    /// Two classes as one sigmoid output (binary cross-entropy).
+    #[arg(long)]
+    pub binary: bool,
+    /// Dropout before each head layer.
+    #[arg(long, value_name = "F")]
+    pub dropout: Option<f32>,
+    /// Training epochs.
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Images per batch.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Optimiser: sgd, adam or adamw.
+    #[arg(long, value_name = "OPT")]
+    pub optimizer: Option<OptimizerKind>,
+    /// Learning rate (peak rate for schedules).
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, value_name = "X")]
+    pub momentum: Option<f64>,
+    /// Weight decay.
+    #[arg(long, value_name = "X")]
+    pub weight_decay: Option<f64>,
+    /// LR schedule: none, step:STEP,GAMMA, cosine[:WARMUP] or onecycle.
+    #[arg(long, value_name = "SCHED")]
+    pub scheduler: Option<SchedulerSpec>,
+    /// Augmentation preset: none, keras, torchvision or timm.
+    #[arg(long, value_name = "PRESET")]
+    pub augment: Option<Augment>,
+    /// Augmented views of each image per epoch.
+    #[arg(long, value_name = "K")]
+    pub aug_views: Option<usize>,
+    /// Label smoothing.
+    #[arg(long, value_name = "X")]
+    pub label_smoothing: Option<f32>,
+    /// Class weights: none or auto (inverse frequency).
+    #[arg(long, value_name = "W")]
+    pub class_weights: Option<ClassWeights>,
+    /// Early stopping: epochs without validation improvement.
+    #[arg(long, value_name = "N")]
+    pub patience: Option<usize>,
+    /// Fail on unreadable images instead of skipping them.
+    #[arg(long)]
+    pub strict: bool,
+    /// Drop validation images of classes absent from training.
+    #[arg(long)]
+    pub drop_unknown_val_classes: bool,
+    /// Image-decoding threads (0: one per core).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Run folder (used as is).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["project", "name"])]
+    pub out: Option<PathBuf>,
+    /// Parent folder of auto-numbered runs.
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Run name under --project (train, train2, ...).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Reuse an existing run folder.
+    #[arg(long)]
+    pub exist_ok: bool,
+    /// TOML file with any of these settings (keys as flag names with `_`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Start from a recipe: keras-vgg16-binary or torchvision-resnet18.
+    #[arg(long, value_name = "RECIPE")]
+    pub recipe: Option<Recipe>,
+    /// Continue an interrupted run (its config.toml is the base, flags typed here override it).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+/// `trainer evaluate` flags.
+#[derive(Debug, Clone, Args)]
+pub struct EvaluateArgs {
+    /// Run folder of a trained model.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Labelled data (ImageFolder or CSV).
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+}
+
+/// `trainer predict` flags.
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// Run folder of a trained model.
+    #[arg(
+        long,
+        value_name = "RUN_DIR",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    pub run: Option<PathBuf>,
+    /// Exported model file.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Image files or folders.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Classes per file.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub top_k: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PredictFormat::Csv)]
+    pub format: PredictFormat,
+    /// Test-time augmentation (average with the horizontal flip).
+    #[arg(long)]
+    pub tta: bool,
+}
+
+/// `trainer export` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Run folder of a trained model.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Output file (.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `trainer data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Count classes and images, list unreadable or odd files.
+    #[command(after_help = "Example:\n  trainer data inspect data/hymenoptera/train --strict")]
+    Inspect {
+        /// ImageFolder directory or CSV file.
+        path: PathBuf,
+        /// Exit with an error if any file is unreadable.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+/// `trainer lr-find` flags.
+#[derive(Debug, Clone, Args)]
+pub struct LrFindArgs {
+    /// Training data (ImageFolder or CSV).
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// Backbone name.
+    #[arg(long, value_name = "NAME", default_value = "resnet18")]
+    pub model: String,
+    /// Pretrained weights file.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub batch_size: usize,
+    /// First learning rate of the sweep.
+    #[arg(long, value_name = "X", default_value_t = 1e-7)]
+    pub start_lr: f64,
+    /// Last learning rate of the sweep.
+    #[arg(long, value_name = "X", default_value_t = 10.0)]
+    pub end_lr: f64,
+    /// Steps (batches) of the sweep.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub steps: usize,
+    /// Write the loss-vs-LR curve here (PNG).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent_and_every_subcommand_has_an_example() {
+        Cli::command().debug_assert();
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            let after = sub
+                .get_after_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.contains("trainer "),
+                "`{}` --help shows no example",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn parses_a_full_train_line() {
+        let cli = Cli::try_parse_from([
+            "trainer",
+            "--device",
+            "cuda:1",
+            "train",
+            "--data",
+            "d",
+            "--head",
+            "mlp:128,64",
+            "--scheduler",
+            "step:7,0.1",
+            "--unfreeze",
+            "all",
+            "--mode",
+            "fine-tune",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cli.device, Some(DeviceSpec::Cuda(1)));
+        assert_eq!(cli.seed, Some(7));
+        let Some(Command::Train(t)) = cli.command else {
+            panic!("not train")
+        };
+        assert_eq!(t.head, Some(HeadSpec::Mlp(vec![128, 64])));
+        assert_eq!(t.unfreeze, Some(Unfreeze::All));
+    }
+
+    #[test]
+    fn conflicting_or_bad_flags_are_usage_errors() {
+        for line in [
+            &["trainer", "train", "--val", "v", "--val-split", "0.2"][..],
+            &["trainer", "train", "--out", "o", "--name", "n"],
+            &["trainer", "train", "--head", "conv"],
+            &["trainer", "predict", "x.jpg"],
+            &["trainer", "predict", "--run", "r"],
+        ] {
+            let e = Cli::try_parse_from(line).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{line:?}");
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The seam with the training library: plain records of epochs and evaluations, and the `metrics.*` writers.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::write_atomic;
+
+/// One epoch of training (a row of `metrics.csv`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy in [0, 1].
+    pub train_acc: f64,
+    /// Validation loss, when there is validation data.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy in [0, 1].
+    pub val_acc: Option<f64>,
+    /// Learning rate used in this epoch.
+    pub lr: f64,
+    /// Wall-clock seconds of the epoch.
+    pub seconds: f64,
+}
+
+/// Precision, recall, F1 and support of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    /// Of the images predicted as this class, the fraction that are.
+    pub precision: f64,
+    /// Of the images of this class, the fraction predicted as it.
+    pub recall: f64,
+    /// Harmonic mean of precision and recall.
+    pub f1: f64,
+    /// Images of this class.
+    pub support: u64,
+}
+
+/// An evaluation on a labelled set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    /// Fraction classified correctly.
+    pub accuracy: f64,
+    /// Mean loss, when known.
+    pub loss: Option<f64>,
+    /// Class names in index order.
+    pub classes: Vec<String>,
+    /// `confusion[true][pred]` counts.
+    pub confusion: Vec<Vec<u64>>,
+    /// Metrics per class, in class order.
+    pub per_class: Vec<ClassMetrics>,
+}
+
+impl EvalSummary {
+    /// Accuracy and per-class metrics from a square confusion matrix (`confusion[true][pred]`).
+    pub fn from_confusion(
+        classes: Vec<String>,
+        confusion: Vec<Vec<u64>>,
+        loss: Option<f64>,
+    ) -> Self {
+        let n = confusion.len();
+        let total: u64 = confusion.iter().flatten().sum();
+        let correct: u64 = (0..n)
+            .map(|i| confusion[i].get(i).copied().unwrap_or(0))
+            .sum();
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let per_class = (0..n)
+            .map(|c| {
+                let tp = confusion[c].get(c).copied().unwrap_or(0);
+                let support: u64 = confusion[c].iter().sum();
+                let predicted: u64 = confusion
+                    .iter()
+                    .map(|row| row.get(c).copied().unwrap_or(0))
+                    .sum();
+                let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassMetrics {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect();
+        Self {
+            accuracy: ratio(correct, total),
+            loss,
+            classes,
+            confusion,
+            per_class,
+        }
+    }
+}
+
+/// A misclassified image, for the report's gallery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WrongExample {
+    /// Image file.
+    pub path: PathBuf,
+    /// True class name.
+    pub true_class: String,
+    /// Predicted class name.
+    pub pred_class: String,
+    /// Probability of the predicted class.
+    pub prob: f32,
+}
+
+/// What a finished training run hands back to the CLI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// Every epoch run.
+    pub history: Vec<EpochRow>,
+    /// Evaluation of the kept (best) model on the validation set, if there is one.
+    pub eval: Option<EvalSummary>,
+    /// Most confidently wrong validation images, most confident first.
+    pub wrong: Vec<WrongExample>,
+}
+
+/// The epoch with the best validation accuracy (earliest on ties), or the last epoch without validation.
+pub fn best_epoch(history: &[EpochRow]) -> Option<&EpochRow> {
+    let with_val = history.iter().filter(|r| r.val_acc.is_some());
+    let best = with_val.fold(None::<&EpochRow>, |best, r| match best {
+        Some(b) if b.val_acc >= r.val_acc => Some(b),
+        _ => Some(r),
+    });
+    best.or(history.last())
+}
+
+/// `metrics.csv`: a header and one row per epoch (empty cells where there is no validation).
+pub fn metrics_csv(history: &[EpochRow]) -> String {
+    let mut out = String::from("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n");
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    for r in history {
+        out.push_str(&format!(
+            "{},{:.6},{:.6},{},{},{:e},{:.3}\n",
+            r.epoch,
+            r.train_loss,
+            r.train_acc,
+            opt(r.val_loss),
+            opt(r.val_acc),
+            r.lr,
+            r.seconds
+        ));
+    }
+    out
+}
+
+/// `metrics.json`: best and final figures, classes, per-class metrics and the history.
+pub fn metrics_json(history: &[EpochRow], eval: Option<&EvalSummary>) -> serde_json::Value {
+    let best = best_epoch(history);
+    let classes = eval.map(|e| e.classes.clone()).unwrap_or_default();
+    serde_json::json!({
+        "val_accuracy": best.and_then(|b| b.val_acc),
+        "best_epoch": best.map(|b| b.epoch),
+        "best": best,
+        "final": history.last(),
+        "classes": classes,
+        "eval": eval,
+        "history": history,
+    })
+}
+
+/// Write `metrics.csv` into the run folder (atomically; called after every epoch).
+pub fn write_metrics_csv(run_dir: &Path, history: &[EpochRow]) -> std::io::Result<()> {
+    write_atomic(
+        &run_dir.join("metrics.csv"),
+        metrics_csv(history).as_bytes(),
+    )
+}
+
+/// Write `metrics.json` into the run folder (atomically).
+pub fn write_metrics_json(
+    run_dir: &Path,
+    history: &[EpochRow],
+    eval: Option<&EvalSummary>,
+) -> std::io::Result<()> {
+    // Invariant: the value holds only finite-or-null numbers and strings.
+    let text = serde_json::to_string_pretty(&metrics_json(history, eval))
+        .expect("metrics serialise to JSON");
+    write_atomic(&run_dir.join("metrics.json"), text.as_bytes())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plausible history for tests of the writers, plots and report.
+    pub fn history(n: usize, with_val: bool) -> Vec<EpochRow> {
+        (1..=n)
+            .map(|e| {
+                let t = e as f64;
+                EpochRow {
+                    epoch: e,
+                    train_loss: 1.0 / t,
+                    train_acc: 1.0 - 0.5 / t,
+                    val_loss: with_val.then(|| 1.2 / t + if e == 3 { -0.3 } else { 0.0 }),
+                    val_acc: with_val.then(|| if e == 3 { 0.95 } else { 0.9 - 0.4 / t }),
+                    lr: 0.001 * 0.5f64.powi(e as i32),
+                    seconds: 2.5,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn per_class_metrics_from_confusion() {
+        // 10 ants: 8 right, 2 called bees; 5 bees: 4 right, 1 called ant.
+        let s = EvalSummary::from_confusion(
+            vec!["ants".into(), "bees".into()],
+            vec![vec![8, 2], vec![1, 4]],
+            None,
+        );
+        assert!((s.accuracy - 12.0 / 15.0).abs() < 1e-12);
+        let a = s.per_class[0];
+        assert!((a.precision - 8.0 / 9.0).abs() < 1e-12 && (a.recall - 0.8).abs() < 1e-12);
+        assert!((a.f1 - 2.0 * (8.0 / 9.0) * 0.8 / (8.0 / 9.0 + 0.8)).abs() < 1e-12);
+        assert_eq!((a.support, s.per_class[1].support), (10, 5));
+        // A class never predicted and never present: zeros, not NaN.
+        let z = EvalSummary::from_confusion(
+            vec!["a".into(), "b".into()],
+            vec![vec![3, 0], vec![0, 0]],
+            None,
+        );
+        assert_eq!(z.per_class[1].f1, 0.0);
+    }
+
+    #[test]
+    fn best_epoch_is_highest_val_acc_or_last() {
+        let h = history(5, true);
+        assert_eq!(best_epoch(&h).unwrap().epoch, 3);
+        assert_eq!(best_epoch(&history(4, false)).unwrap().epoch, 4);
+        assert!(best_epoch(&[]).is_none());
+    }
+
+    #[test]
+    fn csv_has_one_row_per_epoch_and_blank_missing_cells() {
+        let csv = metrics_csv(&history(3, true));
+        let mut rdr = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(
+            header,
+            [
+                "epoch",
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "lr",
+                "seconds"
+            ]
+        );
+        let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2][0].parse::<usize>().unwrap(), 3);
+        assert!((rows[1][5].parse::<f64>().unwrap() - 0.00025).abs() < 1e-12);
+        let no_val = metrics_csv(&history(1, false));
+        assert!(no_val.lines().nth(1).unwrap().contains(",,"), "{no_val}");
+    }
+
+    #[test]
+    fn json_reports_best_epoch_and_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let eval = EvalSummary::from_confusion(
+            vec!["a".into(), "b".into()],
+            vec![vec![5, 0], vec![1, 4]],
+            Some(0.3),
+        );
+        write_metrics_json(dir.path(), &history(4, true), Some(&eval)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["best_epoch"], 3);
+        assert_eq!(v["val_accuracy"], 0.95);
+        assert_eq!(v["classes"], serde_json::json!(["a", "b"]));
+        assert_eq!(v["history"].as_array().unwrap().len(), 4);
+        assert_eq!(v["final"]["epoch"], 4);
+        assert_eq!(v["eval"]["confusion"][1][0], 1);
+    }
+}

@@ -1,0 +1,126 @@
+//! Stochastic gradient descent with momentum, Nesterov and weight decay (PyTorch's `torch.optim.SGD`).
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+use super::{check_groups, get_tensor, key, OptimState, Optimizer, ParamGroup};
+use crate::error::{Error, Result};
+
+/// SGD hyper-parameters (dampening is 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    /// Momentum factor (0: plain SGD).
+    pub momentum: f64,
+    /// Nesterov momentum (needs momentum > 0).
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// SGD: `d = g + wd·p; buf = μ·buf + d (buf = d at first); d = nesterov ? d + μ·buf : buf; p -= lr·d`.
+#[derive(Debug)]
+pub struct Sgd {
+    groups: Vec<ParamGroup>,
+    cfg: SgdConfig,
+    scale: f64,
+    buffers: HashMap<String, Tensor>,
+}
+
+impl Sgd {
+    /// An SGD optimizer over `groups`.
+    pub fn new(groups: Vec<ParamGroup>, cfg: SgdConfig) -> Result<Self> {
+        check_groups(&groups)?;
+        if cfg.nesterov && cfg.momentum <= 0.0 {
+            return Err(Error::Config("Nesterov momentum needs momentum > 0".into()));
+        }
+        Ok(Self {
+            groups,
+            cfg,
+            scale: 1.0,
+            buffers: HashMap::new(),
+        })
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let SgdConfig {
+            momentum,
+            nesterov,
+            weight_decay,
+        } = self.cfg;
+        for g in &self.groups {
+            let lr = g.lr * self.scale;
+            for (name, var) in &g.params {
+                let Some(grad) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                let p = var.as_tensor();
+                let mut d = grad.to_dtype(p.dtype())?;
+                if weight_decay != 0.0 {
+                    d = (d + (p * weight_decay)?)?;
+                }
+                if momentum != 0.0 {
+                    let k = key(&g.name, name, "momentum_buffer");
+                    let buf = match self.buffers.get(&k) {
+                        Some(b) => ((b * momentum)? + &d)?,
+                        None => d.copy()?,
+                    };
+                    d = if nesterov {
+                        (d + (&buf * momentum)?)?
+                    } else {
+                        buf.clone()
+                    };
+                    self.buffers.insert(k, buf);
+                }
+                var.set(&(p - (d * lr)?)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_lr_scale(&mut self, scale: f64) {
+        self.scale = scale;
+    }
+
+    fn lr(&self) -> f64 {
+        self.groups
+            .first()
+            .map(|g| g.lr * self.scale)
+            .unwrap_or(0.0)
+    }
+
+    fn state(&self) -> OptimState {
+        OptimState {
+            tensors: self.buffers.clone(),
+            scalars: HashMap::from([("lr_scale".to_string(), self.scale)]),
+        }
+    }
+
+    fn load_state(&mut self, state: &OptimState) -> Result<()> {
+        let mut buffers = HashMap::new();
+        for g in &self.groups {
+            for (name, _) in &g.params {
+                let k = key(&g.name, name, "momentum_buffer");
+                if state.tensors.contains_key(&k) {
+                    buffers.insert(k.clone(), get_tensor(state, &k)?);
+                }
+            }
+        }
+        self.buffers = buffers;
+        self.scale = state.scalars.get("lr_scale").copied().unwrap_or(1.0);
+        Ok(())
+    }
+}
