@@ -1,11 +1,14 @@
 //! The child side of `cargo xtask bench`: one measurement per process, reported as one JSON line on stdout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use backbones::{freeze_all_but_last, unfreeze_all, Backbone, ParamStore};
 use candle_core::{DType, Device, Tensor, Var};
+use data::transforms::Preset;
+use data::{Loader, LoaderConfig};
+use training::{Optimizer, ParamGroup, Sgd, SgdConfig};
 
 use super::{Measure, OneArgs, OneResult, RESULT_MARKER};
 
@@ -127,8 +130,39 @@ fn measure(args: &OneArgs) -> anyhow::Result<OneResult> {
             let (model, note) = load_model(&args.model)?;
             train_step(model.as_ref(), args, note)?
         }
-        Measure::E2eJpeg | Measure::Data1 | Measure::Data2 => {
-            bail!("needs the data loader (not merged yet)")
+        Measure::E2eJpeg => {
+            let (model, note) = load_model(&args.model)?;
+            let spec = backbones::registry::get(&args.model)?;
+            let pipeline = || Preset::Timm.eval(&spec.preprocess);
+            let loaders = loaders(&args.data, n, false, pipeline)?;
+            let count = loaders.iter().map(|l| l.dataset().len()).sum();
+            let t = time_reps(args.warmup, args.reps, || {
+                for l in &loaders {
+                    for batch in l.epoch(0) {
+                        model.forward_pooled(&batch?.images, false)?;
+                    }
+                }
+                Ok(())
+            })?;
+            (count, t, format!("{note}; {count} files, timm eval preprocessing"))
+        }
+        Measure::Data1 | Measure::Data2 => {
+            let cfg = data::PreprocessConfig::default();
+            let pipeline = || Preset::Timm.train(&cfg);
+            let loaders = loaders(&args.data, n, true, pipeline)?;
+            let count = loaders.iter().map(|l| l.dataset().len()).sum();
+            let mut epoch = 0;
+            let t = time_reps(args.warmup, args.reps, || {
+                for l in &loaders {
+                    for batch in l.epoch(epoch) {
+                        batch?;
+                    }
+                }
+                epoch += 1;
+                Ok(())
+            })?;
+            let threads = rayon::current_num_threads();
+            (count, t, format!("{count} files, timm train augmentation 224, {threads} threads"))
         }
     };
     Ok(OneResult {
@@ -140,9 +174,32 @@ fn measure(args: &OneArgs) -> anyhow::Result<OneResult> {
     })
 }
 
+/// Loaders over `root`'s `train` and `val` folders when it has them (ImageFolder layout), else over `root` itself.
+fn loaders(
+    root: &Path,
+    batch: usize,
+    shuffle: bool,
+    pipeline: impl Fn() -> data::transforms::Pipeline,
+) -> anyhow::Result<Vec<Loader>> {
+    let splits: Vec<PathBuf> = ["train", "val"].iter().map(|s| root.join(s)).filter(|p| p.is_dir()).collect();
+    let roots = if splits.is_empty() { vec![root.to_path_buf()] } else { splits };
+    roots
+        .iter()
+        .map(|r| {
+            let ds = data::open(r).with_context(|| format!("cannot open the image folder {}", r.display()))?;
+            let cfg = LoaderConfig {
+                batch_size: batch,
+                shuffle,
+                ..LoaderConfig::default()
+            };
+            Ok(Loader::new(ds, pipeline(), cfg, Device::Cpu)?)
+        })
+        .collect()
+}
+
 type Timed = (usize, (Vec<f64>, Vec<f64>), String);
 
-/// Training steps: backbone (part) + linear head, cross-entropy, plain SGD (lr 0.01).
+/// Training steps: backbone (part) + linear head, cross-entropy, graft's SGD (momentum 0.9, lr 0.01).
 fn train_step(model: &dyn Backbone, args: &OneArgs, note: String) -> anyhow::Result<Timed> {
     let (n, s) = (args.batch, args.size);
     let classes = 2;
@@ -159,27 +216,27 @@ fn train_step(model: &dyn Backbone, args: &OneArgs, note: String) -> anyhow::Res
         Measure::TrainLast => freeze_all_but_last(model, 1)?,
         _ => unfreeze_all(model)?,
     }
-    let mut vars: Vec<Var> = model.store().trainable_vars().into_iter().map(|(_, v)| v).collect();
-    vars.extend([head_w.clone(), head_b.clone()]);
-    let mut opt = candle_nn::SGD::new(vars, 0.01)?;
-    use candle_nn::Optimizer;
+    let mut vars = model.store().trainable_vars();
+    vars.extend([("head.weight".to_string(), head_w.clone()), ("head.bias".to_string(), head_b.clone())]);
+    let mut opt = Sgd::new(vec![ParamGroup::new("all", vars, 0.01)], SgdConfig::default())?;
+    let mut step = |loss: &Tensor| -> anyhow::Result<()> { Ok(opt.step(&loss.backward()?)?) };
     if args.measure == Measure::TrainHead {
         // Cached features: the step is tiny, so one repetition is an epoch of 100 steps.
         let feats = random_tensor(&[n, nf], 3, 1.0)?;
         let steps = 100;
         let t = time_reps(args.warmup, args.reps, || {
             for _ in 0..steps {
-                opt.backward_step(&head(&feats)?)?;
+                step(&head(&feats)?)?;
             }
             Ok(())
         })?;
-        return Ok((n * steps, t, format!("{note}; plain SGD")));
+        return Ok((n * steps, t, format!("{note}; graft SGD momentum 0.9")));
     }
     let x = random_tensor(&[n, 3, s, s], 1, 1.0)?;
     let t = time_reps(args.warmup, args.reps, || {
         let loss = head(&model.forward_pooled(&x, true)?)?;
-        opt.backward_step(&loss)?;
+        step(&loss)?;
         Ok(())
     })?;
-    Ok((n, t, format!("{note}; plain SGD")))
+    Ok((n, t, format!("{note}; graft SGD momentum 0.9")))
 }

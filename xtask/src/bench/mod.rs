@@ -31,8 +31,12 @@ pub enum Measure {
     /// Training step with every backbone layer unfrozen (+ linear head).
     TrainAll,
     /// Data pipeline alone (decode, training augmentation, batching) on 1 thread.
+    #[value(name = "data-1t")]
+    #[serde(rename = "data-1t")]
     Data1,
     /// Data pipeline alone on 2 threads.
+    #[value(name = "data-2t")]
+    #[serde(rename = "data-2t")]
     Data2,
 }
 
