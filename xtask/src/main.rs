@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps freed pages for reuse: candle allocates every activation afresh, and glibc maps (and zeroes)
+/// each one over 32 MiB anew, which costs more than the arithmetic of the cheap layers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// graft's project tasks.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "graft project tasks", version)]
