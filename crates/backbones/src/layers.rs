@@ -266,7 +266,7 @@ impl Activation {
         Ok(match self {
             Activation::None => x.clone(),
             Activation::Relu => x.relu()?,
-            Activation::Relu6 => x.clamp(0f32, 6f32)?,
+            Activation::Relu6 => crate::conv::relu6(x)?,
             Activation::Silu => x.silu()?,
             Activation::HardSwish => (x * ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)?,
             Activation::HardSigmoid => ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?,

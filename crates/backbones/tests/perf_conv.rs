@@ -199,3 +199,23 @@ fn folded_conv_bn_matches_unfolded_in_eval_and_trains_in_train_mode() {
     let wv = conv.weight.var().unwrap();
     assert!(max_diff(gf.get(wv.as_tensor()).unwrap(), gu.get(wv.as_tensor()).unwrap()) < 1e-3);
 }
+
+#[test]
+fn relu6_matches_clamp_forward_and_backward() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x = Var::from_tensor(&(rand_t(&[3, 4, 5, 6], &mut rng) * 8.0).unwrap()).unwrap();
+    let r = rand_t(&[3, 4, 5, 6], &mut rng);
+    let ours = backbones::conv::relu6(x.as_tensor()).unwrap();
+    let want = x.as_tensor().clamp(0f32, 6f32).unwrap();
+    assert!(max_diff(&ours, &want) == 0.0);
+    let g = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = g.get(x.as_tensor()).unwrap();
+    let inside = x
+        .as_tensor()
+        .gt(0f32)
+        .unwrap()
+        .mul(&x.as_tensor().lt(6f32).unwrap())
+        .unwrap();
+    let expected = r.mul(&inside.to_dtype(DType::F32).unwrap()).unwrap();
+    assert!(max_diff(gx, &expected) == 0.0);
+}

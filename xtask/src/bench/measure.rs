@@ -162,7 +162,11 @@ fn measure(args: &OneArgs) -> anyhow::Result<OneResult> {
                 Ok(())
             })?;
             let threads = rayon::current_num_threads();
-            (count, t, format!("{count} files, timm train augmentation 224, {threads} threads"))
+            (
+                count,
+                t,
+                format!("{count} files, timm train augmentation 224, {threads} threads"),
+            )
         }
     };
     Ok(OneResult {
@@ -181,8 +185,16 @@ fn loaders(
     shuffle: bool,
     pipeline: impl Fn() -> data::transforms::Pipeline,
 ) -> anyhow::Result<Vec<Loader>> {
-    let splits: Vec<PathBuf> = ["train", "val"].iter().map(|s| root.join(s)).filter(|p| p.is_dir()).collect();
-    let roots = if splits.is_empty() { vec![root.to_path_buf()] } else { splits };
+    let splits: Vec<PathBuf> = ["train", "val"]
+        .iter()
+        .map(|s| root.join(s))
+        .filter(|p| p.is_dir())
+        .collect();
+    let roots = if splits.is_empty() {
+        vec![root.to_path_buf()]
+    } else {
+        splits
+    };
     roots
         .iter()
         .map(|r| {
@@ -217,7 +229,10 @@ fn train_step(model: &dyn Backbone, args: &OneArgs, note: String) -> anyhow::Res
         _ => unfreeze_all(model)?,
     }
     let mut vars = model.store().trainable_vars();
-    vars.extend([("head.weight".to_string(), head_w.clone()), ("head.bias".to_string(), head_b.clone())]);
+    vars.extend([
+        ("head.weight".to_string(), head_w.clone()),
+        ("head.bias".to_string(), head_b.clone()),
+    ]);
     let mut opt = Sgd::new(vec![ParamGroup::new("all", vars, 0.01)], SgdConfig::default())?;
     let mut step = |loss: &Tensor| -> anyhow::Result<()> { Ok(opt.step(&loss.backward()?)?) };
     if args.measure == Measure::TrainHead {

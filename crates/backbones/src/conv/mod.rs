@@ -5,6 +5,10 @@
 //! candle 0.11's CPU conv2d converts every input to NHWC, builds im2col tiles element by element and scatters the
 //! output back; its backward goes through a slow transposed convolution. Other devices and dtypes fall back to candle.
 
+mod act;
+
+pub use act::relu6;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -454,6 +458,6 @@ pub fn conv2d_bias_act(
     match act {
         Epilogue::None => Ok(y),
         Epilogue::Relu => y.relu(),
-        Epilogue::Relu6 => y.clamp(0f32, 6f32),
+        Epilogue::Relu6 => relu6(&y),
     }
 }
