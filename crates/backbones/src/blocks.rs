@@ -5,6 +5,7 @@ use candle_core::Tensor;
 
 use crate::backbone::Stage;
 use crate::error::Result;
+use crate::fused::conv_bn_act;
 use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
 use crate::params::ParamStore;
 
@@ -322,11 +323,11 @@ impl Block {
                 act,
                 skip,
             } => {
-                let mut y = act.forward(&bn1.forward(&conv_dw.forward(x)?, train)?)?;
+                let mut y = conv_bn_act(conv_dw, bn1, *act, x, train)?;
                 if let Some(se) = se {
                     y = se.forward(&y)?;
                 }
-                let y = bn2.forward(&conv_pw.forward(&y)?, train)?;
+                let y = conv_bn_act(conv_pw, bn2, Activation::None, &y, train)?;
                 if *skip {
                     Ok((y + x)?)
                 } else {
@@ -344,19 +345,19 @@ impl Block {
                 act,
                 skip,
             } => {
-                let y = act.forward(&bn1.forward(&conv_pw.forward(x)?, train)?)?;
-                let mut y = act.forward(&bn2.forward(&conv_dw.forward(&y)?, train)?)?;
+                let y = conv_bn_act(conv_pw, bn1, *act, x, train)?;
+                let mut y = conv_bn_act(conv_dw, bn2, *act, &y, train)?;
                 if let Some(se) = se {
                     y = se.forward(&y)?;
                 }
-                let y = bn3.forward(&conv_pwl.forward(&y)?, train)?;
+                let y = conv_bn_act(conv_pwl, bn3, Activation::None, &y, train)?;
                 if *skip {
                     Ok((y + x)?)
                 } else {
                     Ok(y)
                 }
             }
-            Block::ConvBnAct { conv, bn1, act } => act.forward(&bn1.forward(&conv.forward(x)?, train)?),
+            Block::ConvBnAct { conv, bn1, act } => conv_bn_act(conv, bn1, *act, x, train),
         }
     }
 }
@@ -390,7 +391,7 @@ impl ConvNormAct {
 
     /// Apply to `x`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.act.forward(&self.bn.forward(&self.conv.forward(x)?, train)?)
+        conv_bn_act(&self.conv, &self.bn, self.act, x, train)
     }
 }
 

@@ -23,9 +23,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         ("auto", None) => Ok(auto()),
         ("cuda", i) => cuda(i.unwrap_or(0)),
         ("metal", i) => metal(i.unwrap_or(0)),
-        ("cpu" | "auto", Some(_)) => Err(Error::Msg(format!(
-            "invalid device `{spec}`: `{kind}` takes no index"
-        ))),
+        ("cpu" | "auto", Some(_)) => Err(Error::Msg(format!("invalid device `{spec}`: `{kind}` takes no index"))),
         _ => Err(Error::Msg(format!(
             "invalid device `{spec}`: expected cpu, cuda, cuda:N, metal or auto"
         ))),

@@ -48,9 +48,7 @@ impl DownloadOptions {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             offline: env_flag("HF_HUB_OFFLINE"),
             progress: false,
-            token: std::env::var("HF_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty()),
+            token: std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()),
         }
     }
 
@@ -70,12 +68,7 @@ impl DownloadOptions {
 /// Whether an environment flag is set to a true value (`1`, `true`, `yes`, `on`).
 pub(crate) fn env_flag(name: &str) -> bool {
     std::env::var(name)
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        })
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
         .unwrap_or(false)
 }
 
@@ -96,8 +89,7 @@ pub fn how_to_get(name: &str) -> String {
 /// Download `spec`'s weights into the cache (no network when already cached); the cached file's path.
 pub fn download(spec: &ModelSpec, opts: &DownloadOptions) -> Result<PathBuf> {
     let rt = runtime()?;
-    rt.block_on(download_async(spec, opts, None))
-        .map(|d| d.path)
+    rt.block_on(download_async(spec, opts, None)).map(|d| d.path)
 }
 
 /// Download several models concurrently, one progress bar each; one result per spec, in order.
@@ -116,9 +108,7 @@ pub fn download_many(specs: &[ModelSpec], opts: &DownloadOptions) -> Vec<Result<
             let spec = spec.clone();
             let opts = opts.clone();
             let bar = multi.as_ref().map(|m| m.add(ProgressBar::new(0)));
-            handles.push(tokio::spawn(async move {
-                download_async(&spec, &opts, bar).await
-            }));
+            handles.push(tokio::spawn(async move { download_async(&spec, &opts, bar).await }));
         }
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
@@ -140,19 +130,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Async [`download`]: reuse the cache, else fetch, verify and install the file; `bar` shows progress.
-pub async fn download_async(
-    spec: &ModelSpec,
-    opts: &DownloadOptions,
-    bar: Option<ProgressBar>,
-) -> Result<Downloaded> {
+pub async fn download_async(spec: &ModelSpec, opts: &DownloadOptions, bar: Option<ProgressBar>) -> Result<Downloaded> {
     if let Some(path) = cached_path_in(spec, &opts.cache_dir) {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        return Ok(Downloaded {
-            path,
-            was_cached: true,
-        });
+        return Ok(Downloaded { path, was_cached: true });
     }
     let name = &spec.name;
     if opts.offline {
@@ -178,11 +161,7 @@ pub async fn download_async(
     };
 
     let staging_root = opts.cache_dir.join(".graft-staging");
-    let repo = Repo::with_revision(
-        spec.hub.repo.clone(),
-        RepoType::Model,
-        spec.hub.revision.clone(),
-    );
+    let repo = Repo::with_revision(spec.hub.repo.clone(), RepoType::Model, spec.hub.revision.clone());
     let staging_repo = staging_root.join(repo.folder_name());
     // Stale pointers from an interrupted run would make hf-hub skip linking; blobs stay (resumable parts).
     let _ = std::fs::remove_dir_all(staging_repo.join("snapshots"));
@@ -224,8 +203,8 @@ async fn install(
     staged: &Path,
     tracker: &Tracker,
 ) -> std::result::Result<PathBuf, String> {
-    let blob = std::fs::canonicalize(staged)
-        .map_err(|e| format!("downloaded file {} vanished: {e}", staged.display()))?;
+    let blob =
+        std::fs::canonicalize(staged).map_err(|e| format!("downloaded file {} vanished: {e}", staged.display()))?;
     let commit = staged
         .parent()
         .and_then(|p| p.file_name())
@@ -270,8 +249,7 @@ async fn install(
         }
     }
 
-    let io =
-        |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
     let repo_dir = opts.cache_dir.join(repo_folder(&spec.hub.repo));
     let blobs = repo_dir.join("blobs");
     std::fs::create_dir_all(&blobs).map_err(|e| io("create", &blobs, e))?;
@@ -295,8 +273,7 @@ async fn install(
     std::fs::rename(&tmp_pointer, &pointer).map_err(|e| io("create", &pointer, e))?;
 
     let ref_path = repo_dir.join("refs").join(&spec.hub.revision);
-    crate::weights::write_atomic(&ref_path, commit.as_bytes())
-        .map_err(|e| io("write", &ref_path, e))?;
+    crate::weights::write_atomic(&ref_path, commit.as_bytes()).map_err(|e| io("write", &ref_path, e))?;
     Ok(pointer)
 }
 
@@ -402,9 +379,6 @@ mod tests {
             relative_to(Path::new("/c/m/blobs/abc"), Path::new("/c/m/snapshots/123")),
             PathBuf::from("../../blobs/abc")
         );
-        assert_eq!(
-            relative_to(Path::new("/a/b"), Path::new("/a")),
-            PathBuf::from("b")
-        );
+        assert_eq!(relative_to(Path::new("/a/b"), Path::new("/a")), PathBuf::from("b"));
     }
 }

@@ -110,6 +110,8 @@ impl Conv2d {
         let w_t = self.weight.tensor();
         let y = if self.is_depthwise() {
             crate::ops::depthwise_conv2d(x, &w_t, c.stride, pad)?
+        } else if c.groups == 1 {
+            crate::conv::conv2d(x, &w_t, c.stride, pad)?
         } else {
             let symmetric = pad.iter().all(|&p| p == pad[0]);
             if symmetric {
@@ -264,7 +266,7 @@ impl Activation {
         Ok(match self {
             Activation::None => x.clone(),
             Activation::Relu => x.relu()?,
-            Activation::Relu6 => x.clamp(0f32, 6f32)?,
+            Activation::Relu6 => crate::conv::relu6(x)?,
             Activation::Silu => x.silu()?,
             Activation::HardSwish => (x * ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)?,
             Activation::HardSigmoid => ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?,

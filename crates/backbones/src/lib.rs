@@ -5,9 +5,11 @@
 
 pub mod backbone;
 pub mod blocks;
+pub mod conv;
 pub mod device;
 pub mod efficientnet;
 pub mod error;
+pub mod fused;
 pub mod hub;
 pub mod layers;
 pub mod mobilenetv3;

@@ -24,8 +24,7 @@ pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     }
     Err(Error::Weights {
         path: path.to_path_buf(),
-        reason: "no tensors found (expected a state dict, or one under `state_dict` or `model`)"
-            .into(),
+        reason: "no tensors found (expected a state dict, or one under `state_dict` or `model`)".into(),
     })
 }
 
@@ -39,12 +38,7 @@ pub fn torchvision_to_timm(tensors: HashMap<String, Tensor>) -> Result<HashMap<S
     let mut out: HashMap<String, Tensor> = tensors
         .into_iter()
         .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-        .map(|(k, t)| {
-            (
-                k.strip_prefix("module.").map(str::to_string).unwrap_or(k),
-                t,
-            )
-        })
+        .map(|(k, t)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), t))
         .collect();
     let is_tv_vgg = out.contains_key("features.0.weight")
         && out.contains_key("classifier.0.weight")
@@ -95,10 +89,7 @@ mod tests {
             "classifier.0.weight".to_string(),
             Tensor::arange(0f32, 8.0 * 98.0, &d)?.reshape((8, 98))?,
         );
-        m.insert(
-            "classifier.0.bias".to_string(),
-            Tensor::zeros(8, DType::F32, &d)?,
-        );
+        m.insert("classifier.0.bias".to_string(), Tensor::zeros(8, DType::F32, &d)?);
         m.insert(
             "classifier.3.weight".to_string(),
             Tensor::zeros((8, 8), DType::F32, &d)?,
@@ -107,14 +98,8 @@ mod tests {
             "classifier.6.weight".to_string(),
             Tensor::zeros((5, 8), DType::F32, &d)?,
         );
-        m.insert(
-            "classifier.6.bias".to_string(),
-            Tensor::zeros(5, DType::F32, &d)?,
-        );
-        m.insert(
-            "bn.num_batches_tracked".to_string(),
-            Tensor::zeros((), DType::I64, &d)?,
-        );
+        m.insert("classifier.6.bias".to_string(), Tensor::zeros(5, DType::F32, &d)?);
+        m.insert("bn.num_batches_tracked".to_string(), Tensor::zeros((), DType::I64, &d)?);
         let out = torchvision_to_timm(m)?;
         assert_eq!(out["pre_logits.fc1.weight"].dims(), &[8, 2, 7, 7]);
         // Row-major reshape keeps torchvision's flatten order (channel, then y, then x).

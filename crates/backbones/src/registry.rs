@@ -51,10 +51,7 @@ pub struct ModelSpec {
 
 /// The registry files, `(file stem, TOML text)`, embedded at build time from `models/`.
 pub const SOURCES: &[(&str, &str)] = &[
-    (
-        "efficientnet_b0",
-        include_str!("../../../models/efficientnet_b0.toml"),
-    ),
+    ("efficientnet_b0", include_str!("../../../models/efficientnet_b0.toml")),
     (
         "mobilenetv3_large_100",
         include_str!("../../../models/mobilenetv3_large_100.toml"),
@@ -89,8 +86,7 @@ pub fn all() -> &'static [ModelSpec] {
             .iter()
             .map(|(stem, text)| {
                 // The embedded files are checked by the registry tests: a parse failure is a build defect.
-                ModelSpec::from_toml(text, &format!("models/{stem}.toml"))
-                    .expect("embedded registry file parses")
+                ModelSpec::from_toml(text, &format!("models/{stem}.toml")).expect("embedded registry file parses")
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

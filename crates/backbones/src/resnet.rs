@@ -11,7 +11,8 @@ use candle_core::Tensor;
 
 use crate::backbone::{Backbone, Stage};
 use crate::error::{Error, Result};
-use crate::layers::{BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
+use crate::fused::conv_bn_act;
+use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
 use crate::params::ParamStore;
 
 /// One ResNet variant, as a row of the paper's Table 1.
@@ -140,7 +141,7 @@ impl Backbone for ResNet {
     }
 
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let x = conv_bn_act(&self.conv1, &self.bn1, Activation::Relu, x, train)?;
         let mut x = crate::ops::max_pool2d(&x, 3, 2, 1)?;
         for block in self.layers.iter().flatten() {
             x = block.forward(&x, train)?;

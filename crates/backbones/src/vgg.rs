@@ -184,7 +184,7 @@ impl Backbone for Vgg {
         let mut x = x.clone();
         for op in &self.ops {
             x = match op {
-                Op::Conv(conv) => conv.forward(&x)?.relu()?,
+                Op::Conv(conv) => crate::fused::conv_act(conv, crate::layers::Activation::Relu, &x)?,
                 Op::Pool => crate::ops::max_pool2d(&x, 2, 2, 0)?,
             };
         }

@@ -13,11 +13,7 @@ use crate::pth;
 use crate::registry::ModelSpec;
 
 /// Where the weights for `spec` are: `explicit` when given, else the Hub cache, else a download (see `opts`).
-pub fn resolve(
-    spec: &ModelSpec,
-    explicit: Option<&Path>,
-    opts: &DownloadOptions,
-) -> Result<PathBuf> {
+pub fn resolve(spec: &ModelSpec, explicit: Option<&Path>, opts: &DownloadOptions) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return check_readable(path).map(|()| path.to_path_buf());
     }
@@ -42,11 +38,7 @@ fn check_readable(path: &Path) -> Result<()> {
 
 /// The Hub cache root: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 pub fn hub_cache_dir() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = var("HF_HUB_CACHE") {
         return dir;
     }
@@ -164,8 +156,7 @@ pub fn load_tensors_as(path: &Path, dtype: DType) -> Result<HashMap<String, Tens
         .into_iter()
         .map(|(k, t)| {
             let t = if t.dtype().is_float() && t.dtype() != dtype {
-                t.to_dtype(dtype)
-                    .map_err(|e| err(format!("tensor `{k}`: {e}")))?
+                t.to_dtype(dtype).map_err(|e| err(format!("tensor `{k}`: {e}")))?
             } else {
                 t
             };

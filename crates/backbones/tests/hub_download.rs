@@ -52,13 +52,7 @@ fn serve(repo: &str, body: Vec<u8>, etag: String, mode: Mode) -> Server {
     Server { endpoint, requests }
 }
 
-fn handle(
-    mut stream: TcpStream,
-    body: &[u8],
-    etag: &str,
-    expected_path: &str,
-    mode: Mode,
-) -> std::io::Result<()> {
+fn handle(mut stream: TcpStream, body: &[u8], etag: &str, expected_path: &str, mode: Mode) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut first = String::new();
     reader.read_line(&mut first)?;
@@ -114,7 +108,11 @@ fn handle(
         "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{end}/{len}\r\n\
          etag: \"{etag}\"\r\nx-linked-etag: \"{etag}\"\r\nx-repo-commit: {COMMIT}\r\naccept-ranges: bytes\r\n\
          connection: close\r\n\r\n",
-        if mode == Mode::CloseEarly { chunk.len() } else { sent.len() }
+        if mode == Mode::CloseEarly {
+            chunk.len()
+        } else {
+            sent.len()
+        }
     )?;
     if method == "HEAD" {
         return Ok(());
@@ -185,17 +183,9 @@ fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
 
     let path = download(&spec, &opts).unwrap();
     let repo_dir = cache.path().join(repo_folder(&spec.hub.repo));
+    assert_eq!(path, repo_dir.join("snapshots").join(COMMIT).join("model.safetensors"));
     assert_eq!(
-        path,
-        repo_dir
-            .join("snapshots")
-            .join(COMMIT)
-            .join("model.safetensors")
-    );
-    assert_eq!(
-        std::fs::read_to_string(repo_dir.join("refs/main"))
-            .unwrap()
-            .trim(),
+        std::fs::read_to_string(repo_dir.join("refs/main")).unwrap().trim(),
         COMMIT
     );
     assert!(repo_dir.join("blobs").join(&sha).is_file());
@@ -205,10 +195,7 @@ fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
     let tensors = load_tensors(&path).unwrap();
     assert!(tensors.contains_key("classifier.weight"));
     let hits = server.requests.load(Ordering::SeqCst);
-    assert!(
-        hits >= 2,
-        "metadata plus at least one ranged download, got {hits}"
-    );
+    assert!(hits >= 2, "metadata plus at least one ranged download, got {hits}");
 
     // Already cached: no network.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -224,10 +211,7 @@ fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
 fn assert_nothing_installed(spec: &ModelSpec, cache: &Path) {
     assert_eq!(cached_path_in(spec, cache), None);
     let repo_dir = cache.join(repo_folder(&spec.hub.repo));
-    assert!(
-        !repo_dir.join("snapshots").exists(),
-        "a snapshot was created"
-    );
+    assert!(!repo_dir.join("snapshots").exists(), "a snapshot was created");
     assert!(!repo_dir.join("refs").exists(), "a ref was created");
 }
 
@@ -273,10 +257,7 @@ fn a_short_body_is_detected_without_a_known_sha256() {
     assert!(e.contains("incomplete"), "{e}");
     assert_one_line_naming(&e, &spec);
     assert_nothing_installed(&spec, cache.path());
-    assert!(
-        files_named(cache.path(), &etag).is_empty(),
-        "the partial blob was kept"
-    );
+    assert!(files_named(cache.path(), &etag).is_empty(), "the partial blob was kept");
 }
 
 #[test]
@@ -296,10 +277,7 @@ fn a_wrong_sha256_is_an_error_and_the_file_is_removed() {
     );
     assert_one_line_naming(&e, &spec);
     assert_nothing_installed(&spec, cache.path());
-    assert!(
-        files_named(cache.path(), &etag).is_empty(),
-        "the bad blob was kept"
-    );
+    assert!(files_named(cache.path(), &etag).is_empty(), "the bad blob was kept");
 
     // The LFS etag is a sha256 too: a body that does not match it is refused even without a registry sha.
     let spec = small_spec(None);
@@ -339,21 +317,14 @@ fn offline_refuses_the_network_with_the_command_to_run() {
     opts.offline = true;
     let e = download(&spec, &opts).unwrap_err().to_string();
     assert_one_line_naming(&e, &spec);
-    assert!(
-        e.contains("HF_HUB_OFFLINE") && e.contains("--weights FILE"),
-        "{e}"
-    );
+    assert!(e.contains("HF_HUB_OFFLINE") && e.contains("--weights FILE"), "{e}");
     assert_eq!(server.requests.load(Ordering::SeqCst), 0);
 }
 
 #[test]
 fn an_unreachable_endpoint_names_the_model_and_the_command() {
     // Bind then drop a listener: the port is (almost certainly) closed.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let spec = small_spec(None);
     let cache = tempfile::tempdir().unwrap();
     let opts = DownloadOptions::from_env()

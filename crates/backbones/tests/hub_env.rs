@@ -7,20 +7,11 @@ use backbones::weights::hub_cache_dir;
 
 #[test]
 fn hf_environment_variables_are_honoured() {
-    for k in [
-        "HF_HUB_CACHE",
-        "HF_HOME",
-        "HF_ENDPOINT",
-        "HF_HUB_OFFLINE",
-        "HF_TOKEN",
-    ] {
+    for k in ["HF_HUB_CACHE", "HF_HOME", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN"] {
         std::env::remove_var(k);
     }
     std::env::set_var("HOME", "/home/someone");
-    assert_eq!(
-        hub_cache_dir(),
-        PathBuf::from("/home/someone/.cache/huggingface/hub")
-    );
+    assert_eq!(hub_cache_dir(), PathBuf::from("/home/someone/.cache/huggingface/hub"));
     let o = DownloadOptions::from_env();
     assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
     assert!(!o.offline && o.token.is_none());

@@ -80,12 +80,7 @@ fn bench_depthwise_and_maxpool() {
         // The autograd overhead of the loss itself, with a slice in place of the convolution.
         let (ho, wo) = (ours.dim(2).unwrap(), ours.dim(3).unwrap());
         let base = time(reps, || {
-            let y = xv
-                .as_tensor()
-                .narrow(2, 0, ho)
-                .unwrap()
-                .narrow(3, 0, wo)
-                .unwrap();
+            let y = xv.as_tensor().narrow(2, 0, ho).unwrap().narrow(3, 0, wo).unwrap();
             drop((y * &r).unwrap().sum_all().unwrap().backward().unwrap());
         });
         println!(

@@ -51,11 +51,7 @@ fn grid() -> Vec<Case> {
     for &(h, w) in &[(7, 7), (8, 8), (9, 6), (12, 11)] {
         for k in [3, 5] {
             for stride in [1, 2] {
-                for padding in [
-                    Padding::Symmetric(k / 2),
-                    Padding::Symmetric(0),
-                    Padding::TfSame,
-                ] {
+                for padding in [Padding::Symmetric(k / 2), Padding::Symmetric(0), Padding::TfSame] {
                     let pad = padding.amounts(h, w, k, stride, 1);
                     cases.push((2, 3, h, w, k, stride, pad));
                 }
@@ -76,15 +72,9 @@ fn forward_matches_grouped_conv() {
         let got = depthwise_conv2d(&x, &wt, s, pad).unwrap();
         let want = reference(&x, &wt, s, pad);
         let d = max_diff(&got, &want);
-        assert!(
-            d < 1e-4,
-            "h={h} w={w} k={k} s={s} pad={pad:?}: max diff {d}"
-        );
+        assert!(d < 1e-4, "h={h} w={w} k={k} s={s} pad={pad:?}: max diff {d}");
     }
-    assert!(
-        asymmetric > 0,
-        "the grid must exercise asymmetric (TF-SAME) padding"
-    );
+    assert!(asymmetric > 0, "the grid must exercise asymmetric (TF-SAME) padding");
 }
 
 #[test]
@@ -128,18 +118,10 @@ fn bad_weight_shape_is_an_error() {
 }
 
 /// Gradients of `sum(f(x, w) · r)` for x and w.
-fn grads(
-    f: impl Fn(&Tensor, &Tensor) -> Tensor,
-    x: &Tensor,
-    w: &Tensor,
-    r: &Tensor,
-) -> (Tensor, Tensor) {
+fn grads(f: impl Fn(&Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, r: &Tensor) -> (Tensor, Tensor) {
     let xv = Var::from_tensor(x).unwrap();
     let wv = Var::from_tensor(w).unwrap();
-    let loss = (f(xv.as_tensor(), wv.as_tensor()) * r)
-        .unwrap()
-        .sum_all()
-        .unwrap();
+    let loss = (f(xv.as_tensor(), wv.as_tensor()) * r).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap();
     (
         g.get(xv.as_tensor()).unwrap().clone(),
@@ -185,11 +167,7 @@ fn backward_matches_finite_differences_f64() {
         let pad = padding.amounts(h, w, k, s, 1);
         let x = randn(&mut rng, &[2, 2, h, w], DType::F64);
         let wt = randn(&mut rng, &[2, 1, k, k], DType::F64);
-        let r = randn(
-            &mut rng,
-            depthwise_conv2d(&x, &wt, s, pad).unwrap().dims(),
-            DType::F64,
-        );
+        let r = randn(&mut rng, depthwise_conv2d(&x, &wt, s, pad).unwrap().dims(), DType::F64);
         let loss = |x: &Tensor, w: &Tensor| -> f64 {
             (depthwise_conv2d(x, w, s, pad).unwrap() * &r)
                 .unwrap()

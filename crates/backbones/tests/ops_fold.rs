@@ -23,14 +23,7 @@ fn affine(y: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
 }
 
 #[test]
@@ -64,11 +57,7 @@ fn folding_a_depthwise_conv_and_shape_errors() {
     let w = randn(&mut rng, &[5, 1, 5, 5]);
     let (scale, shift) = (randn(&mut rng, &[5]), randn(&mut rng, &[5]));
     let (fw, fb) = fold_bn(&w, None, &scale, &shift).unwrap();
-    let want = affine(
-        &depthwise_conv2d(&x, &w, 2, [1, 2, 1, 2]).unwrap(),
-        &scale,
-        &shift,
-    );
+    let want = affine(&depthwise_conv2d(&x, &w, 2, [1, 2, 1, 2]).unwrap(), &scale, &shift);
     let got = affine(
         &depthwise_conv2d(&x, &fw, 2, [1, 2, 1, 2]).unwrap(),
         &Tensor::ones(5, DType::F32, &Device::Cpu).unwrap(),

@@ -27,16 +27,12 @@ fn distinct(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
 fn reference(x: &Tensor, k: usize, s: usize, p: usize) -> Tensor {
     let (n, c, h, w) = x.dims4().unwrap();
     let xp = if p > 0 {
-        Tensor::full(
-            f32::NEG_INFINITY,
-            (n, c, h + 2 * p, w + 2 * p),
-            &Device::Cpu,
-        )
-        .unwrap()
-        .to_dtype(x.dtype())
-        .unwrap()
-        .slice_assign(&[0..n, 0..c, p..p + h, p..p + w], x)
-        .unwrap()
+        Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * p, w + 2 * p), &Device::Cpu)
+            .unwrap()
+            .to_dtype(x.dtype())
+            .unwrap()
+            .slice_assign(&[0..n, 0..c, p..p + h, p..p + w], x)
+            .unwrap()
     } else {
         x.clone()
     };
@@ -45,14 +41,7 @@ fn reference(x: &Tensor, k: usize, s: usize, p: usize) -> Tensor {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     d.to_dtype(DType::F64).unwrap().to_scalar().unwrap()
 }
 
@@ -100,20 +89,13 @@ fn forward_handles_f64_half_non_contiguous_and_bad_padding() {
     let got = max_pool2d(&x.to_dtype(DType::F16).unwrap(), 3, 2, 1).unwrap();
     assert_eq!(got.dtype(), DType::F16);
     assert!(max_diff(&got.to_dtype(DType::F64).unwrap(), &want) < 1e-2);
-    assert!(
-        max_pool2d(&x, 3, 2, 2).is_err(),
-        "padding above half the kernel"
-    );
+    assert!(max_pool2d(&x, 3, 2, 2).is_err(), "padding above half the kernel");
 }
 
 fn grad(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, r: &Tensor) -> Tensor {
     let xv = Var::from_tensor(x).unwrap();
     let loss = (f(xv.as_tensor()) * r).unwrap().sum_all().unwrap();
-    loss.backward()
-        .unwrap()
-        .get(xv.as_tensor())
-        .unwrap()
-        .clone()
+    loss.backward().unwrap().get(xv.as_tensor()).unwrap().clone()
 }
 
 #[test]
@@ -121,11 +103,7 @@ fn backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for &(k, s, p) in &[(3, 2, 1), (3, 1, 1), (2, 2, 0), (5, 2, 2)] {
         let x = distinct(&mut rng, &[2, 2, 7, 6]);
-        let r = randn(
-            &mut rng,
-            max_pool2d(&x, k, s, p).unwrap().dims(),
-            DType::F64,
-        );
+        let r = randn(&mut rng, max_pool2d(&x, k, s, p).unwrap().dims(), DType::F64);
         let g: Vec<f64> = grad(|x| max_pool2d(x, k, s, p).unwrap(), &x, &r)
             .flatten_all()
             .unwrap()
@@ -178,12 +156,7 @@ fn backward_2x2_matches_candle() {
 
 #[test]
 fn ties_route_to_the_first_maximum() {
-    let x = Tensor::from_vec(
-        vec![1f32, 5., 5., 2., 5., 0., 3., 1., 4.],
-        (1, 1, 3, 3),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let x = Tensor::from_vec(vec![1f32, 5., 5., 2., 5., 0., 3., 1., 4.], (1, 1, 3, 3), &Device::Cpu).unwrap();
     let r = Tensor::ones((1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
     let g = grad(|x| max_pool2d(x, 3, 1, 0).unwrap(), &x, &r);
     assert_eq!(

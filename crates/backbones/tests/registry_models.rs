@@ -19,10 +19,7 @@ fn every_model_file_is_embedded_and_parses_with_its_file_name() {
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
     let embedded: BTreeSet<String> = SOURCES.iter().map(|(s, _)| s.to_string()).collect();
-    assert_eq!(
-        on_disk, embedded,
-        "models/*.toml and registry::SOURCES differ"
-    );
+    assert_eq!(on_disk, embedded, "models/*.toml and registry::SOURCES differ");
     for (stem, text) in SOURCES {
         let on_disk = std::fs::read_to_string(models_dir().join(format!("{stem}.toml"))).unwrap();
         assert_eq!(&on_disk, text, "{stem}: embedded text is stale");
@@ -41,12 +38,7 @@ fn names_are_unique_and_specs_are_sane() {
         assert!(!m.stages.is_empty(), "{}: no stages", m.name);
         let uniq: BTreeSet<&String> = m.stages.iter().collect();
         assert_eq!(uniq.len(), m.stages.len(), "{}: duplicate stage", m.name);
-        assert!(
-            m.hub.repo.contains('/'),
-            "{}: hub repo `{}`",
-            m.name,
-            m.hub.repo
-        );
+        assert!(m.hub.repo.contains('/'), "{}: hub repo `{}`", m.name, m.hub.repo);
         assert_eq!(m.hub.file, "model.safetensors");
         assert!(!m.hub.revision.is_empty());
         if let Some(sha) = &m.hub.sha256 {
@@ -114,8 +106,7 @@ fn registry_matches_timm_manifest() {
     let Some(path) = data::assets::require("parity/timm_manifest.json") else {
         return;
     };
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut compared_preprocess = 0;
     for m in registry::all() {
         let entry = &manifest[&m.architecture];
@@ -139,14 +130,8 @@ fn registry_matches_timm_manifest() {
                 .iter()
                 .map(|v| v.as_u64().unwrap() as usize)
                 .collect();
-            assert_eq!(
-                m.preprocess.input_size.to_vec(),
-                input[1..].to_vec(),
-                "{}",
-                m.name
-            );
-            let interp: data::Interpolation =
-                dc["interpolation"].as_str().unwrap().parse().unwrap();
+            assert_eq!(m.preprocess.input_size.to_vec(), input[1..].to_vec(), "{}", m.name);
+            let interp: data::Interpolation = dc["interpolation"].as_str().unwrap().parse().unwrap();
             assert_eq!(m.preprocess.interpolation, interp, "{}", m.name);
             assert!(
                 (m.preprocess.crop_pct as f64 - dc["crop_pct"].as_f64().unwrap()).abs() < 1e-6,
@@ -172,21 +157,12 @@ fn registry_matches_timm_manifest() {
             Some(s) => s[0],
             None => entry["num_features"].as_u64().unwrap() as usize,
         };
-        assert_eq!(
-            m.num_features, expected_features,
-            "{}: num_features",
-            m.name
-        );
+        assert_eq!(m.num_features, expected_features, "{}: num_features", m.name);
         // Classes: rows of the classifier (the last 2-d weight).
         let classifier = ["fc.weight", "head.fc.weight", "classifier.weight"]
             .iter()
             .find_map(|k| shape(k));
-        assert_eq!(
-            classifier.map(|s| s[0]),
-            Some(m.num_classes),
-            "{}: num_classes",
-            m.name
-        );
+        assert_eq!(classifier.map(|s| s[0]), Some(m.num_classes), "{}: num_classes", m.name);
         // Size: learnable parameters (running statistics excluded) within 1 %.
         let params: usize = tensors
             .iter()
@@ -208,8 +184,5 @@ fn registry_matches_timm_manifest() {
             params
         );
     }
-    assert!(
-        compared_preprocess >= 4,
-        "too few models share the manifest's Hub id"
-    );
+    assert!(compared_preprocess >= 4, "too few models share the manifest's Hub id");
 }

@@ -7,7 +7,9 @@ use rand_chacha::rand_core::SeedableRng;
 
 #[test]
 fn fully_unfrozen_resnet18_takes_a_training_step() {
-    let Some(path) = data::assets::require("parity/resnet18.weights.safetensors") else { return };
+    let Some(path) = data::assets::require("parity/resnet18.weights.safetensors") else {
+        return;
+    };
     let store = ParamStore::from_safetensors(&path, DType::F32, &Device::Cpu).unwrap();
     let model = zoo::build("resnet18", &store).unwrap();
     let stages = model.stages().len();
@@ -25,12 +27,19 @@ fn fully_unfrozen_resnet18_takes_a_training_step() {
         let pooled = model.forward_pooled(&x, train).unwrap();
         let logits = pooled.narrow(1, 0, 4).unwrap();
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-        logp.gather(&target.unsqueeze(1).unwrap(), 1).unwrap().mean_all().unwrap().neg().unwrap()
+        logp.gather(&target.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .neg()
+            .unwrap()
     };
     let loss = loss_of(true);
     let grads = loss.backward().unwrap();
     let stem = vars.iter().find(|(n, _)| n == "conv1.weight").unwrap().1.clone();
-    let g = grads.get(stem.as_tensor()).expect("gradient reaches the stem through the max-pool");
+    let g = grads
+        .get(stem.as_tensor())
+        .expect("gradient reaches the stem through the max-pool");
     let gnorm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(gnorm.is_finite() && gnorm > 0.0, "stem gradient norm {gnorm}");
     let with_grad = vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some()).count();

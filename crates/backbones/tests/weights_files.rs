@@ -7,9 +7,7 @@ use std::path::Path;
 
 use backbones::hub::DownloadOptions;
 use backbones::registry;
-use backbones::weights::{
-    cached_path_in, file_sha256, load_tensors, load_tensors_as, repo_folder, resolve,
-};
+use backbones::weights::{cached_path_in, file_sha256, load_tensors, load_tensors_as, repo_folder, resolve};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use sha2::Digest;
@@ -69,9 +67,7 @@ fn hand_made_hf_cache_layout_is_found_and_preferred() {
 fn offline_without_cache_names_the_model_and_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let spec = registry::get("vgg16").unwrap();
-    let e = resolve(&spec, None, &offline(dir.path()))
-        .unwrap_err()
-        .to_string();
+    let e = resolve(&spec, None, &offline(dir.path())).unwrap_err().to_string();
     assert!(e.contains("`vgg16`"), "{e}");
     assert!(
         e.contains("cargo xtask download-weights vgg16") && e.contains("--weights FILE"),
@@ -86,10 +82,7 @@ fn explicit_weights_win_and_missing_ones_are_named() {
     let spec = registry::get("resnet18").unwrap();
     let file = dir.path().join("mine.safetensors");
     std::fs::write(&file, b"x").unwrap();
-    assert_eq!(
-        resolve(&spec, Some(&file), &offline(dir.path())).unwrap(),
-        file
-    );
+    assert_eq!(resolve(&spec, Some(&file), &offline(dir.path())).unwrap(), file);
     let missing = dir.path().join("nope.pth");
     let e = resolve(&spec, Some(&missing), &offline(dir.path()))
         .unwrap_err()
@@ -122,11 +115,7 @@ fn safetensors_in_f16_bf16_f32_load_as_the_compute_dtype() {
     let w = random(&[4, 3, 3, 3], 1);
     let b = random(&[4], 2);
     let w_vals: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-    for (dtype, tol) in [
-        (DType::F32, 0.0f32),
-        (DType::F16, 1e-3),
-        (DType::BF16, 8e-3),
-    ] {
+    for (dtype, tol) in [(DType::F32, 0.0f32), (DType::F16, 1e-3), (DType::BF16, 8e-3)] {
         let path = dir.path().join(format!("w_{dtype:?}.safetensors"));
         let mut m = HashMap::new();
         m.insert("conv.weight".to_string(), w.to_dtype(dtype).unwrap());
@@ -138,11 +127,7 @@ fn safetensors_in_f16_bf16_f32_load_as_the_compute_dtype() {
         assert_eq!(gw.dtype(), DType::F32);
         assert_eq!(gw.dims(), &[4, 3, 3, 3]);
         let g: Vec<f32> = gw.flatten_all().unwrap().to_vec1().unwrap();
-        let max_err = g
-            .iter()
-            .zip(&w_vals)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let max_err = g.iter().zip(&w_vals).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(max_err <= tol, "{dtype:?}: max error {max_err}");
         let half = load_tensors_as(&path, DType::F16).unwrap();
         assert_eq!(half["conv.bias"].dtype(), DType::F16);
@@ -157,10 +142,7 @@ fn file_sha256_is_streamed_sha256() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let bytes: Vec<u8> = (0..(3 << 20) + 17).map(|_| rng.gen()).collect();
     std::fs::write(&p, &bytes).unwrap();
-    assert_eq!(
-        file_sha256(&p).unwrap(),
-        hex::encode(sha2::Sha256::digest(&bytes))
-    );
+    assert_eq!(file_sha256(&p).unwrap(), hex::encode(sha2::Sha256::digest(&bytes)));
     // The FIPS 180-2 test vector.
     std::fs::write(&p, b"abc").unwrap();
     assert_eq!(
@@ -179,8 +161,7 @@ struct Pickle(Vec<u8>);
 impl Pickle {
     fn global(&mut self, module: &str, name: &str) {
         self.0.push(b'c');
-        self.0
-            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.0.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
     }
     fn str(&mut self, s: &str) {
         self.0.push(b'X');
@@ -261,8 +242,7 @@ fn write_pth(path: &Path, tensors: &[(&str, Tensor)], wrapper: Option<&str>) {
     p.0.push(b'.');
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("archive/data.pkl", opts).unwrap();
     z.write_all(&p.0).unwrap();
     for (i, bytes) in storages.iter().enumerate() {
@@ -303,17 +283,10 @@ fn pth_checkpoint_loads_with_names_and_values() {
     assert_eq!(got["conv1.weight"].dims(), &[8, 3, 3, 3]);
     assert_eq!(max_abs_diff(&got["conv1.weight"], &conv), 0.0);
     assert_eq!(got["fc.weight"].dtype(), DType::F32);
-    assert_eq!(
-        max_abs_diff(&got["fc.weight"], &fc.to_dtype(DType::F32).unwrap()),
-        0.0
-    );
+    assert_eq!(max_abs_diff(&got["fc.weight"], &fc.to_dtype(DType::F32).unwrap()), 0.0);
     // The same state dict wrapped as {"state_dict": ...} (a training checkpoint).
     let wrapped = dir.path().join("ckpt.pt");
-    write_pth(
-        &wrapped,
-        &[("conv1.weight", conv.clone())],
-        Some("state_dict"),
-    );
+    write_pth(&wrapped, &[("conv1.weight", conv.clone())], Some("state_dict"));
     let got = load_tensors(&wrapped).unwrap();
     assert_eq!(max_abs_diff(&got["conv1.weight"], &conv), 0.0);
 }
@@ -354,10 +327,7 @@ fn torchvision_vgg_pth_is_renamed_to_timm() {
     );
     assert_eq!(got["pre_logits.fc1.weight"].dims(), &[6, 2, 7, 7]);
     assert_eq!(
-        max_abs_diff(
-            &got["pre_logits.fc1.weight"].reshape((6, 98)).unwrap(),
-            &fc1
-        ),
+        max_abs_diff(&got["pre_logits.fc1.weight"].reshape((6, 98)).unwrap(), &fc1),
         0.0
     );
     assert_eq!(got["pre_logits.fc2.weight"].dims(), &[6, 6, 1, 1]);

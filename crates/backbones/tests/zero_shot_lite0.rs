@@ -16,7 +16,9 @@ const SIZE: usize = 224;
 /// The registry's eval transform for Lite0 (timm's: resize shorter side to 256 bicubic antialiased, center-crop
 /// 224, mean = std = 0.5), CHW f32.
 fn preprocess(pipeline: &Pipeline, path: &Path) -> Vec<f32> {
-    let img = image::open(path).unwrap_or_else(|e| panic!("decode {}: {e}", path.display())).to_rgb8();
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("decode {}: {e}", path.display()))
+        .to_rgb8();
     pipeline.apply(img, &mut ChaCha8Rng::seed_from_u64(0))
 }
 

@@ -18,12 +18,7 @@ pub(crate) struct DepthwiseConv {
 }
 
 /// Shapes `(n, c, geometry)` of a depthwise convolution from the input dims and the weight dims.
-fn geometry(
-    x: &[usize],
-    w: &[usize],
-    stride: usize,
-    pad: [usize; 4],
-) -> Result<(usize, usize, Geom)> {
+fn geometry(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> Result<(usize, usize, Geom)> {
     let &[n, c, h, wd] = x else {
         bail!("{NAME}: input must be N×C×H×W, got {x:?}");
     };
@@ -126,49 +121,24 @@ impl CustomOp2 for DepthwiseConv {
         NAME
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, g) = geometry(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(fwd(
-                contiguous(NAME, x, l1)?,
-                contiguous(NAME, w, l2)?,
-                c,
-                &g,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(fwd(
-                contiguous(NAME, x, l1)?,
-                contiguous(NAME, w, l2)?,
-                c,
-                &g,
-            )),
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(fwd(contiguous(NAME, x, l1)?, contiguous(NAME, w, l2)?, c, &g))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                CpuStorage::F64(fwd(contiguous(NAME, x, l1)?, contiguous(NAME, w, l2)?, c, &g))
+            }
             _ => return Err(unsupported(s1)),
         };
         Ok((out, Shape::from((n, c, g.ho, g.wo))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let dx = grad.apply_op2_no_bwd(
-            w,
-            &DepthwiseBwdInput {
-                op: *self,
-                h,
-                w: wd,
-            },
-        )?;
+        let dx = grad.apply_op2_no_bwd(w, &DepthwiseBwdInput { op: *self, h, w: wd })?;
         let dw = x.apply_op2_no_bwd(
             &grad,
             &DepthwiseBwdWeight {
@@ -192,22 +162,11 @@ impl CustomOp2 for DepthwiseBwdInput {
         "depthwise_conv2d_bwd_input"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let &[n, c, ..] = l1.dims() else {
             bail!("{NAME}: output gradient must be 4-D, got {:?}", l1.dims());
         };
-        let (_, _, g) = geometry(
-            &[n, c, self.h, self.w],
-            l2.dims(),
-            self.op.stride,
-            self.op.pad,
-        )?;
+        let (_, _, g) = geometry(&[n, c, self.h, self.w], l2.dims(), self.op.stride, self.op.pad)?;
         if l1.dims() != [n, c, g.ho, g.wo] {
             bail!(
                 "{NAME}: output gradient {:?} does not match output {:?}",
@@ -216,18 +175,12 @@ impl CustomOp2 for DepthwiseBwdInput {
             );
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(gy), CpuStorage::F32(w)) => CpuStorage::F32(bwd_input(
-                contiguous(NAME, gy, l1)?,
-                contiguous(NAME, w, l2)?,
-                c,
-                &g,
-            )),
-            (CpuStorage::F64(gy), CpuStorage::F64(w)) => CpuStorage::F64(bwd_input(
-                contiguous(NAME, gy, l1)?,
-                contiguous(NAME, w, l2)?,
-                c,
-                &g,
-            )),
+            (CpuStorage::F32(gy), CpuStorage::F32(w)) => {
+                CpuStorage::F32(bwd_input(contiguous(NAME, gy, l1)?, contiguous(NAME, w, l2)?, c, &g))
+            }
+            (CpuStorage::F64(gy), CpuStorage::F64(w)) => {
+                CpuStorage::F64(bwd_input(contiguous(NAME, gy, l1)?, contiguous(NAME, w, l2)?, c, &g))
+            }
             _ => return Err(unsupported(s1)),
         };
         Ok((out, Shape::from((n, c, self.h, self.w))))
@@ -245,20 +198,9 @@ impl CustomOp2 for DepthwiseBwdWeight {
         "depthwise_conv2d_bwd_weight"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let c = l1.dims().get(1).copied().unwrap_or(0);
-        let (n, c, g) = geometry(
-            l1.dims(),
-            &[c, 1, self.k, self.k],
-            self.op.stride,
-            self.op.pad,
-        )?;
+        let (n, c, g) = geometry(l1.dims(), &[c, 1, self.k, self.k], self.op.stride, self.op.pad)?;
         if l2.dims() != [n, c, g.ho, g.wo] {
             bail!(
                 "{NAME}: output gradient {:?} does not match output {:?}",

@@ -1,9 +1,7 @@
 //! Max-pooling on the CPU with any kernel/stride/padding and a backward pass (PyTorch semantics).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::plane::{contiguous, Geom};
@@ -77,31 +75,29 @@ fn bwd<T: WithDType>(x: &[T], gy: &[T], g: &Geom) -> Vec<T> {
     let neg_inf = T::from_f64(f64::NEG_INFINITY);
     let (s, p) = (g.stride, g.pad[0]);
     let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(g.in_len())
-        .enumerate()
-        .for_each(|(i, dx)| {
-            let xp = &x[i * g.in_len()..(i + 1) * g.in_len()];
-            let gp = &gy[i * g.out_len()..(i + 1) * g.out_len()];
-            for oy in 0..g.ho {
-                let y0 = (oy * s).saturating_sub(p);
-                let y1 = (oy * s + g.k - p).min(g.h);
-                for ox in 0..g.wo {
-                    let x0 = (ox * s).saturating_sub(p);
-                    let x1 = (ox * s + g.k - p).min(g.w);
-                    let (mut best, mut at) = (neg_inf, y0 * g.w + x0);
-                    for iy in y0..y1 {
-                        for ix in x0..x1 {
-                            let v = xp[iy * g.w + ix];
-                            if wins(v, best) {
-                                best = v;
-                                at = iy * g.w + ix;
-                            }
+    dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(i, dx)| {
+        let xp = &x[i * g.in_len()..(i + 1) * g.in_len()];
+        let gp = &gy[i * g.out_len()..(i + 1) * g.out_len()];
+        for oy in 0..g.ho {
+            let y0 = (oy * s).saturating_sub(p);
+            let y1 = (oy * s + g.k - p).min(g.h);
+            for ox in 0..g.wo {
+                let x0 = (ox * s).saturating_sub(p);
+                let x1 = (ox * s + g.k - p).min(g.w);
+                let (mut best, mut at) = (neg_inf, y0 * g.w + x0);
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let v = xp[iy * g.w + ix];
+                        if wins(v, best) {
+                            best = v;
+                            at = iy * g.w + ix;
                         }
                     }
-                    dx[at] += gp[oy * g.wo + ox];
                 }
+                dx[at] += gp[oy * g.wo + ox];
             }
-        });
+        }
+    });
     dx
 }
 
@@ -115,19 +111,13 @@ impl CustomOp1 for MaxPool {
         let out = match s {
             CpuStorage::F32(x) => CpuStorage::F32(fwd(contiguous(NAME, x, l)?, &g)),
             CpuStorage::F64(x) => CpuStorage::F64(fwd(contiguous(NAME, x, l)?, &g)),
-            _ => bail!(
-                "{NAME}: unsupported dtype {:?} (f32 or f64 expected)",
-                s.dtype()
-            ),
+            _ => bail!("{NAME}: unsupported dtype {:?} (f32 or f64 expected)", s.dtype()),
         };
         Ok((out, Shape::from((n, c, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &MaxPoolBwd(*self),
-        )?))
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolBwd(*self))?))
     }
 }
 
@@ -139,13 +129,7 @@ impl CustomOp2 for MaxPoolBwd {
         "max_pool2d_bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, g) = self.0.geometry(l1.dims())?;
         if l2.dims() != [n, c, g.ho, g.wo] {
             bail!(
@@ -161,10 +145,7 @@ impl CustomOp2 for MaxPoolBwd {
             (CpuStorage::F64(x), CpuStorage::F64(gy)) => {
                 CpuStorage::F64(bwd(contiguous(NAME, x, l1)?, contiguous(NAME, gy, l2)?, &g))
             }
-            _ => bail!(
-                "{NAME}: unsupported dtype {:?} (f32 or f64 expected)",
-                s1.dtype()
-            ),
+            _ => bail!("{NAME}: unsupported dtype {:?} (f32 or f64 expected)", s1.dtype()),
         };
         Ok((out, l1.shape().clone()))
     }

@@ -13,10 +13,7 @@ pub use fold::fold_bn;
 use candle_core::{DType, Tensor};
 
 /// Run `f` on `x` (and `w`) converted to f32 when their dtype is not f32/f64, converting the result back.
-fn via_float(
-    xs: &[&Tensor],
-    f: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<Tensor> {
+fn via_float(xs: &[&Tensor], f: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
     let dtype = xs[0].dtype();
     if matches!(dtype, DType::F32 | DType::F64) {
         let xs = xs
@@ -87,12 +84,8 @@ pub fn max_pool2d(
     }
     let x = if padding > 0 {
         let (n, c, h, w) = x.dims4()?;
-        let neg = Tensor::full(
-            f32::NEG_INFINITY,
-            (n, c, h + 2 * padding, w + 2 * padding),
-            x.device(),
-        )?
-        .to_dtype(x.dtype())?;
+        let neg = Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * padding, w + 2 * padding), x.device())?
+            .to_dtype(x.dtype())?;
         neg.slice_assign(&[0..n, 0..c, padding..padding + h, padding..padding + w], x)?
     } else {
         x.clone()

@@ -24,14 +24,7 @@ pub(crate) struct Geom {
 
 impl Geom {
     /// Check the geometry and derive the (floor) output size.
-    pub fn new(
-        op: &str,
-        h: usize,
-        w: usize,
-        k: usize,
-        stride: usize,
-        pad: [usize; 4],
-    ) -> Result<Self> {
+    pub fn new(op: &str, h: usize, w: usize, k: usize, stride: usize, pad: [usize; 4]) -> Result<Self> {
         if stride == 0 || k == 0 {
             bail!("{op}: kernel ({k}) and stride ({stride}) must be at least 1");
         }
@@ -150,11 +143,7 @@ pub(crate) fn sum<T: WithDType>(v: &[T]) -> T {
 }
 
 /// The contiguous slice of a CPU tensor's storage, or an error naming `op` if the layout is strided.
-pub(crate) fn contiguous<'a, T: WithDType>(
-    op: &str,
-    data: &'a [T],
-    layout: &candle_core::Layout,
-) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: WithDType>(op: &str, data: &'a [T], layout: &candle_core::Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{op}: input must be contiguous"),

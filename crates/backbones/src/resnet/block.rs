@@ -6,7 +6,8 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::layers::{BatchNorm2d, Conv2d, ConvConfig, Padding};
+use crate::fused::conv_bn_act;
+use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Padding};
 use crate::params::ParamStore;
 
 /// BatchNorm epsilon of every torchvision/timm ResNet.
@@ -64,8 +65,9 @@ impl ConvBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train)
+    /// `act(bn(conv(x)))`, BatchNorm folded into the convolution when it uses running statistics.
+    fn forward(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+        conv_bn_act(&self.conv, &self.bn, act, x, train)
     }
 }
 
@@ -120,13 +122,11 @@ impl Block {
         let last = self.main.len() - 1;
         let mut y = x.clone();
         for (i, cb) in self.main.iter().enumerate() {
-            y = cb.forward(&y, train)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            let act = if i < last { Activation::Relu } else { Activation::None };
+            y = cb.forward(&y, train, act)?;
         }
         let shortcut = match &self.downsample {
-            Some(ds) => ds.forward(x, train)?,
+            Some(ds) => ds.forward(x, train, Activation::None)?,
             None => x.clone(),
         };
         Ok((y + shortcut)?.relu()?)

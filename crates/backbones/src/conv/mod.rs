@@ -1,0 +1,463 @@
+//! Fast CPU convolution (groups = 1, f32): per-image im2col (skipped for 1×1 stride-1 convolutions) and one GEMM
+//! straight into NCHW output, parallel over the batch, with asymmetric padding, an optional fused bias + activation
+//! epilogue, and a backward that computes only the gradients some variable needs.
+//!
+//! candle 0.11's CPU conv2d converts every input to NHWC, builds im2col tiles element by element and scatters the
+//! output back; its backward goes through a slow transposed convolution. Other devices and dtypes fall back to candle.
+
+mod act;
+
+pub use act::relu6;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Activation applied in the fused epilogue of [`conv2d_bias_act`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// No activation.
+    None,
+    /// max(x, 0).
+    Relu,
+    /// min(max(x, 0), 6).
+    Relu6,
+}
+
+/// Geometry of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> candle_core::Result<Self> {
+        let (&[n, c, h, wd], &[co, ci, kh, kw]) = (x, w) else {
+            candle_core::bail!("conv2d expects 4-D input and weight, got {x:?} and {w:?}")
+        };
+        if ci != c || kh != kw || stride == 0 {
+            candle_core::bail!("conv2d: input {x:?} does not match weight {w:?} (stride {stride})")
+        }
+        let (hp, wp) = (h + pad[0] + pad[1], wd + pad[2] + pad[3]);
+        if hp < kh || wp < kw {
+            candle_core::bail!("conv2d: input {x:?} smaller than kernel {w:?}")
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            co,
+            k: kh,
+            stride,
+            pad_top: pad[0],
+            pad_left: pad[2],
+            ho: (hp - kh) / stride + 1,
+            wo: (wp - kw) / stride + 1,
+        })
+    }
+
+    /// Rows of the im2col matrix (`c · k · k`).
+    fn kdim(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Output pixels per image.
+    fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Whether the image itself is the im2col matrix (1×1, stride 1, no padding).
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0 && self.ho == self.h
+    }
+
+    /// For output column `kw`: the range of `ox` whose input column lies inside the image, and its first input column.
+    fn valid_x(&self, kw: usize) -> (usize, usize) {
+        let s = self.stride as isize;
+        let off = kw as isize - self.pad_left as isize;
+        // ix = ox·s + off must satisfy 0 <= ix < w.
+        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+        let hi = if (self.w as isize) - off <= 0 {
+            0
+        } else {
+            ((self.w as isize - off + s - 1) / s).min(self.wo as isize)
+        };
+        (lo as usize, (hi.max(lo as isize)) as usize)
+    }
+
+    /// Fill `col` (`kdim × hw_out`) from one image `x` (`c × h × w`).
+    fn im2col(&self, x: &[f32], col: &mut [f32]) {
+        let (k, s, hw, wo) = (self.k, self.stride, self.hw_out(), self.wo);
+        for c in 0..self.c {
+            let xc = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for kh in 0..k {
+                for kw in 0..k {
+                    let row = &mut col[((c * k + kh) * k + kw) * hw..][..hw];
+                    let (lo, hi) = self.valid_x(kw);
+                    for oy in 0..self.ho {
+                        let out = &mut row[oy * wo..(oy + 1) * wo];
+                        let iy = (oy * s + kh) as isize - self.pad_top as isize;
+                        if iy < 0 || iy >= self.h as isize || lo >= hi {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let xr = &xc[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        let ix0 = (lo * s + kw) - self.pad_left;
+                        if s == 1 {
+                            out[lo..hi].copy_from_slice(&xr[ix0..ix0 + (hi - lo)]);
+                        } else {
+                            for (j, o) in out[lo..hi].iter_mut().enumerate() {
+                                *o = xr[ix0 + j * s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Accumulate `col` (`kdim × hw_out`) back into one image gradient `dx` (`c × h × w`), the adjoint of im2col.
+    fn col2im(&self, col: &[f32], dx: &mut [f32]) {
+        let (k, s, hw, wo) = (self.k, self.stride, self.hw_out(), self.wo);
+        for c in 0..self.c {
+            let dxc = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for kh in 0..k {
+                for kw in 0..k {
+                    let row = &col[((c * k + kh) * k + kw) * hw..][..hw];
+                    let (lo, hi) = self.valid_x(kw);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..self.ho {
+                        let iy = (oy * s + kh) as isize - self.pad_top as isize;
+                        if iy < 0 || iy >= self.h as isize {
+                            continue;
+                        }
+                        let src = &row[oy * wo + lo..oy * wo + hi];
+                        let dr = &mut dxc[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        let ix0 = (lo * s + kw) - self.pad_left;
+                        for (j, v) in src.iter().enumerate() {
+                            dr[ix0 + j * s] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major GEMM `dst (m×n) = [dst +] a (m×k, strides ars/acs) · b (k×n, strides brs/bcs)`.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+    threads: usize,
+) {
+    debug_assert!(dst.len() >= m * n);
+    debug_assert!(m == 0 || k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
+    debug_assert!(n == 0 || k == 0 || b.len() > (k - 1) * brs + (n - 1) * bcs);
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices cover every index the strides reach (checked above in debug builds, guaranteed by callers).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            acs as isize,
+            ars as isize,
+            b.as_ptr(),
+            bcs as isize,
+            brs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Threads of the current rayon pool.
+fn pool_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+    }
+}
+
+/// Forward for every image: `out[b] = act(W · im2col(x[b]) + bias)`.
+fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+    let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
+    let img = g.c * g.h * g.w;
+    let mut out = vec![0f32; g.n * co * hw];
+    let threads = pool_threads();
+    // Parallel over images when there are enough of them; else one image at a time with a parallel GEMM.
+    let inner = if g.n >= threads { 1 } else { threads };
+    let run = |col: &mut Vec<f32>, (b, o): (usize, &mut [f32])| {
+        let xb = &x[b * img..(b + 1) * img];
+        let colb: &[f32] = if g.is_pointwise() {
+            xb
+        } else {
+            col.resize(kd * hw, 0.0);
+            g.im2col(xb, col);
+            col
+        };
+        gemm(co, hw, kd, o, false, w, (kd, 1), colb, (hw, 1), inner);
+        epilogue(o, hw, bias, act);
+    };
+    if inner == 1 {
+        out.par_chunks_mut(co * hw)
+            .enumerate()
+            .for_each_init(Vec::new, |col, item| run(col, item));
+    } else {
+        let mut col = Vec::new();
+        out.chunks_mut(co * hw).enumerate().for_each(|item| run(&mut col, item));
+    }
+    out
+}
+
+fn epilogue(o: &mut [f32], hw: usize, bias: Option<&[f32]>, act: Epilogue) {
+    if bias.is_none() && act == Epilogue::None {
+        return;
+    }
+    for (ch, row) in o.chunks_mut(hw).enumerate() {
+        let b = bias.map_or(0.0, |b| b[ch]);
+        match act {
+            Epilogue::None => row.iter_mut().for_each(|v| *v += b),
+            Epilogue::Relu => row.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
+            Epilogue::Relu6 => row.iter_mut().for_each(|v| *v = (*v + b).clamp(0.0, 6.0)),
+        }
+    }
+}
+
+/// The convolution as a candle custom op (2 args: input, weight; 3 args: + bias, inference only).
+#[derive(Debug, Clone, Copy)]
+struct ConvOp {
+    stride: usize,
+    pad: [usize; 4],
+    act: Epilogue,
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "graft-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let out = forward(
+            &g,
+            cpu_slice(s1, l1, "input")?,
+            cpu_slice(s2, l2, "weight")?,
+            None,
+            self.act,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.act != Epilogue::None {
+            candle_core::bail!("graft-conv2d: no backward through a fused activation")
+        }
+        let (need_dx, need_dw) = (x.track_op(), w.track_op());
+        if !need_dx && !need_dw {
+            return Ok((None, None));
+        }
+        let g = Geom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let grad = grad.contiguous()?;
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let (gs, gl) = grad.storage_and_layout();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ws)) = (&*gs, &*xs, &*ws) else {
+            candle_core::bail!("graft-conv2d backward runs on the CPU only")
+        };
+        let gd = cpu_slice(gs, gl, "gradient")?;
+        let xd = cpu_slice(xs, xl, "input")?;
+        let wd = cpu_slice(ws, wl, "weight")?;
+        let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
+        let img = g.c * g.h * g.w;
+        let threads = pool_threads();
+        let per = g.n.div_ceil(threads);
+
+        let dw = if need_dw {
+            // Each worker accumulates dW over its images: dW += G[b] (co×hw) · col[b]ᵀ (hw×kd); then sum.
+            let partial: Vec<Vec<f32>> = (0..g.n)
+                .collect::<Vec<_>>()
+                .par_chunks(per)
+                .map(|bs| {
+                    let mut acc = vec![0f32; co * kd];
+                    let mut col = Vec::new();
+                    for (i, &b) in bs.iter().enumerate() {
+                        let xb = &xd[b * img..(b + 1) * img];
+                        let colb: &[f32] = if g.is_pointwise() {
+                            xb
+                        } else {
+                            col.resize(kd * hw, 0.0);
+                            g.im2col(xb, &mut col);
+                            &col
+                        };
+                        let gb = &gd[b * co * hw..(b + 1) * co * hw];
+                        gemm(co, kd, hw, &mut acc, i > 0, gb, (hw, 1), colb, (1, hw), 1);
+                    }
+                    acc
+                })
+                .collect();
+            let mut sum = partial[0].clone();
+            for p in &partial[1..] {
+                sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+            Some(Tensor::from_vec(sum, w.dims(), &Device::Cpu)?)
+        } else {
+            None
+        };
+
+        let dx = if need_dx {
+            let mut dx = vec![0f32; g.n * img];
+            dx.par_chunks_mut(img)
+                .enumerate()
+                .for_each_init(Vec::new, |col, (b, dxb)| {
+                    let gb = &gd[b * co * hw..(b + 1) * co * hw];
+                    // dcol (kd×hw) = Wᵀ (kd×co) · G[b] (co×hw), then col2im.
+                    if g.is_pointwise() {
+                        gemm(kd, hw, co, dxb, false, wd, (1, kd), gb, (hw, 1), 1);
+                    } else {
+                        col.resize(kd * hw, 0.0);
+                        gemm(kd, hw, co, col, false, wd, (1, kd), gb, (hw, 1), 1);
+                        g.col2im(col, dxb);
+                    }
+                });
+            Some(Tensor::from_vec(dx, x.dims(), &Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "graft-conv2d-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let bias = cpu_slice(s3, l3, "bias")?;
+        if bias.len() != g.co {
+            candle_core::bail!("conv2d: bias has {} values for {} output channels", bias.len(), g.co)
+        }
+        let out = forward(
+            &g,
+            cpu_slice(s1, l1, "input")?,
+            cpu_slice(s2, l2, "weight")?,
+            Some(bias),
+            self.act,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.ho, g.wo))))
+    }
+}
+
+fn fast_path(x: &Tensor, w: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && w.dtype() == DType::F32
+}
+
+fn candle_conv(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
+    if pad.iter().all(|&p| p == pad[0]) {
+        x.conv2d(w, pad[0], stride, 1, 1)
+    } else {
+        x.pad_with_zeros(2, pad[0], pad[1])?
+            .pad_with_zeros(3, pad[2], pad[3])?
+            .conv2d(w, 0, stride, 1, 1)
+    }
+}
+
+/// Convolution (groups = 1) of `x` N×C×H×W by `w` O×C×k×k, padding `[top, bottom, left, right]`, with backward.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
+    if !fast_path(x, w) {
+        return candle_conv(x, w, stride, pad);
+    }
+    let op = ConvOp {
+        stride,
+        pad,
+        act: Epilogue::None,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// `act(conv2d(x, w) + bias)` in one pass; fused only when no argument needs a gradient (else composed of ops).
+pub fn conv2d_bias_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: [usize; 4],
+    act: Epilogue,
+) -> candle_core::Result<Tensor> {
+    if fast_path(x, w) && bias.dtype() == DType::F32 && !x.track_op() && !w.track_op() && !bias.track_op() {
+        let op = ConvOp { stride, pad, act };
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op);
+    }
+    let co = w.dim(0)?;
+    let y = conv2d(x, w, stride, pad)?.broadcast_add(&bias.reshape((1, co, 1, 1))?)?;
+    match act {
+        Epilogue::None => Ok(y),
+        Epilogue::Relu => y.relu(),
+        Epilogue::Relu6 => relu6(&y),
+    }
+}
