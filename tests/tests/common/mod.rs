@@ -10,7 +10,10 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
 }
 
-/// The `trainer` binary of the same profile as this test, built once if missing.
+/// The `trainer` binary of the same profile as this test, (re)built once per test process.
+///
+/// `cargo test` builds binaries only for tests of their own package, so the binary is brought up to date here
+/// (a no-op when it already is).
 pub fn trainer_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -18,16 +21,18 @@ pub fn trainer_bin() -> PathBuf {
         let exe = std::env::current_exe().expect("current exe");
         let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir").to_path_buf();
         let bin = profile_dir.join(format!("trainer{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(workspace_root()).args(["build", "-p", "trainer"]);
-            if release {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "building the trainer binary failed");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(workspace_root()).args(["build", "--quiet", "-p", "trainer"]);
+        if release {
+            cmd.arg("--release");
         }
+        if let Some(target_dir) = profile_dir.parent() {
+            cmd.arg("--target-dir").arg(target_dir);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the trainer binary failed");
+        assert!(bin.exists(), "no trainer binary at {}", bin.display());
         bin
     })
     .clone()
