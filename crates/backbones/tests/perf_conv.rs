@@ -38,7 +38,9 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// (input dims, out channels, kernel, stride, padding)
-const CASES: &[([usize; 4], usize, usize, usize, [usize; 4])] = &[
+type Case = ([usize; 4], usize, usize, usize, [usize; 4]);
+
+const CASES: &[Case] = &[
     ([2, 3, 9, 11], 4, 3, 1, [1, 1, 1, 1]),
     ([3, 5, 10, 10], 6, 3, 2, [1, 1, 1, 1]),
     ([2, 4, 8, 9], 3, 3, 2, [0, 1, 0, 1]),

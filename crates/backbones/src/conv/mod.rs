@@ -92,7 +92,7 @@ impl Geom {
         } else {
             ((self.w as isize - off + s - 1) / s).min(self.wo as isize)
         };
-        (lo as usize, (hi.max(lo as isize)) as usize)
+        (lo as usize, hi.max(lo) as usize)
     }
 
     /// Fill `col` (`kdim × hw_out`) from one image `x` (`c × h × w`).
