@@ -189,6 +189,12 @@ impl BatchNorm2d {
         }
         let (n, _, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
+        if let Some((y, mean, var)) =
+            crate::conv::batch_norm_train(x, &self.weight.tensor(), &self.bias.tensor(), self.eps)?
+        {
+            self.update_running(&mean, &var, count)?;
+            return Ok(y);
+        }
         let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?; // 1×C×1×1
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
@@ -197,7 +203,12 @@ impl BatchNorm2d {
             .broadcast_mul(&inv_std)?
             .broadcast_mul(&self.weight.tensor().reshape((1, c, 1, 1))?)?
             .broadcast_add(&self.bias.tensor().reshape((1, c, 1, 1))?)?;
-        // Running statistics: unbiased variance, as PyTorch.
+        self.update_running(&mean, &var, count)?;
+        Ok(y)
+    }
+
+    /// Running statistics from the batch mean and biased variance: unbiased variance, as PyTorch.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
         let m = self.momentum;
         let batch_mean = mean.flatten_all()?.detach();
         let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
@@ -206,7 +217,7 @@ impl BatchNorm2d {
         let rv = ((self.running_var.tensor() * (1.0 - m))? + (batch_var * m)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
-        Ok(y)
+        Ok(())
     }
 }
 

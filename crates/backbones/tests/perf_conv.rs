@@ -38,7 +38,9 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// (input dims, out channels, kernel, stride, padding)
-const CASES: &[([usize; 4], usize, usize, usize, [usize; 4])] = &[
+type Case = ([usize; 4], usize, usize, usize, [usize; 4]);
+
+const CASES: &[Case] = &[
     ([2, 3, 9, 11], 4, 3, 1, [1, 1, 1, 1]),
     ([3, 5, 10, 10], 6, 3, 2, [1, 1, 1, 1]),
     ([2, 4, 8, 9], 3, 3, 2, [0, 1, 0, 1]),
@@ -218,4 +220,51 @@ fn relu6_matches_clamp_forward_and_backward() {
         .unwrap();
     let expected = r.mul(&inside.to_dtype(DType::F32).unwrap()).unwrap();
     assert!(max_diff(gx, &expected) == 0.0);
+}
+
+#[test]
+fn batch_norm_train_matches_composed_ops_forward_and_backward() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let x = Var::from_tensor(&rand_t(&[3, 4, 5, 6], &mut rng).affine(3.0, 1.0).unwrap()).unwrap();
+    let gamma = Var::from_tensor(&rand_t(&[4], &mut rng)).unwrap();
+    let beta = Var::from_tensor(&rand_t(&[4], &mut rng)).unwrap();
+    let r = rand_t(&[3, 4, 5, 6], &mut rng);
+    let eps = 1e-3;
+    let (y, mean, var) = backbones::conv::batch_norm_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), eps)
+        .unwrap()
+        .unwrap();
+    let xt = x.as_tensor();
+    let m = xt
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let cen = xt.broadcast_sub(&m).unwrap();
+    let v = cen
+        .sqr()
+        .unwrap()
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let want = cen
+        .broadcast_div(&(v.clone() + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&gamma.as_tensor().reshape((1, 4, 1, 1)).unwrap())
+        .unwrap()
+        .broadcast_add(&beta.as_tensor().reshape((1, 4, 1, 1)).unwrap())
+        .unwrap();
+    assert!(max_diff(&y, &want) < 1e-4);
+    assert!(max_diff(&mean, &m.flatten_all().unwrap()) < 1e-5);
+    assert!(max_diff(&var, &v.flatten_all().unwrap()) < 1e-4);
+    let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for t in [&x, &gamma, &beta] {
+        let d = max_diff(g.get(t.as_tensor()).unwrap(), gw.get(t.as_tensor()).unwrap());
+        assert!(d < 1e-3, "gradient max diff {d}");
+    }
 }

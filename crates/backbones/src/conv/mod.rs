@@ -6,8 +6,10 @@
 //! output back; its backward goes through a slow transposed convolution. Other devices and dtypes fall back to candle.
 
 mod act;
+mod bn;
 
 pub use act::relu6;
+pub use bn::batch_norm_train;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -92,7 +94,7 @@ impl Geom {
         } else {
             ((self.w as isize - off + s - 1) / s).min(self.wo as isize)
         };
-        (lo as usize, (hi.max(lo as isize)) as usize)
+        (lo as usize, hi.max(lo) as usize)
     }
 
     /// Fill `col` (`kdim × hw_out`) from one image `x` (`c × h × w`).
