@@ -29,9 +29,10 @@ fn top1(csv: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn feature_extraction_train_evaluate_predict_export() {
-    let (Some(weights), Some(data)) =
-        (require("weights/tf_efficientnet_lite0.safetensors"), require("data/hymenoptera"))
-    else {
+    let (Some(weights), Some(data)) = (
+        require("weights/tf_efficientnet_lite0.safetensors"),
+        require("data/hymenoptera"),
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -39,18 +40,30 @@ fn feature_extraction_train_evaluate_predict_export() {
     let run_dir = tmp.path().join("run");
     let train = |out: &Path| {
         let mut cmd = trainer();
-        cmd.env("GRAFT_CACHE_DIR", &cache).args(["train", "--model", "tf_efficientnet_lite0"]);
+        cmd.env("GRAFT_CACHE_DIR", &cache)
+            .args(["train", "--model", "tf_efficientnet_lite0"]);
         cmd.arg("--weights").arg(&weights);
-        cmd.arg("--data").arg(data.join("train")).arg("--val").arg(data.join("val"));
-        cmd.args(["--mode", "feature-extract", "--head", "linear", "--seed", "0", "--out"]).arg(out);
+        cmd.arg("--data")
+            .arg(data.join("train"))
+            .arg("--val")
+            .arg(data.join("val"));
+        cmd.args(["--mode", "feature-extract", "--head", "linear", "--seed", "0", "--out"])
+            .arg(out);
         run(&mut cmd)
     };
 
     // 1. Train: val accuracy >= 0.935 (PyTorch + timm linear probe on the same weights: 0.954).
     let out = train(&run_dir);
     assert!(out.status.success(), "train failed");
-    let first_log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(first_log.contains("feature cache: miss"), "first run computes features:\n{first_log}");
+    let first_log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        first_log.contains("feature cache: miss"),
+        "first run computes features:\n{first_log}"
+    );
     let metrics = read_json(&run_dir.join("metrics.json"));
     let val_acc = metrics["val_accuracy"].as_f64().expect("metrics.json has val_accuracy");
     println!("feature-extract val accuracy {val_acc:.4}");
@@ -86,17 +99,31 @@ fn feature_extraction_train_evaluate_predict_export() {
     // 3. A second run with the same inputs reuses the feature cache.
     let out = train(&tmp.path().join("run2"));
     assert!(out.status.success());
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(log.contains("feature cache: hit"), "second run hits the cache:\n{log}");
     let again = read_json(&tmp.path().join("run2/metrics.json"));
-    assert_eq!(again["val_accuracy"], metrics["val_accuracy"], "same seed, same metrics");
+    assert_eq!(
+        again["val_accuracy"], metrics["val_accuracy"],
+        "same seed, same metrics"
+    );
 
     // 4. evaluate on val reproduces metrics.json's accuracy.
-    let out = run(trainer().args(["evaluate", "--run"]).arg(&run_dir).arg("--data").arg(data.join("val")));
+    let out = run(trainer()
+        .args(["evaluate", "--run"])
+        .arg(&run_dir)
+        .arg("--data")
+        .arg(data.join("val")));
     assert!(out.status.success());
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).expect("evaluate prints JSON on stdout");
     let eval_acc = eval["accuracy"].as_f64().expect("accuracy");
-    assert!((eval_acc - val_acc).abs() < 1e-6, "evaluate {eval_acc} vs metrics.json {val_acc}");
+    assert!(
+        (eval_acc - val_acc).abs() < 1e-6,
+        "evaluate {eval_acc} vs metrics.json {val_acc}"
+    );
 
     // 5. predict on the val folder agrees with evaluate.
     let out = run(trainer().args(["predict", "--run"]).arg(&run_dir).arg(data.join("val")));
@@ -108,15 +135,29 @@ fn feature_extraction_train_evaluate_predict_export() {
         .filter(|(path, class)| Path::new(path).parent().unwrap().file_name().unwrap().to_string_lossy() == **class)
         .count();
     let pred_acc = correct as f64 / preds.len() as f64;
-    assert!((pred_acc - eval_acc).abs() < 1e-6, "predict accuracy {pred_acc} vs evaluate {eval_acc}");
+    assert!(
+        (pred_acc - eval_acc).abs() < 1e-6,
+        "predict accuracy {pred_acc} vs evaluate {eval_acc}"
+    );
 
     // 6. export, then predict --model gives the same predictions without the run folder.
     let exported = tmp.path().join("model.safetensors");
-    let out = run(trainer().args(["export", "--run"]).arg(&run_dir).arg("--out").arg(&exported));
+    let out = run(trainer()
+        .args(["export", "--run"])
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&exported));
     assert!(out.status.success());
     let moved = tmp.path().join("moved-away");
     std::fs::rename(&run_dir, &moved).unwrap();
-    let out = run(trainer().args(["predict", "--model"]).arg(&exported).arg(data.join("val")));
+    let out = run(trainer()
+        .args(["predict", "--model"])
+        .arg(&exported)
+        .arg(data.join("val")));
     assert!(out.status.success());
-    assert_eq!(top1(&String::from_utf8_lossy(&out.stdout)), preds, "exported model predicts the same");
+    assert_eq!(
+        top1(&String::from_utf8_lossy(&out.stdout)),
+        preds,
+        "exported model predicts the same"
+    );
 }

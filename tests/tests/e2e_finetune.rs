@@ -7,19 +7,34 @@ use common::{require, run, trainer};
 
 #[test]
 fn fine_tune_last_stage_keeps_accuracy_and_lowers_loss() {
-    let (Some(weights), Some(data)) =
-        (require("weights/tf_efficientnet_lite0.safetensors"), require("data/hymenoptera"))
-    else {
+    let (Some(weights), Some(data)) = (
+        require("weights/tf_efficientnet_lite0.safetensors"),
+        require("data/hymenoptera"),
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("ft");
     let mut cmd = trainer();
-    cmd.env("GRAFT_CACHE_DIR", tmp.path().join("cache")).args(["train", "--model", "tf_efficientnet_lite0"]);
+    cmd.env("GRAFT_CACHE_DIR", tmp.path().join("cache"))
+        .args(["train", "--model", "tf_efficientnet_lite0"]);
     cmd.arg("--weights").arg(&weights);
-    cmd.arg("--data").arg(data.join("train")).arg("--val").arg(data.join("val"));
-    cmd.args(["--mode", "fine-tune", "--unfreeze", "1", "--freeze-epochs", "1", "--epochs", "3"]);
-    cmd.args(["--batch-size", "16", "--augment", "none", "--seed", "1", "--out"]).arg(&run_dir);
+    cmd.arg("--data")
+        .arg(data.join("train"))
+        .arg("--val")
+        .arg(data.join("val"));
+    cmd.args([
+        "--mode",
+        "fine-tune",
+        "--unfreeze",
+        "1",
+        "--freeze-epochs",
+        "1",
+        "--epochs",
+        "3",
+    ]);
+    cmd.args(["--batch-size", "16", "--augment", "none", "--seed", "1", "--out"])
+        .arg(&run_dir);
     let out = run(&mut cmd);
     assert!(out.status.success(), "fine-tune run failed");
     let metrics: serde_json::Value =

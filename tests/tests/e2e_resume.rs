@@ -31,9 +31,26 @@ fn small_dataset(src: &Path, dst: &Path, per_class: usize) -> (PathBuf, PathBuf)
 
 fn train_cmd(weights: &Path, train: &Path, val: &Path, cache: &Path) -> Command {
     let mut cmd = trainer();
-    cmd.env("GRAFT_CACHE_DIR", cache).args(["train", "--model", "tf_efficientnet_lite0"]);
-    cmd.arg("--weights").arg(weights).arg("--data").arg(train).arg("--val").arg(val);
-    cmd.args(["--mode", "fine-tune", "--unfreeze", "1", "--epochs", "4", "--batch-size", "8", "--seed", "3"]);
+    cmd.env("GRAFT_CACHE_DIR", cache)
+        .args(["train", "--model", "tf_efficientnet_lite0"]);
+    cmd.arg("--weights")
+        .arg(weights)
+        .arg("--data")
+        .arg(train)
+        .arg("--val")
+        .arg(val);
+    cmd.args([
+        "--mode",
+        "fine-tune",
+        "--unfreeze",
+        "1",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+    ]);
     cmd.args(["--optimizer", "sgd", "--lr", "0.01", "--augment", "torchvision"]);
     cmd
 }
@@ -63,9 +80,10 @@ fn assert_no_partial_files(run_dir: &Path) {
 
 #[test]
 fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
-    let (Some(weights), Some(data)) =
-        (require("weights/tf_efficientnet_lite0.safetensors"), require("data/hymenoptera"))
-    else {
+    let (Some(weights), Some(data)) = (
+        require("weights/tf_efficientnet_lite0.safetensors"),
+        require("data/hymenoptera"),
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -91,8 +109,14 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
         .unwrap();
     let start = Instant::now();
     while !killed.join("last.safetensors").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "run ended before its first checkpoint");
-        assert!(start.elapsed() < Duration::from_secs(600), "no checkpoint within 10 minutes");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before its first checkpoint"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint within 10 minutes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(700));
@@ -103,7 +127,11 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
     assert_no_partial_files(&killed);
 
     // Resume: same final metrics as the uninterrupted run.
-    let out = run(trainer().env("GRAFT_CACHE_DIR", &cache).arg("train").arg("--resume").arg(&killed));
+    let out = run(trainer()
+        .env("GRAFT_CACHE_DIR", &cache)
+        .arg("train")
+        .arg("--resume")
+        .arg(&killed));
     assert!(out.status.success(), "resume failed");
     assert_no_partial_files(&killed);
     let resumed = metrics(&killed);
@@ -112,9 +140,18 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted() {
         assert_eq!(resumed[key], reference[key], "{key} differs after resume");
     }
     let losses = |m: &serde_json::Value| -> Vec<serde_json::Value> {
-        m["history"].as_array().unwrap().iter().map(|e| e["train_loss"].clone()).collect()
+        m["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["train_loss"].clone())
+            .collect()
     };
-    assert_eq!(losses(&resumed), losses(&reference), "per-epoch training losses differ after resume");
+    assert_eq!(
+        losses(&resumed),
+        losses(&reference),
+        "per-epoch training losses differ after resume"
+    );
     // Fine-tuning the last stage keeps a usable model and lowers the training loss.
     let first = history.first().unwrap()["train_loss"].as_f64().unwrap();
     let last = history.last().unwrap()["train_loss"].as_f64().unwrap();

@@ -74,10 +74,7 @@ impl PreprocessConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.input_size.contains(&0) {
-            return bad(format!(
-                "input_size must be positive, got {:?}",
-                self.input_size
-            ));
+            return bad(format!("input_size must be positive, got {:?}", self.input_size));
         }
         if !(self.crop_pct > 0.0 && self.crop_pct <= 2.0) {
             return bad(format!("crop_pct must be in (0, 2], got {}", self.crop_pct));

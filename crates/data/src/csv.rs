@@ -54,10 +54,7 @@ pub fn read_csv(csv_path: &Path, options: &CsvOptions) -> Result<Dataset> {
         .trim(::csv::Trim::All)
         .from_path(csv_path)
         .map_err(|e| csv_err(None, e.to_string()))?;
-    let headers = reader
-        .headers()
-        .map_err(|e| csv_err(Some(1), e.to_string()))?
-        .clone();
+    let headers = reader.headers().map_err(|e| csv_err(Some(1), e.to_string()))?.clone();
     let column = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
             csv_err(
@@ -69,10 +66,7 @@ pub fn read_csv(csv_path: &Path, options: &CsvOptions) -> Result<Dataset> {
             )
         })
     };
-    let (path_col, label_col) = (
-        column(&options.path_column)?,
-        column(&options.label_column)?,
-    );
+    let (path_col, label_col) = (column(&options.path_column)?, column(&options.label_column)?);
     let base = csv_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut rows: Vec<(PathBuf, String)> = Vec::new();
     for record in reader.records() {
@@ -112,9 +106,7 @@ pub fn read_csv(csv_path: &Path, options: &CsvOptions) -> Result<Dataset> {
     let samples = rows
         .into_iter()
         .map(|(path, label)| {
-            let label = classes
-                .binary_search(&label)
-                .expect("label comes from the class set");
+            let label = classes.binary_search(&label).expect("label comes from the class set");
             Sample { path, label }
         })
         .collect();

@@ -99,11 +99,7 @@ impl Dataset {
     /// A label not in `classes` is an [`DataError::UnknownClass`] error unless `drop_unknown`, in which case its
     /// samples are dropped; the second value is how many were dropped.
     pub fn relabel(&self, classes: &[String], drop_unknown: bool) -> Result<(Dataset, usize)> {
-        let index: HashMap<&str, usize> = classes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i))
-            .collect();
+        let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
         let mut samples = Vec::with_capacity(self.samples.len());
         let mut dropped = 0;
         for s in &self.samples {

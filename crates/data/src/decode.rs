@@ -70,8 +70,7 @@ fn decode_inner(path: &Path) -> std::result::Result<RgbImage, String> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    lim.reserve(decoder.total_bytes())
-        .map_err(|e| e.to_string())?;
+    lim.reserve(decoder.total_bytes()).map_err(|e| e.to_string())?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     Ok(match img {

@@ -33,10 +33,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        entries.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            entry.path(),
-        ));
+        entries.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
     }
     entries.sort();
     Ok(entries)

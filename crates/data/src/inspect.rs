@@ -95,12 +95,7 @@ impl fmt::Display for InspectReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "dataset: {}", self.source.display())?;
         writeln!(f, "classes: {}", self.classes.len())?;
-        let width = self
-            .classes
-            .iter()
-            .map(|c| c.chars().count())
-            .max()
-            .unwrap_or(0);
+        let width = self.classes.iter().map(|c| c.chars().count()).max().unwrap_or(0);
         for ((class, n), ok) in self.classes.iter().zip(&self.counts).zip(&self.readable) {
             let bad = n - ok;
             let note = if bad > 0 {

@@ -111,12 +111,7 @@ pub fn pre_resize(img: RgbImage, shorter: u32) -> RgbImage {
 
 impl Loader {
     /// A loader over `dataset`; `config.batch_size` must be positive.
-    pub fn new(
-        dataset: Dataset,
-        pipeline: Pipeline,
-        config: LoaderConfig,
-        device: Device,
-    ) -> Result<Self> {
+    pub fn new(dataset: Dataset, pipeline: Pipeline, config: LoaderConfig, device: Device) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(DataError::InvalidOption {
                 name: "batch_size",
@@ -161,12 +156,7 @@ impl Loader {
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.config.shuffle {
-            order.shuffle(&mut derived_rng(
-                self.config.seed,
-                epoch,
-                u64::MAX,
-                b"shuffle\0",
-            ));
+            order.shuffle(&mut derived_rng(self.config.seed, epoch, u64::MAX, b"shuffle\0"));
         }
         order
     }
@@ -228,10 +218,7 @@ impl Loader {
     /// `N` is 0 when every file was skipped; [`Epoch`] never yields such a batch.
     pub fn batch(&self, epoch: u64, indices: &[usize]) -> Result<Batch> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.dataset.len()) {
-            let message = format!(
-                "sample index {bad} out of range (dataset has {})",
-                self.dataset.len()
-            );
+            let message = format!("sample index {bad} out of range (dataset has {})", self.dataset.len());
             return Err(DataError::InvalidOption {
                 name: "indices",
                 message,

@@ -24,26 +24,13 @@ pub struct TrainVal {
 
 impl TrainVal {
     /// Opens a training and a validation source (folders or CSVs), see [`TrainVal::from_datasets`].
-    pub fn open(
-        train: &Path,
-        val: &Path,
-        csv: &CsvOptions,
-        drop_unknown_val_classes: bool,
-    ) -> Result<Self> {
-        Self::from_datasets(
-            open_with(train, csv)?,
-            open_with(val, csv)?,
-            drop_unknown_val_classes,
-        )
+    pub fn open(train: &Path, val: &Path, csv: &CsvOptions, drop_unknown_val_classes: bool) -> Result<Self> {
+        Self::from_datasets(open_with(train, csv)?, open_with(val, csv)?, drop_unknown_val_classes)
     }
 
     /// Relabels `val` with `train`'s classes; an unknown validation label is an error unless
     /// `drop_unknown_val_classes`, which drops those samples and counts them in `dropped_val`.
-    pub fn from_datasets(
-        train: Dataset,
-        val: Dataset,
-        drop_unknown_val_classes: bool,
-    ) -> Result<Self> {
+    pub fn from_datasets(train: Dataset, val: Dataset, drop_unknown_val_classes: bool) -> Result<Self> {
         let (val, dropped_val) = val.relabel(&train.classes, drop_unknown_val_classes)?;
         Ok(Self {
             train,

@@ -40,11 +40,7 @@ fn bomb_png(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&h.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(
-        &mut out,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
+    png_chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
     png_chunk(&mut out, b"IEND", &[]);
     out
 }
@@ -86,10 +82,7 @@ fn expect_decode_error(path: &Path) -> String {
             }
             .to_string();
             assert!(!msg.contains('\n'), "one-line message: {msg}");
-            assert!(
-                msg.contains(path.file_name().unwrap().to_str().unwrap()),
-                "{msg}"
-            );
+            assert!(msg.contains(path.file_name().unwrap().to_str().unwrap()), "{msg}");
             reason
         }
         other => panic!("{}: expected a decode error, got {other:?}", path.display()),
@@ -101,11 +94,7 @@ fn undecodable_files_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::write(d.join("zero.jpg"), b"").unwrap();
-    fs::write(
-        d.join("text.jpg"),
-        b"this is not an image, just some text\n",
-    )
-    .unwrap();
+    fs::write(d.join("text.jpg"), b"this is not an image, just some text\n").unwrap();
     let jpeg = jpeg_bytes(64, 48);
     fs::write(d.join("header_only.jpg"), &jpeg[..40]).unwrap();
     fs::write(d.join("bomb.png"), bomb_png(30000, 30000)).unwrap();
@@ -154,11 +143,9 @@ fn colour_types_become_rgb8() {
     ImageBuffer::from_fn(5, 4, |x, _| Rgba([10 * x as u8, 20, 30, 0]))
         .save(d.join("rgba.png"))
         .unwrap();
-    ImageBuffer::from_fn(5, 4, |x, _| {
-        Rgb([65535u16, 0x8080, (x * 0x0101 * 60) as u16])
-    })
-    .save(d.join("rgb16.png"))
-    .unwrap();
+    ImageBuffer::from_fn(5, 4, |x, _| Rgb([65535u16, 0x8080, (x * 0x0101 * 60) as u16]))
+        .save(d.join("rgb16.png"))
+        .unwrap();
     // A PNG with a .jpg name: the format comes from the content.
     fs::copy(d.join("rgba.png"), d.join("really_png.jpg")).unwrap();
 
@@ -189,21 +176,14 @@ fn cmyk_jpeg_decodes_to_rgb() {
     let path = dir.path().join("cmyk.jpg");
     // `image` cannot write CMYK JPEGs; `jpeg-encoder` can (with an Adobe APP14 marker).
     let (w, h) = (24u16, 16u16);
-    let pixels: Vec<u8> = (0..w as usize * h as usize)
-        .flat_map(|_| [0u8, 0, 0, 0])
-        .collect();
+    let pixels: Vec<u8> = (0..w as usize * h as usize).flat_map(|_| [0u8, 0, 0, 0]).collect();
     let encoder = jpeg_encoder::Encoder::new_file(&path, 95).unwrap();
-    encoder
-        .encode(&pixels, w, h, jpeg_encoder::ColorType::Cmyk)
-        .unwrap();
+    encoder.encode(&pixels, w, h, jpeg_encoder::ColorType::Cmyk).unwrap();
     let img = decode_image(&path).unwrap();
     assert_eq!(img.dimensions(), (24, 16));
     let p = img.get_pixel(5, 5).0;
     // All four inks at one extreme give a uniform neutral image (white or black by the file's Adobe convention).
-    assert!(
-        p[0] == p[1] && p[1] == p[2] && (p[0] < 8 || p[0] > 247),
-        "{p:?}"
-    );
+    assert!(p[0] == p[1] && p[1] == p[2] && (p[0] < 8 || p[0] > 247), "{p:?}");
 }
 
 #[test]
@@ -214,22 +194,14 @@ fn exif_orientation_is_applied() {
     fs::write(dir.path().join("plain.jpg"), &plain).unwrap();
     fs::write(dir.path().join("rot.jpg"), &rotated).unwrap();
     assert_eq!(
-        decode_image(&dir.path().join("plain.jpg"))
-            .unwrap()
-            .dimensions(),
+        decode_image(&dir.path().join("plain.jpg")).unwrap().dimensions(),
         (40, 20)
     );
     assert_eq!(
-        decode_image(&dir.path().join("rot.jpg"))
-            .unwrap()
-            .dimensions(),
+        decode_image(&dir.path().join("rot.jpg")).unwrap().dimensions(),
         (20, 40)
     );
-    fs::write(
-        dir.path().join("flip.jpg"),
-        with_exif_orientation(&plain, 2),
-    )
-    .unwrap();
+    fs::write(dir.path().join("flip.jpg"), with_exif_orientation(&plain, 2)).unwrap();
     let flipped = decode_image(&dir.path().join("flip.jpg")).unwrap();
     let unflipped = decode_image(&dir.path().join("plain.jpg")).unwrap();
     assert_eq!(
@@ -291,10 +263,7 @@ fn folder_edge_cases() {
     let flat = dir.path().join("flat");
     common::write_image(&flat.join("1.png"), 8, 8, 1);
     assert!(matches!(open(&flat), Err(DataError::NoClasses(_))));
-    assert!(matches!(
-        open(&dir.path().join("nope")),
-        Err(DataError::NotFound(_))
-    ));
+    assert!(matches!(open(&dir.path().join("nope")), Err(DataError::NotFound(_))));
     assert!(matches!(
         open(&flat.join("1.png")),
         Err(DataError::UnsupportedSource(_))
@@ -321,20 +290,11 @@ fn csv_edge_cases() {
     );
     let ds = open(&good).unwrap();
     assert_eq!(ds.classes, vec!["ant", "bee"]);
-    assert_eq!(
-        ds.samples.iter().map(|s| s.label).collect::<Vec<_>>(),
-        vec![1, 0, 0]
-    );
+    assert_eq!(ds.samples.iter().map(|s| s.label).collect::<Vec<_>>(), vec![1, 0, 0]);
 
-    let missing = write(
-        "missing.csv",
-        "filename,label\nimg/a1.png,ant\nimg/gone.png,ant\n",
-    );
+    let missing = write("missing.csv", "filename,label\nimg/a1.png,ant\nimg/gone.png,ant\n");
     let err = open(&missing).unwrap_err();
-    assert!(
-        matches!(&err, DataError::MissingFile { line: 3, .. }),
-        "{err}"
-    );
+    assert!(matches!(&err, DataError::MissingFile { line: 3, .. }), "{err}");
     assert!(
         err.to_string().contains("gone.png") && err.to_string().contains("line 3"),
         "{err}"
@@ -342,20 +302,11 @@ fn csv_edge_cases() {
 
     let escape = write("sub/escape.csv", "filename,label\n../outside.png,ant\n");
     let err = open(&escape).unwrap_err();
-    assert!(
-        matches!(&err, DataError::PathEscapes { line: 2, .. }),
-        "{err}"
-    );
+    assert!(matches!(&err, DataError::PathEscapes { line: 2, .. }), "{err}");
     assert!(err.to_string().contains("../outside.png"), "{err}");
     let abs = d.join("outside.png");
-    let absolute = write(
-        "absolute.csv",
-        &format!("filename,label\n{},ant\n", abs.display()),
-    );
-    assert!(matches!(
-        open(&absolute),
-        Err(DataError::PathEscapes { line: 2, .. })
-    ));
+    let absolute = write("absolute.csv", &format!("filename,label\n{},ant\n", abs.display()));
+    assert!(matches!(open(&absolute), Err(DataError::PathEscapes { line: 2, .. })));
 
     let columns = write("columns.csv", "path,class\nimg/a1.png,ant\n");
     let err = open(&columns).unwrap_err();
@@ -383,10 +334,7 @@ fn csv_edge_cases() {
     let tv = TrainVal::open(&good, &val, &Default::default(), true).unwrap();
     assert_eq!(tv.dropped_val, 1);
     assert_eq!(tv.val.classes, tv.train.classes);
-    assert_eq!(
-        tv.val.samples.iter().map(|s| s.label).collect::<Vec<_>>(),
-        vec![0, 1]
-    );
+    assert_eq!(tv.val.samples.iter().map(|s| s.label).collect::<Vec<_>>(), vec![0, 1]);
 }
 
 #[test]

@@ -18,21 +18,14 @@ fn discovers_classes_and_counts() {
     assert_eq!(val.class_counts(), vec![70, 83]);
     assert_eq!(train.ignored.total(), 0);
     train.check_trainable().unwrap();
-    let tv = TrainVal::open(
-        &root.join("train"),
-        &root.join("val"),
-        &Default::default(),
-        false,
-    )
-    .unwrap();
+    let tv = TrainVal::open(&root.join("train"), &root.join("val"), &Default::default(), false).unwrap();
     assert_eq!(tv.val.class_counts(), vec![70, 83]);
     assert_eq!(tv.dropped_val, 0);
     // Labels follow the sorted class order.
-    assert!(train.samples.iter().all(|s| s
-        .path
-        .parent()
-        .unwrap()
-        .ends_with(&train.classes[s.label])));
+    assert!(train
+        .samples
+        .iter()
+        .all(|s| s.path.parent().unwrap().ends_with(&train.classes[s.label])));
 }
 
 #[test]
@@ -48,11 +41,7 @@ fn gif_and_jpeg_extension_decode() {
             "{name} not listed"
         );
         let img = decode_image(&ants.join(name)).unwrap();
-        assert!(
-            img.width() > 10 && img.height() > 10,
-            "{name}: {:?}",
-            img.dimensions()
-        );
+        assert!(img.width() > 10 && img.height() > 10, "{name}: {:?}", img.dimensions());
     }
 }
 
@@ -132,12 +121,7 @@ fn inspect_reports_counts_and_is_usable() {
     };
     let report = inspect(&root.join("train")).unwrap();
     assert_eq!(report.counts, vec![124, 121]);
-    assert_eq!(
-        report.readable,
-        vec![124, 121],
-        "unreadable: {:?}",
-        report.unreadable
-    );
+    assert_eq!(report.readable, vec![124, 121], "unreadable: {:?}", report.unreadable);
     assert!(report.is_usable());
     assert!(!report.has_unreadable());
     let ratio = report.imbalance_ratio().unwrap();

@@ -14,12 +14,7 @@ fn make_dataset(root: &Path, per_class: usize, bad: usize) {
         for i in 0..per_class {
             let (w, h) = (20 + (i as u32 * 7) % 30, 16 + (i as u32 * 5) % 25);
             let ext = if i % 2 == 0 { "png" } else { "jpg" };
-            common::write_image(
-                &root.join(format!("{class}/{i:03}.{ext}")),
-                w,
-                h,
-                (c * 50 + i) as u8,
-            );
+            common::write_image(&root.join(format!("{class}/{i:03}.{ext}")), w, h, (c * 50 + i) as u8);
         }
     }
     for i in 0..bad {
@@ -59,21 +54,9 @@ fn deterministic_across_runs_and_thread_counts() {
     let dir = tempfile::tempdir().unwrap();
     make_dataset(dir.path(), 9, 0);
     let ds = open(dir.path()).unwrap();
-    let loader = Loader::new(
-        ds.clone(),
-        common::pipeline(12, 10, true),
-        config(4),
-        Device::Cpu,
-    )
-    .unwrap();
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let two = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let loader = Loader::new(ds.clone(), common::pipeline(12, 10, true), config(4), Device::Cpu).unwrap();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let a = one.install(|| collect(&loader, 0));
     let b = two.install(|| collect(&loader, 0));
     let again = collect(&loader, 0);
@@ -81,10 +64,7 @@ fn deterministic_across_runs_and_thread_counts() {
     assert_eq!(a, again, "same seed and epoch, same batches");
 
     // Last partial batch kept: 18 samples in batches of 4 -> 4,4,4,4,2.
-    assert_eq!(
-        a.iter().map(|x| x.0.len()).collect::<Vec<_>>(),
-        vec![4, 4, 4, 4, 2]
-    );
+    assert_eq!(a.iter().map(|x| x.0.len()).collect::<Vec<_>>(), vec![4, 4, 4, 4, 2]);
     let mut all: Vec<usize> = a.iter().flat_map(|x| x.0.clone()).collect();
     all.sort();
     assert_eq!(all, (0..18).collect::<Vec<_>>());
@@ -98,10 +78,7 @@ fn deterministic_across_runs_and_thread_counts() {
     let other = Loader::new(
         ds.clone(),
         common::pipeline(12, 10, true),
-        LoaderConfig {
-            seed: 12,
-            ..config(4)
-        },
+        LoaderConfig { seed: 12, ..config(4) },
         Device::Cpu,
     )
     .unwrap();
@@ -138,29 +115,16 @@ fn cache_and_pre_resize_give_the_same_batches() {
         pre_resize_shorter: Some(18),
         ..config(3)
     };
-    let uncached = Loader::new(
-        ds.clone(),
-        common::pipeline(8, 8, true),
-        base.clone(),
-        Device::Cpu,
-    )
-    .unwrap();
+    let uncached = Loader::new(ds.clone(), common::pipeline(8, 8, true), base.clone(), Device::Cpu).unwrap();
     let cached = Loader::new(
         ds,
         common::pipeline(8, 8, true),
-        LoaderConfig {
-            cache: true,
-            ..base
-        },
+        LoaderConfig { cache: true, ..base },
         Device::Cpu,
     )
     .unwrap();
     for epoch in 0..2 {
-        assert_eq!(
-            collect(&uncached, epoch),
-            collect(&cached, epoch),
-            "epoch {epoch}"
-        );
+        assert_eq!(collect(&uncached, epoch), collect(&cached, epoch), "epoch {epoch}");
     }
     let img = data::loader::pre_resize(common::gradient(40, 30, 1), 18);
     assert_eq!(img.dimensions(), (24, 18));
@@ -193,21 +157,13 @@ fn skip_policy_reports_and_strict_fails() {
     let kept: usize = batches.iter().map(|b| b.indices.len()).sum();
     assert_eq!(kept, 8);
     assert_eq!(epoch.skipped().len(), 2);
-    assert_eq!(
-        batches.iter().map(|b| b.skipped.len()).collect::<Vec<_>>(),
-        vec![0, 2]
-    );
+    assert_eq!(batches.iter().map(|b| b.skipped.len()).collect::<Vec<_>>(), vec![0, 2]);
     for b in &batches {
         assert_eq!(b.images.dims()[0], b.indices.len());
         assert_eq!(b.labels.dims(), &[b.indices.len()]);
         for s in &b.skipped {
             assert!(
-                s.path
-                    .file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .starts_with("bad"),
+                s.path.file_name().unwrap().to_str().unwrap().starts_with("bad"),
                 "{s:?}"
             );
             assert!(!s.reason.is_empty());
@@ -232,10 +188,7 @@ fn skip_policy_reports_and_strict_fails() {
         .expect("strict fails on a bad file");
     assert!(matches!(err, DataError::Decode { .. }), "{err}");
     assert!(err.to_string().contains("bad0.jpg"), "{err}");
-    assert!(
-        results.last().unwrap().is_err(),
-        "the epoch stops at the error"
-    );
+    assert!(results.last().unwrap().is_err(), "the epoch stops at the error");
 }
 
 #[test]
@@ -262,10 +215,7 @@ fn all_skipped_batch_is_not_yielded_and_bad_options_are_errors() {
     .unwrap();
     let mut epoch = loader.epoch(0);
     let batches: Vec<Batch> = epoch.by_ref().map(|b| b.unwrap()).collect();
-    assert_eq!(
-        batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(),
-        vec![3, 1]
-    );
+    assert_eq!(batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(), vec![3, 1]);
     assert_eq!(
         batches[0].skipped.len(),
         3,
@@ -275,9 +225,6 @@ fn all_skipped_batch_is_not_yielded_and_bad_options_are_errors() {
     assert_eq!(loader.batch(0, &[0, 1]).unwrap().indices.len(), 0);
     assert!(matches!(
         Loader::new(ds, common::pipeline(8, 8, false), config(0), Device::Cpu),
-        Err(DataError::InvalidOption {
-            name: "batch_size",
-            ..
-        })
+        Err(DataError::InvalidOption { name: "batch_size", .. })
     ));
 }

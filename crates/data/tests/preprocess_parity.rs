@@ -10,8 +10,7 @@ use rand_chacha::ChaCha8Rng;
 fn parity(fixture: &str, expect_interp: Interpolation, expect_crop_pct: f32) -> Option<(f32, f32)> {
     let index_path = data::assets::require("parity/index.json")?;
     let reference_path = data::assets::require(&format!("parity/{fixture}.reference.safetensors"))?;
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(index_path).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index_path).unwrap()).unwrap();
     let entry = &index[fixture];
     let pre = &entry["preprocess"];
     let f32s = |v: &serde_json::Value| -> [f32; 3] {
@@ -39,14 +38,10 @@ fn parity(fixture: &str, expect_interp: Interpolation, expect_crop_pct: f32) -> 
     assert_eq!(cfg.interpolation, expect_interp, "{fixture}: interpolation");
     assert_eq!(cfg.crop_pct, expect_crop_pct, "{fixture}: crop_pct");
 
-    let tensors =
-        candle_core::safetensors::load(&reference_path, &candle_core::Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(&reference_path, &candle_core::Device::Cpu).unwrap();
     let input = &tensors["input"];
     let images = entry["images"].as_array().unwrap();
-    assert_eq!(
-        input.dims(),
-        &[images.len(), 3, cfg.input_size[0], cfg.input_size[1]]
-    );
+    assert_eq!(input.dims(), &[images.len(), 3, cfg.input_size[0], cfg.input_size[1]]);
     let reference: Vec<f32> = input.flatten_all().unwrap().to_vec1().unwrap();
 
     let pipeline = Pipeline::eval(&cfg);
@@ -78,10 +73,7 @@ fn parity(fixture: &str, expect_interp: Interpolation, expect_crop_pct: f32) -> 
     println!("{fixture}: MAD {mad:.5} max abs diff {max:.4}");
     // The resize is PIL-exact; what remains are JPEG decoder differences of a few grey levels.
     let lsb = 1.0 / 255.0 / cfg.std.iter().cloned().fold(f32::INFINITY, f32::min);
-    assert!(
-        max <= 8.0 * lsb,
-        "{fixture}: max abs diff {max} exceeds 8 grey levels"
-    );
+    assert!(max <= 8.0 * lsb, "{fixture}: max abs diff {max} exceeds 8 grey levels");
     Some((mad, max))
 }
 

@@ -5,9 +5,8 @@ use data::transforms::crop::crop;
 use data::transforms::flip::hflip;
 use data::transforms::resize::resize;
 use data::transforms::{
-    CenterCrop, ColorJitter, Fill, ImageTransform, Pipeline, Preset, RandomAffine,
-    RandomHorizontalFlip, RandomResizedCrop, RandomRotation, RandomZoom, Resize, ResizeSize,
-    TransformError,
+    CenterCrop, ColorJitter, Fill, ImageTransform, Pipeline, Preset, RandomAffine, RandomHorizontalFlip,
+    RandomResizedCrop, RandomRotation, RandomZoom, Resize, ResizeSize, TransformError,
 };
 use data::{Interpolation, PreprocessConfig};
 use image::{Rgb, RgbImage};
@@ -31,11 +30,7 @@ fn test_image(w: u32, h: u32, seed: u64) -> RgbImage {
     })
 }
 
-const INTERPS: [Interpolation; 3] = [
-    Interpolation::Nearest,
-    Interpolation::Bilinear,
-    Interpolation::Bicubic,
-];
+const INTERPS: [Interpolation; 3] = [Interpolation::Nearest, Interpolation::Bilinear, Interpolation::Bicubic];
 
 #[test]
 fn resize_of_constant_image_stays_constant() {
@@ -44,10 +39,7 @@ fn resize_of_constant_image_stays_constant() {
         for (h, w) in [(224, 224), (20, 33), (300, 97), (61, 10)] {
             let out = resize(img.clone(), h, w, interp);
             assert_eq!(out.dimensions(), (w as u32, h as u32));
-            assert!(
-                out.pixels().all(|p| *p == Rgb([12, 200, 255])),
-                "{interp:?} {h}x{w}"
-            );
+            assert!(out.pixels().all(|p| *p == Rgb([12, 200, 255])), "{interp:?} {h}x{w}");
         }
     }
 }
@@ -67,13 +59,17 @@ fn resize_same_size_is_identity_and_nearest_upscale_duplicates() {
 #[test]
 fn resize_downscale_antialiases_and_preserves_mean() {
     // A 1-pixel checkerboard shrunk 4x averages to mid grey when antialiased (nearest keeps the extremes).
-    let img = RgbImage::from_fn(128, 128, |x, y| {
-        if (x + y) % 2 == 0 {
-            Rgb([0; 3])
-        } else {
-            Rgb([255; 3])
-        }
-    });
+    let img = RgbImage::from_fn(
+        128,
+        128,
+        |x, y| {
+            if (x + y) % 2 == 0 {
+                Rgb([0; 3])
+            } else {
+                Rgb([255; 3])
+            }
+        },
+    );
     for interp in [Interpolation::Bilinear, Interpolation::Bicubic] {
         let out = resize(img.clone(), 32, 32, interp);
         assert!(
@@ -99,42 +95,28 @@ fn resize_shorter_side_follows_torchvision() {
     assert_eq!(ResizeSize::Shorter(256).output_hw(375, 500), (256, 341));
     assert_eq!(ResizeSize::Shorter(256).output_hw(500, 375), (341, 256));
     assert_eq!(ResizeSize::Shorter(235).output_hw(333, 500), (235, 352));
-    assert_eq!(
-        ResizeSize::Exact { h: 10, w: 20 }.output_hw(375, 500),
-        (10, 20)
-    );
+    assert_eq!(ResizeSize::Exact { h: 10, w: 20 }.output_hw(375, 500), (10, 20));
     let r = Resize::new(ResizeSize::Shorter(64), Interpolation::Bicubic).unwrap();
-    assert_eq!(
-        r.apply(test_image(150, 100, 2), &mut rng(0)).dimensions(),
-        (96, 64)
-    );
+    assert_eq!(r.apply(test_image(150, 100, 2), &mut rng(0)).dimensions(), (96, 64));
     assert!(Resize::new(ResizeSize::Shorter(0), Interpolation::Bicubic).is_err());
 }
 
 #[test]
 fn center_crop_uses_torchvision_rounding_and_pads() {
     let img = test_image(11, 9, 3);
-    let out = CenterCrop::new(4, 6)
-        .unwrap()
-        .apply(img.clone(), &mut rng(0));
+    let out = CenterCrop::new(4, 6).unwrap().apply(img.clone(), &mut rng(0));
     // top = round(5 / 2) = 2 (ties to even), left = round(5 / 2) = 2.
     assert_eq!(out, crop(&img, 2, 2, 4, 6));
     assert_eq!(out.get_pixel(0, 0), img.get_pixel(2, 2));
-    let out = CenterCrop::new(3, 4)
-        .unwrap()
-        .apply(img.clone(), &mut rng(0));
+    let out = CenterCrop::new(3, 4).unwrap().apply(img.clone(), &mut rng(0));
     // top = round(3.0) = 3, left = round(3.5) = 4.
     assert_eq!(out.get_pixel(0, 0), img.get_pixel(4, 3));
-    let padded = CenterCrop::new(13, 11)
-        .unwrap()
-        .apply(img.clone(), &mut rng(0));
+    let padded = CenterCrop::new(13, 11).unwrap().apply(img.clone(), &mut rng(0));
     assert_eq!(padded.dimensions(), (11, 13));
     assert_eq!(*padded.get_pixel(0, 0), Rgb([0, 0, 0]));
     assert_eq!(padded.get_pixel(0, 2), img.get_pixel(0, 0));
     // Odd padding puts the extra row at the bottom: top offset -(3 / 2) = -1.
-    let odd = CenterCrop::new(12, 11)
-        .unwrap()
-        .apply(img.clone(), &mut rng(0));
+    let odd = CenterCrop::new(12, 11).unwrap().apply(img.clone(), &mut rng(0));
     assert_eq!(odd.get_pixel(0, 1), img.get_pixel(0, 0));
 }
 
@@ -158,9 +140,7 @@ fn flip_half_the_time() {
     let img = test_image(5, 3, 5);
     let flip = RandomHorizontalFlip::default();
     let mut r = rng(7);
-    let flipped = (0..400)
-        .filter(|_| flip.apply(img.clone(), &mut r) != img)
-        .count();
+    let flipped = (0..400).filter(|_| flip.apply(img.clone(), &mut r) != img).count();
     assert!((150..250).contains(&flipped), "flipped {flipped}/400");
 }
 
@@ -169,26 +149,14 @@ fn random_transforms() -> Vec<(Box<dyn ImageTransform>, (u32, u32))> {
     vec![
         (Box::new(RandomResizedCrop::square(32)), (32, 32)),
         (Box::new(RandomHorizontalFlip::default()), (64, 48)),
-        (
-            Box::new(RandomRotation::new(30.0, Fill::Nearest).unwrap()),
-            (64, 48),
-        ),
-        (
-            Box::new(RandomRotation::new(30.0, Fill::Zero).unwrap()),
-            (64, 48),
-        ),
-        (
-            Box::new(RandomZoom::new(0.2, Fill::Nearest).unwrap()),
-            (64, 48),
-        ),
+        (Box::new(RandomRotation::new(30.0, Fill::Nearest).unwrap()), (64, 48)),
+        (Box::new(RandomRotation::new(30.0, Fill::Zero).unwrap()), (64, 48)),
+        (Box::new(RandomZoom::new(0.2, Fill::Nearest).unwrap()), (64, 48)),
         (
             Box::new(RandomAffine::new(20.0, (0.8, 1.2), Fill::Nearest).unwrap()),
             (64, 48),
         ),
-        (
-            Box::new(ColorJitter::new(0.4, 0.4, 0.4, 0.1).unwrap()),
-            (64, 48),
-        ),
+        (Box::new(ColorJitter::new(0.4, 0.4, 0.4, 0.1).unwrap()), (64, 48)),
     ]
 }
 
@@ -200,20 +168,15 @@ fn random_transforms_are_deterministic_per_seed_and_vary_across_seeds() {
         let b = t.apply(img.clone(), &mut rng(42));
         assert_eq!(a, b, "{t:?} not deterministic");
         assert_eq!(a.dimensions(), dims, "{t:?} size");
-        let distinct: std::collections::HashSet<Vec<u8>> = (0..8)
-            .map(|s| t.apply(img.clone(), &mut rng(s)).into_raw())
-            .collect();
-        assert!(
-            distinct.len() >= 2,
-            "{t:?} gives the same output for 8 seeds"
-        );
+        let distinct: std::collections::HashSet<Vec<u8>> =
+            (0..8).map(|s| t.apply(img.clone(), &mut rng(s)).into_raw()).collect();
+        assert!(distinct.len() >= 2, "{t:?} gives the same output for 8 seeds");
     }
 }
 
 #[test]
 fn random_resized_crop_params_are_valid_and_follow_scale() {
-    let rrc =
-        RandomResizedCrop::new(224, 224, (0.5, 0.5), (1.0, 1.0), Interpolation::Bilinear).unwrap();
+    let rrc = RandomResizedCrop::new(224, 224, (0.5, 0.5), (1.0, 1.0), Interpolation::Bilinear).unwrap();
     let mut r = rng(3);
     for _ in 0..50 {
         let (i, j, h, w) = rrc.params(100, 200, &mut r);
@@ -228,8 +191,7 @@ fn random_resized_crop_params_are_valid_and_follow_scale() {
         assert!((0.6..=1.6).contains(&ratio), "ratio {ratio}");
     }
     // An impossible aspect falls back to the central crop with the max ratio.
-    let rrc =
-        RandomResizedCrop::new(8, 8, (0.99, 1.0), (1.0, 1.0), Interpolation::Nearest).unwrap();
+    let rrc = RandomResizedCrop::new(8, 8, (0.99, 1.0), (1.0, 1.0), Interpolation::Nearest).unwrap();
     assert_eq!(rrc.params(10, 100, &mut r), (0, 45, 10, 10));
     let out = RandomResizedCrop::square(24).apply(test_image(100, 70, 8), &mut rng(9));
     assert_eq!(out.dimensions(), (24, 24));
@@ -375,9 +337,7 @@ fn eval_from_config_resizes_then_center_crops() {
         ..cfg
     };
     assert_eq!(
-        Pipeline::eval(&cfg)
-            .apply(test_image(50, 70, 16), &mut rng(0))
-            .len(),
+        Pipeline::eval(&cfg).apply(test_image(50, 70, 16), &mut rng(0)).len(),
         3 * 24 * 40
     );
 }
@@ -399,11 +359,7 @@ fn config_validation_names_the_bad_field() {
         input_size: [0, 224],
         ..Default::default()
     };
-    assert!(bad
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("input_size"));
+    assert!(bad.validate().unwrap_err().to_string().contains("input_size"));
     assert_eq!(
         PreprocessConfig {
             crop_pct: 0.95,

@@ -12,8 +12,7 @@ use std::time::Instant;
 #[test]
 #[ignore = "timing report, run on demand"]
 fn time_pipelines() {
-    let Some(path) = data::assets::require("data/hymenoptera/val/ants/10308379_1b6c72e180.jpg")
-    else {
+    let Some(path) = data::assets::require("data/hymenoptera/val/ants/10308379_1b6c72e180.jpg") else {
         return;
     };
     let img = image::open(&path).unwrap().to_rgb8();
@@ -36,16 +35,9 @@ fn time_pipelines() {
             let out = p.apply(img.clone(), &mut rng);
             assert_eq!(out.len(), 3 * 224 * 224);
         }
-        println!(
-            "{name}: {:.2} ms/image",
-            t.elapsed().as_secs_f64() * 1e3 / n as f64
-        );
+        println!("{name}: {:.2} ms/image", t.elapsed().as_secs_f64() * 1e3 / n as f64);
     }
-    for interp in [
-        Interpolation::Nearest,
-        Interpolation::Bilinear,
-        Interpolation::Bicubic,
-    ] {
+    for interp in [Interpolation::Nearest, Interpolation::Bilinear, Interpolation::Bicubic] {
         let t = Instant::now();
         for _ in 0..n {
             let out = resize(img.clone(), 256, 341, interp);

@@ -109,14 +109,10 @@ impl HeadConfig {
                 )))
             }
             Task::MultiClass if self.class_names.len() < 2 => {
-                return Err(Error::Config(
-                    "a multi-class head needs at least 2 classes".into(),
-                ))
+                return Err(Error::Config("a multi-class head needs at least 2 classes".into()))
             }
             Task::MultiLabel if self.class_names.is_empty() => {
-                return Err(Error::Config(
-                    "a multi-label head needs at least 1 label".into(),
-                ))
+                return Err(Error::Config("a multi-label head needs at least 1 label".into()))
             }
             _ => {}
         }
@@ -127,10 +123,7 @@ impl HeadConfig {
             return Err(Error::Config("a hidden layer has width 0".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config(format!(
-                "dropout {} is not in [0, 1)",
-                self.dropout
-            )));
+            return Err(Error::Config(format!("dropout {} is not in [0, 1)", self.dropout)));
         }
         Ok(())
     }

@@ -72,8 +72,7 @@ impl Head {
             let (fan_in, fan_out) = (w[0], w[1]);
             // kaiming_uniform(a = √5) gives bound = gain·√(3/fan_in) = √(1/3)·√(3/fan_in) = 1/√fan_in.
             let bound = 1.0 / (fan_in as f32).sqrt();
-            let mut uniform =
-                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-bound..bound)).collect() };
+            let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-bound..bound)).collect() };
             let weight = Tensor::from_vec(uniform(fan_in * fan_out), (fan_out, fan_in), device)?;
             let bias = Tensor::from_vec(uniform(fan_out), fan_out, device)?;
             layers.push((Var::from_tensor(&weight)?, Var::from_tensor(&bias)?));
@@ -131,16 +130,9 @@ impl Head {
                     width,
                 } => format!("N×{channels}×{height}×{width}"),
             };
-            return Err(Error::InputShape {
-                got: dims,
-                expected,
-            });
+            return Err(Error::InputShape { got: dims, expected });
         }
-        let x = if dims.len() == 4 {
-            x.flatten_from(1)?
-        } else {
-            x.clone()
-        };
+        let x = if dims.len() == 4 { x.flatten_from(1)? } else { x.clone() };
         Ok(x.to_dtype(DType::F32)?)
     }
 
@@ -150,9 +142,7 @@ impl Head {
         let mut h = self.flatten_input(x)?;
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
-            h = h
-                .matmul(&w.as_tensor().t()?)?
-                .broadcast_add(b.as_tensor())?;
+            h = h.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
             if i == last {
                 break;
             }
@@ -205,8 +195,7 @@ impl Head {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let cfg_path = Self::config_path(path);
         let bytes = std::fs::read(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-        let config: HeadConfig =
-            serde_json::from_slice(&bytes).map_err(|e| io_err(&cfg_path, e))?;
+        let config: HeadConfig = serde_json::from_slice(&bytes).map_err(|e| io_err(&cfg_path, e))?;
         config.validate().map_err(|e| io_err(&cfg_path, e))?;
         let tensors = candle_core::safetensors::load(path, device).map_err(|e| io_err(path, e))?;
         let head = Self::new(config, device, &mut ChaCha8Rng::seed_from_u64(0))?;
@@ -217,20 +206,13 @@ impl Head {
             if t.dims() != var.dims() {
                 return Err(io_err(
                     path,
-                    format!(
-                        "tensor `{name}` has shape {:?}, expected {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
+                    format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims()),
                 ));
             }
             var.set(&t.to_dtype(DType::F32)?)?;
         }
         if tensors.len() != 2 * head.layers.len() {
-            return Err(io_err(
-                path,
-                "the file holds tensors that are not part of the head",
-            ));
+            return Err(io_err(path, "the file holds tensors that are not part of the head"));
         }
         Ok(head)
     }

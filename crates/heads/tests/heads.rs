@@ -33,11 +33,7 @@ fn output_shapes_per_task_and_input_kind() {
         height: 2,
         width: 2,
     };
-    for (task, classes, outputs) in [
-        (Task::Binary, 2, 1),
-        (Task::MultiClass, 5, 5),
-        (Task::MultiLabel, 4, 4),
-    ] {
+    for (task, classes, outputs) in [(Task::Binary, 2, 1), (Task::MultiClass, 5, 5), (Task::MultiLabel, 4, 4)] {
         for input in [pooled, map] {
             let head = Head::seeded(mlp(task, classes, input), &dev, 1).unwrap();
             let x = match input {
@@ -47,10 +43,7 @@ fn output_shapes_per_task_and_input_kind() {
             let logits = head.forward(&x, None).unwrap();
             assert_eq!(logits.dims(), &[7, outputs]);
             let mut rng = ChaCha8Rng::seed_from_u64(3);
-            assert_eq!(
-                head.forward(&x, Some(&mut rng)).unwrap().dims(),
-                &[7, outputs]
-            );
+            assert_eq!(head.forward(&x, Some(&mut rng)).unwrap().dims(), &[7, outputs]);
             let p = head.predict_proba(&x).unwrap();
             assert_eq!(p.dims(), &[7, classes]);
             let p: Vec<Vec<f32>> = p.to_vec2().unwrap();
@@ -141,12 +134,7 @@ fn same_seed_same_init_and_pytorch_bounds() {
 #[test]
 fn dropout_masks_follow_the_rng() {
     let dev = Device::Cpu;
-    let head = Head::seeded(
-        mlp(Task::MultiClass, 3, InputKind::Pooled { features: 12 }),
-        &dev,
-        1,
-    )
-    .unwrap();
+    let head = Head::seeded(mlp(Task::MultiClass, 3, InputKind::Pooled { features: 12 }), &dev, 1).unwrap();
     let x = random(&[16, 12], 2);
     let run = |seed| -> Vec<Vec<f32>> {
         head.forward(&x, Some(&mut ChaCha8Rng::seed_from_u64(seed)))
@@ -175,21 +163,14 @@ fn save_load_roundtrip_gives_identical_outputs() {
     );
     cfg.backbone = Some("resnet18".into());
     cfg.backbone_sha256 = Some("ab".repeat(32));
-    cfg.preprocessing =
-        Some(serde_json::json!({"input_size": [224, 224], "mean": [0.5, 0.5, 0.5]}));
+    cfg.preprocessing = Some(serde_json::json!({"input_size": [224, 224], "mean": [0.5, 0.5, 0.5]}));
     let head = Head::seeded(cfg, &dev, 11).unwrap();
     let path = dir.path().join("head.safetensors");
     head.save(&path).unwrap();
     assert!(dir.path().join("head.json").exists());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".tmp")
-        })
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
     let loaded = Head::load(&path, &dev).unwrap();
@@ -209,12 +190,7 @@ fn save_load_roundtrip_gives_identical_outputs() {
 fn invalid_configs_are_errors() {
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    assert!(Head::new(
-        HeadConfig::linear(Task::Binary, names(3), 4),
-        &dev,
-        &mut rng
-    )
-    .is_err());
+    assert!(Head::new(HeadConfig::linear(Task::Binary, names(3), 4), &dev, &mut rng).is_err());
     let cfg = HeadConfig {
         dropout: 1.0,
         ..HeadConfig::linear(Task::MultiClass, names(3), 4)

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use trainer::{cli, commands, config, engine, error};
 
+/// mimalloc reuses freed pages: candle allocates every activation afresh, and glibc maps and zeroes each block over
+/// 32 MiB anew, which costs more than the arithmetic of the cheap layers (see `cargo xtask bench`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // A bug must still end in one line (exit code 101), not a backtrace.
     std::panic::set_hook(Box::new(|info| {

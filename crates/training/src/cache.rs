@@ -105,12 +105,7 @@ pub struct CachedFeatures {
 }
 
 /// The cached features for `key` in `dir`, or — on a miss — `compute()`'s, written atomically for next time.
-pub fn load_or_compute<F>(
-    dir: &Path,
-    key: &CacheKey,
-    device: &Device,
-    compute: F,
-) -> Result<CachedFeatures>
+pub fn load_or_compute<F>(dir: &Path, key: &CacheKey, device: &Device, compute: F) -> Result<CachedFeatures>
 where
     F: FnOnce() -> Result<(Tensor, Tensor)>,
 {
@@ -122,8 +117,7 @@ where
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         if stored.as_ref() == Some(key) {
-            let mut t =
-                candle_core::safetensors::load(&path, device).map_err(|e| Error::io(&path, e))?;
+            let mut t = candle_core::safetensors::load(&path, device).map_err(|e| Error::io(&path, e))?;
             if let (Some(features), Some(labels)) = (t.remove("features"), t.remove("labels")) {
                 return Ok(CachedFeatures {
                     features,
@@ -169,12 +163,7 @@ where
     let (mut feats, mut labels) = (Vec::new(), Vec::new());
     for batch in batches {
         let (x, y) = batch?;
-        feats.push(
-            backbone
-                .forward_pooled(&x, false)?
-                .detach()
-                .to_dtype(DType::F32)?,
-        );
+        feats.push(backbone.forward_pooled(&x, false)?.detach().to_dtype(DType::F32)?);
         labels.push(y.to_dtype(DType::U32)?);
     }
     if feats.is_empty() {

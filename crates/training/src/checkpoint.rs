@@ -83,16 +83,7 @@ fn exact_floats(meta: &CheckpointMeta) -> Vec<f64> {
     let mut out: Vec<f64> = meta
         .history
         .iter()
-        .flat_map(|r| {
-            [
-                r.train_loss,
-                r.train_acc,
-                r.val_loss,
-                r.val_acc,
-                r.lr,
-                r.seconds,
-            ]
-        })
+        .flat_map(|r| [r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.lr, r.seconds])
         .collect();
     out.extend(meta.best_metric);
     out
@@ -116,13 +107,9 @@ impl Checkpoint {
         let mut tensors = self.tensors.clone();
         let floats = exact_floats(&self.meta);
         let n = floats.len();
-        tensors.insert(
-            EXACT.to_string(),
-            Tensor::from_vec(floats, n, &Device::Cpu)?,
-        );
+        tensors.insert(EXACT.to_string(), Tensor::from_vec(floats, n, &Device::Cpu)?);
         heads::save_safetensors_atomic(&tensors, &weights_path(dir))?;
-        let json =
-            serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::io(&meta_path(dir), e))?;
+        let json = serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::io(&meta_path(dir), e))?;
         heads::write_atomic(&meta_path(dir), &json)?;
         Ok(())
     }
@@ -136,8 +123,7 @@ impl Checkpoint {
         let bytes = std::fs::read(&mp).map_err(|e| Error::io(&mp, e))?;
         let meta: CheckpointMeta = serde_json::from_slice(&bytes).map_err(|e| Error::io(&mp, e))?;
         let mut meta = meta;
-        let mut tensors =
-            candle_core::safetensors::load(&wp, device).map_err(|e| Error::io(&wp, e))?;
+        let mut tensors = candle_core::safetensors::load(&wp, device).map_err(|e| Error::io(&wp, e))?;
         let exact = tensors
             .remove(EXACT)
             .ok_or_else(|| Error::io(&wp, format!("`{EXACT}` is missing")))?;

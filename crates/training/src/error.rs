@@ -6,9 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The loss became NaN or infinite.
-    #[error(
-        "loss is {loss} at epoch {epoch}, step {step}: training diverged (lower the learning rate)"
-    )]
+    #[error("loss is {loss} at epoch {epoch}, step {step}: training diverged (lower the learning rate)")]
     NonFinite {
         /// Epoch (0-based).
         epoch: usize,

@@ -30,11 +30,7 @@ pub fn set_trainable(backbone: &dyn Backbone, which: Unfreeze, train_bn: bool) -
             freeze_all_but_last(backbone, 0)?;
             unfreeze_all(backbone)?;
             // The ImageNet classifier is not a backbone stage: keep it frozen.
-            let stage_params: Vec<String> = backbone
-                .stages()
-                .into_iter()
-                .flat_map(|s| s.prefixes)
-                .collect();
+            let stage_params: Vec<String> = backbone.stages().into_iter().flat_map(|s| s.prefixes).collect();
             for p in backbone.store().params() {
                 if !stage_params
                     .iter()
@@ -59,12 +55,7 @@ pub fn discriminative_groups(model: Model<'_>, head_lr: f64, lr_mult: f64) -> Ve
         for stage in b.stages() {
             let params: Vec<_> = vars
                 .iter()
-                .filter(|(n, _)| {
-                    stage
-                        .prefixes
-                        .iter()
-                        .any(|p| backbones::params::name_has_prefix(n, p))
-                })
+                .filter(|(n, _)| stage.prefixes.iter().any(|p| backbones::params::name_has_prefix(n, p)))
                 .cloned()
                 .collect();
             if !params.is_empty() {
@@ -75,11 +66,7 @@ pub fn discriminative_groups(model: Model<'_>, head_lr: f64, lr_mult: f64) -> Ve
     groups.push(ParamGroup::new("head", model.head.vars(), 0.0));
     let n = groups.len();
     for (i, g) in groups.iter_mut().enumerate() {
-        let frac = if n == 1 {
-            1.0
-        } else {
-            i as f64 / (n - 1) as f64
-        };
+        let frac = if n == 1 { 1.0 } else { i as f64 / (n - 1) as f64 };
         g.lr = head_lr / lr_mult.powf(1.0 - frac);
     }
     groups

@@ -69,10 +69,7 @@ impl Model<'_> {
         if let Some(b) = self.backbone {
             let store = b.store();
             for p in store.params().into_iter().filter(|p| p.is_trainable()) {
-                out.insert(
-                    format!("backbone/{}", p.name()),
-                    p.tensor().detach().copy()?,
-                );
+                out.insert(format!("backbone/{}", p.name()), p.tensor().detach().copy()?);
             }
             for buf in store.buffers() {
                 out.insert(format!("backbone/{}", buf.name()), buf.tensor().copy()?);
@@ -92,10 +89,7 @@ impl Model<'_> {
         if let Some(b) = self.backbone {
             let sub: HashMap<String, Tensor> = state
                 .iter()
-                .filter_map(|(k, t)| {
-                    k.strip_prefix("backbone/")
-                        .map(|n| (n.to_string(), t.clone()))
-                })
+                .filter_map(|(k, t)| k.strip_prefix("backbone/").map(|n| (n.to_string(), t.clone())))
                 .map(|(k, t)| t.copy().map(|t| (k, t)))
                 .collect::<candle_core::Result<_>>()?;
             b.store().load_state_dict(&sub, false)?;
@@ -164,12 +158,7 @@ pub struct FitResult {
 }
 
 /// Loss and number of correct predictions (and of predictions) for a batch, by task.
-pub fn batch_loss(
-    task: Task,
-    logits: &Tensor,
-    labels: &Tensor,
-    cfg: &LossConfig,
-) -> Result<(Tensor, usize, usize)> {
+pub fn batch_loss(task: Task, logits: &Tensor, labels: &Tensor, cfg: &LossConfig) -> Result<(Tensor, usize, usize)> {
     let n = logits.dim(0)?;
     match task {
         Task::MultiClass => {
@@ -188,9 +177,7 @@ pub fn batch_loss(
             if let (Task::Binary, Some(w)) = (task, &cfg.class_weights) {
                 // mean(w_y · l) = w0 · BCE(pos_weight = w1 / w0).
                 if w.len() != 2 || w[0] <= 0.0 {
-                    return Err(Error::Config(
-                        "a binary task needs 2 positive class weights".into(),
-                    ));
+                    return Err(Error::Config("a binary task needs 2 positive class weights".into()));
                 }
                 let pw = pos_weight.as_ref().map(|p| p[0]).unwrap_or(1.0) * w[1] / w[0];
                 pos_weight = Some(vec![pw]);
@@ -202,11 +189,7 @@ pub fn batch_loss(
             };
             let loss = (bce_with_logits(logits, &y, pos_weight.as_deref(), weight)? * scale)?;
             let pred = logits.ge(0f32)?.to_dtype(DType::F32)?;
-            let correct = pred
-                .eq(&y)?
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()? as usize;
+            let correct = pred.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
             Ok((loss, correct, y.elem_count()))
         }
     }
@@ -300,10 +283,7 @@ where
             count += k;
         }
         let lr = optimizer.lr();
-        let (train_loss, train_acc) = (
-            loss_sum / samples.max(1) as f64,
-            correct as f64 / count.max(1) as f64,
-        );
+        let (train_loss, train_acc) = (loss_sum / samples.max(1) as f64, correct as f64 / count.max(1) as f64);
         let (mut vloss, mut vcorrect, mut vcount, mut vsamples) = (0f64, 0usize, 0usize, 0usize);
         for batch in val_batches(epoch) {
             let (x, y) = batch?;
@@ -342,11 +322,7 @@ where
             if let Some(bs) = &best_state {
                 tensors.extend(bs.iter().map(|(k, v)| (format!("best/{k}"), v.clone())));
             }
-            tensors.extend(
-                opt.tensors
-                    .into_iter()
-                    .map(|(k, v)| (format!("optim/{k}"), v)),
-            );
+            tensors.extend(opt.tensors.into_iter().map(|(k, v)| (format!("optim/{k}"), v)));
             let meta = CheckpointMeta {
                 epoch: epoch + 1,
                 schedule_step: step,

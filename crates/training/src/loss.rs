@@ -27,34 +27,22 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, opts: &CrossEntropy) -> 
     let (n, c) = logits.dims2()?;
     let y: Vec<u32> = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     if y.len() != n {
-        return Err(Error::Config(format!(
-            "{} targets for {n} logits rows",
-            y.len()
-        )));
+        return Err(Error::Config(format!("{} targets for {n} logits rows", y.len())));
     }
     let w = match &opts.class_weights {
-        Some(w) if w.len() != c => {
-            return Err(Error::Config(format!(
-                "{} class weights for {c} classes",
-                w.len()
-            )))
-        }
+        Some(w) if w.len() != c => return Err(Error::Config(format!("{} class weights for {c} classes", w.len()))),
         Some(w) => w.clone(),
         None => vec![1.0; c],
     };
     let eps = opts.label_smoothing as f32;
     if !(0.0..1.0).contains(&eps) {
-        return Err(Error::Config(format!(
-            "label smoothing {eps} is not in [0, 1)"
-        )));
+        return Err(Error::Config(format!("label smoothing {eps} is not in [0, 1)")));
     }
     let mut denom = 0f32;
     for &t in &y {
         let t = t as usize;
         if t >= c {
-            return Err(Error::Config(format!(
-                "label {t} is out of range for {c} classes"
-            )));
+            return Err(Error::Config(format!("label {t} is out of range for {c} classes")));
         }
         denom += w[t];
     }

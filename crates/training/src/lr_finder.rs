@@ -48,10 +48,7 @@ pub struct LrFinderResult {
 
 /// Sweep rates exponentially from `start_lr` to `end_lr`, calling `step(lr)` (one training step at `lr`,
 /// returning its loss) until the smoothed loss diverges or becomes non-finite.
-pub fn lr_find<F: FnMut(f64) -> Result<f32>>(
-    cfg: &LrFinderConfig,
-    mut step: F,
-) -> Result<LrFinderResult> {
+pub fn lr_find<F: FnMut(f64) -> Result<f32>>(cfg: &LrFinderConfig, mut step: F) -> Result<LrFinderResult> {
     let n = cfg.num_steps.max(2);
     let ratio = (cfg.end_lr / cfg.start_lr).powf(1.0 / (n - 1) as f64);
     let (mut lrs, mut losses) = (Vec::new(), Vec::new());

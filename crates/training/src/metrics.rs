@@ -21,12 +21,7 @@ pub fn accuracy(predictions: &[usize], labels: &[usize]) -> f64 {
     if labels.is_empty() {
         return 0.0;
     }
-    predictions
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| p == l)
-        .count() as f64
-        / labels.len() as f64
+    predictions.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64
 }
 
 /// Fraction of rows whose label is among the `k` highest scores (ties broken by index).
@@ -51,11 +46,7 @@ pub fn top_k_accuracy(scores: &[Vec<f32>], labels: &[usize], k: usize) -> f64 {
 }
 
 /// Confusion matrix `m[true][predicted]` over `n_classes`.
-pub fn confusion_matrix(
-    predictions: &[usize],
-    labels: &[usize],
-    n_classes: usize,
-) -> Vec<Vec<usize>> {
+pub fn confusion_matrix(predictions: &[usize], labels: &[usize], n_classes: usize) -> Vec<Vec<usize>> {
     let mut m = vec![vec![0; n_classes]; n_classes];
     for (&p, &l) in predictions.iter().zip(labels) {
         if p < n_classes && l < n_classes {
@@ -134,16 +125,8 @@ pub fn per_class_metrics(confusion: &[Vec<usize>], class_names: &[String]) -> Ve
             let tp = confusion[c][c] as f64;
             let support: usize = confusion[c].iter().sum();
             let predicted: usize = (0..n).map(|r| confusion[r][c]).sum();
-            let precision = if predicted == 0 {
-                0.0
-            } else {
-                tp / predicted as f64
-            };
-            let recall = if support == 0 {
-                0.0
-            } else {
-                tp / support as f64
-            };
+            let precision = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
+            let recall = if support == 0 { 0.0 } else { tp / support as f64 };
             let f1 = if precision + recall == 0.0 {
                 0.0
             } else {
@@ -164,9 +147,7 @@ pub fn per_class_metrics(confusion: &[Vec<usize>], class_names: &[String]) -> Ve
 impl ClassificationReport {
     /// The report for per-class `scores` (N rows of C probabilities or logits) against `labels`.
     pub fn from_scores(scores: &[Vec<f32>], labels: &[usize], class_names: &[String]) -> Self {
-        let n_classes = class_names
-            .len()
-            .max(scores.first().map(|r| r.len()).unwrap_or(0));
+        let n_classes = class_names.len().max(scores.first().map(|r| r.len()).unwrap_or(0));
         let preds = argmax_rows(scores);
         let confusion = confusion_matrix(&preds, labels, n_classes);
         let per_class = per_class_metrics(&confusion, class_names);
@@ -179,11 +160,7 @@ impl ClassificationReport {
         let weighted_f1 = if total == 0 {
             0.0
         } else {
-            per_class
-                .iter()
-                .map(|m| m.f1 * m.support as f64)
-                .sum::<f64>()
-                / total as f64
+            per_class.iter().map(|m| m.f1 * m.support as f64).sum::<f64>() / total as f64
         };
         let roc_auc = if n_classes == 2 {
             let s: Vec<f32> = scores.iter().map(|r| r[1]).collect();

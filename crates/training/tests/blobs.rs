@@ -7,10 +7,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use training::metrics::{accuracy, argmax_rows};
 use training::schedule::{LrSchedule, Schedule};
-use training::{
-    bce_with_logits, cross_entropy, Adam, AdamConfig, CrossEntropy, Optimizer, ParamGroup, Sgd,
-    SgdConfig,
-};
+use training::{bce_with_logits, cross_entropy, Adam, AdamConfig, CrossEntropy, Optimizer, ParamGroup, Sgd, SgdConfig};
 
 const F: usize = 8;
 
@@ -32,21 +29,13 @@ fn blobs(classes: usize, n: usize, seed: u64) -> (Tensor, Vec<usize>) {
         x.extend(point);
         y.push(c);
     }
-    (
-        Tensor::from_vec(x, (classes * n, F), &Device::Cpu).unwrap(),
-        y,
-    )
+    (Tensor::from_vec(x, (classes * n, F), &Device::Cpu).unwrap(), y)
 }
 
 fn loss_of(task: Task, logits: &Tensor, y: &[usize], classes: usize) -> Tensor {
     match task {
         Task::MultiClass => {
-            let t = Tensor::from_vec(
-                y.iter().map(|&v| v as u32).collect::<Vec<_>>(),
-                y.len(),
-                &Device::Cpu,
-            )
-            .unwrap();
+            let t = Tensor::from_vec(y.iter().map(|&v| v as u32).collect::<Vec<_>>(), y.len(), &Device::Cpu).unwrap();
             let opts = CrossEntropy {
                 label_smoothing: 0.05,
                 class_weights: Some(vec![1.0; classes]),
@@ -166,19 +155,12 @@ fn every_optimizer_schedule_and_task_learns_blobs() {
         },
     ];
     let mut i = 0;
-    for (task, classes) in [
-        (Task::MultiClass, 3),
-        (Task::Binary, 2),
-        (Task::MultiLabel, 3),
-    ] {
+    for (task, classes) in [(Task::MultiClass, 3), (Task::Binary, 2), (Task::MultiLabel, 3)] {
         for opt in ["sgd", "adam", "adamw"] {
             let schedule = schedules[i % schedules.len()];
             i += 1;
             let (first, last, acc) = train(task, classes, opt, schedule);
-            assert!(
-                last < first * 0.6,
-                "{task:?}/{opt}/{schedule:?}: loss {first} → {last}"
-            );
+            assert!(last < first * 0.6, "{task:?}/{opt}/{schedule:?}: loss {first} → {last}");
             assert!(acc > 0.9, "{task:?}/{opt}/{schedule:?}: accuracy {acc}");
         }
     }

@@ -11,9 +11,8 @@ use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use training::{
-    extract_features, fine_tune, fit, load_or_compute, set_trainable, Adam, AdamConfig, CacheKey,
-    CacheStatus, Error, FineTuneConfig, FitConfig, Model, Optimizer, ParamGroup, Schedule, Sgd,
-    SgdConfig, Unfreeze,
+    extract_features, fine_tune, fit, load_or_compute, set_trainable, Adam, AdamConfig, CacheKey, CacheStatus, Error,
+    FineTuneConfig, FitConfig, Model, Optimizer, ParamGroup, Schedule, Sgd, SgdConfig, Unfreeze,
 };
 
 /// conv(3→4) → BN → ReLU → conv(4→8) → ReLU, on 8×8 images; stages `stem` and `stage1`.
@@ -85,10 +84,7 @@ impl Backbone for Tiny {
         8
     }
     fn stages(&self) -> Vec<Stage> {
-        vec![
-            Stage::new("stem", &["conv1", "bn1"]),
-            Stage::new("stage1", &["conv2"]),
-        ]
+        vec![Stage::new("stem", &["conv1", "bn1"]), Stage::new("stage1", &["conv2"])]
     }
     fn store(&self) -> &ParamStore {
         &self.store
@@ -119,10 +115,7 @@ fn images(classes: usize, n: usize, seed: u64) -> (Tensor, Vec<u32>) {
         }
         y.push(c as u32);
     }
-    (
-        Tensor::from_vec(x, (classes * n, 3, 8, 8), &Device::Cpu).unwrap(),
-        y,
-    )
+    (Tensor::from_vec(x, (classes * n, 3, 8, 8), &Device::Cpu).unwrap(), y)
 }
 
 type Batches = Vec<training::Result<(Tensor, Tensor)>>;
@@ -137,10 +130,7 @@ fn batches(x: &Tensor, y: &[u32], bs: usize, shuffle: Option<(u64, usize)>) -> B
         .map(|c| {
             let i = Tensor::new(c, &Device::Cpu)?;
             let yb: Vec<u32> = c.iter().map(|&k| y[k as usize]).collect();
-            Ok((
-                x.index_select(&i, 0)?,
-                Tensor::new(yb.as_slice(), &Device::Cpu)?,
-            ))
+            Ok((x.index_select(&i, 0)?, Tensor::new(yb.as_slice(), &Device::Cpu)?))
         })
         .collect()
 }
@@ -211,10 +201,7 @@ fn fit_improves_accuracy() {
     assert_eq!(seen, 12);
     assert_eq!(res.history.len(), 12);
     let (first, last) = (&res.history[0], res.history.last().unwrap());
-    assert!(
-        last.train_loss < first.train_loss * 0.7,
-        "{first:?} → {last:?}"
-    );
+    assert!(last.train_loss < first.train_loss * 0.7, "{first:?} → {last:?}");
     assert!(
         res.best_val_acc >= 0.9,
         "best val acc {}: {:#?}",
@@ -293,10 +280,7 @@ fn resume_after_interruption_matches_uninterrupted_run() {
     let (resumed, head, bn) = resumable_run(b.path(), None, true);
     let resumed = resumed.unwrap();
     assert_eq!(resumed.resumed_from, Some(2));
-    assert_eq!(
-        strip_seconds(&resumed.history),
-        strip_seconds(&full.history)
-    );
+    assert_eq!(strip_seconds(&resumed.history), strip_seconds(&full.history));
     assert_eq!(
         (resumed.best_epoch, resumed.best_val_acc),
         (full.best_epoch, full.best_val_acc)
@@ -312,21 +296,12 @@ fn resume_after_interruption_matches_uninterrupted_run() {
 #[test]
 fn nan_loss_stops_with_epoch_and_step() {
     let names = vec!["a".to_string(), "b".to_string()];
-    let head = Head::seeded(
-        HeadConfig::linear(Task::MultiClass, names, 8),
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let head = Head::seeded(HeadConfig::linear(Task::MultiClass, names, 8), &Device::Cpu, 1).unwrap();
     let model = Model {
         backbone: None,
         head: &head,
     };
-    let mut opt = Sgd::new(
-        vec![ParamGroup::new("head", head.vars(), 0.1)],
-        SgdConfig::default(),
-    )
-    .unwrap();
+    let mut opt = Sgd::new(vec![ParamGroup::new("head", head.vars(), 0.1)], SgdConfig::default()).unwrap();
     let feats = |nan: bool| {
         let mut v = vec![0.5f32; 4 * 8];
         if nan {
@@ -345,26 +320,12 @@ fn nan_loss_stops_with_epoch_and_step() {
             epochs: 3,
             ..Default::default()
         },
-        |e| {
-            (0..4)
-                .map(move |i| feats(e == 1 && i == 2))
-                .collect::<Batches>()
-        },
+        |e| (0..4).map(move |i| feats(e == 1 && i == 2)).collect::<Batches>(),
         |_| vec![feats(false)],
         |_| Ok(()),
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NonFinite {
-                epoch: 1,
-                step: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::NonFinite { epoch: 1, step: 2, .. }), "{err}");
     assert!(err.to_string().contains("epoch 1, step 2"));
 }
 
@@ -415,11 +376,7 @@ fn fine_tune_trains_head_first_then_the_backbone() {
     )
     .unwrap();
     assert_eq!((r1.history.len(), r2.history.len()), (1, 2));
-    assert_eq!(
-        after_phase1.unwrap(),
-        before,
-        "the backbone is frozen in phase 1"
-    );
+    assert_eq!(after_phase1.unwrap(), before, "the backbone is frozen in phase 1");
     assert_ne!(conv2(), before, "the last stage trains in phase 2");
     assert!(!bb
         .store()
@@ -434,9 +391,7 @@ fn fine_tune_trains_head_first_then_the_backbone() {
 fn feature_cache_hits_on_second_run_and_misses_when_the_key_changes() {
     let data = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let files: Vec<_> = (0..3)
-        .map(|i| data.path().join(format!("img{i}.bin")))
-        .collect();
+    let files: Vec<_> = (0..3).map(|i| data.path().join(format!("img{i}.bin"))).collect();
     for f in &files {
         std::fs::write(f, b"pixels").unwrap();
     }
@@ -456,10 +411,8 @@ fn feature_cache_hits_on_second_run_and_misses_when_the_key_changes() {
     assert_eq!(first.features.dims(), &[12, 8]);
     let second = run(&key);
     assert_eq!(second.status, CacheStatus::Hit);
-    let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (
-        first.features.to_vec2().unwrap(),
-        second.features.to_vec2().unwrap(),
-    );
+    let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        (first.features.to_vec2().unwrap(), second.features.to_vec2().unwrap());
     assert_eq!(a, b);
     assert_eq!(
         first.labels.to_vec1::<u32>().unwrap(),
@@ -501,17 +454,10 @@ fn early_stopping_on_a_binary_task_with_class_weights() {
         backbone: None,
         head: &head,
     };
-    let mut opt = Sgd::new(
-        vec![ParamGroup::new("head", head.vars(), 0.0)],
-        SgdConfig::default(),
-    )
-    .unwrap();
+    let mut opt = Sgd::new(vec![ParamGroup::new("head", head.vars(), 0.0)], SgdConfig::default()).unwrap();
     let feats = || -> Batches {
         let x = Tensor::ones((4, 8), DType::F32, &Device::Cpu);
-        vec![Ok((
-            x.unwrap(),
-            Tensor::new(&[0u32, 1, 1, 1], &Device::Cpu).unwrap(),
-        ))]
+        vec![Ok((x.unwrap(), Tensor::new(&[0u32, 1, 1, 1], &Device::Cpu).unwrap()))]
     };
     let loss = training::LossConfig {
         class_weights: Some(vec![3.0, 1.0]),
@@ -538,10 +484,7 @@ fn early_stopping_on_a_binary_task_with_class_weights() {
     assert_eq!(res.best_epoch, 0);
     // Weighted BCE: mean of w_y · l with w = (3, 1), equal to the hand formula.
     let z = head
-        .forward(
-            &Tensor::ones((1, 8), DType::F32, &Device::Cpu).unwrap(),
-            None,
-        )
+        .forward(&Tensor::ones((1, 8), DType::F32, &Device::Cpu).unwrap(), None)
         .unwrap();
     let z = z.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
     let sp = |v: f64| v.max(0.0) + (1.0 + (-v.abs()).exp()).ln();

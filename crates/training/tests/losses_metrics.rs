@@ -3,9 +3,7 @@
 use candle_core::{Device, Tensor, Var};
 use training::metrics::{accuracy, confusion_matrix, roc_auc, top_k_accuracy};
 use training::schedule::{LrSchedule, Schedule};
-use training::{
-    bce_with_logits, class_weights_auto, cross_entropy, lr_find, ClassificationReport, CrossEntropy,
-};
+use training::{bce_with_logits, class_weights_auto, cross_entropy, lr_find, ClassificationReport, CrossEntropy};
 use training::{LrFinderConfig, Result};
 
 fn t2(v: &[[f32; 3]; 2]) -> Tensor {
@@ -28,10 +26,7 @@ fn cross_entropy_matches_pytorch_semantics() {
     let logp = |i: usize, c: usize| rows[i][c] - lse(&rows[i]);
     // Plain mean.
     let want = -(logp(0, 1) + logp(1, 0)) / 2.0;
-    assert!(
-        (scalar(&cross_entropy(&logits, &y, &CrossEntropy::default()).unwrap()) - want).abs()
-            < 1e-5
-    );
+    assert!((scalar(&cross_entropy(&logits, &y, &CrossEntropy::default()).unwrap()) - want).abs() < 1e-5);
     // Class weights: weighted mean divided by the targets' weights.
     let w = [1.0f64, 2.0, 3.0];
     let want_w = -(w[1] * logp(0, 1) + w[0] * logp(1, 0)) / (w[1] + w[0]);
@@ -97,10 +92,7 @@ fn bce_with_logits_is_stable_and_weighted() {
 #[test]
 fn balanced_class_weights() {
     assert_eq!(class_weights_auto(&[10, 30]), vec![2.0, 40.0 / 60.0]);
-    assert_eq!(
-        class_weights_auto(&[5, 0, 5]),
-        vec![10.0 / 15.0, 0.0, 10.0 / 15.0]
-    );
+    assert_eq!(class_weights_auto(&[5, 0, 5]), vec![10.0 / 15.0, 0.0, 10.0 / 15.0]);
 }
 
 #[test]
@@ -168,12 +160,7 @@ fn metrics_on_hand_made_examples() {
     );
     assert_eq!(roc_auc(&[0.1, 0.2], &[true, true]), None);
     let names: Vec<String> = vec!["ants".into(), "bees".into()];
-    let s = vec![
-        vec![0.9, 0.1],
-        vec![0.4, 0.6],
-        vec![0.3, 0.7],
-        vec![0.8, 0.2],
-    ];
+    let s = vec![vec![0.9, 0.1], vec![0.4, 0.6], vec![0.3, 0.7], vec![0.8, 0.2]];
     let r = ClassificationReport::from_scores(&s, &[0, 0, 1, 1], &names);
     assert_eq!(r.accuracy, 0.5);
     assert_eq!(r.confusion, vec![vec![1, 1], vec![1, 1]]);
@@ -181,8 +168,5 @@ fn metrics_on_hand_made_examples() {
     assert_eq!(r.per_class[1].support, 2);
     assert_eq!(r.roc_auc, Some(0.75)); // pos 0.7, 0.2 vs neg 0.1, 0.6 → (1 + 1 + 1 + 0)/4
     let json = serde_json::to_string(&r).unwrap();
-    assert_eq!(
-        serde_json::from_str::<ClassificationReport>(&json).unwrap(),
-        r
-    );
+    assert_eq!(serde_json::from_str::<ClassificationReport>(&json).unwrap(), r);
 }

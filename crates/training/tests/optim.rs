@@ -15,13 +15,7 @@ fn run(opt: &mut dyn Optimizer, vars: &[Var], steps: usize) -> Vec<Vec<f32>> {
         opt.step(&grads).unwrap();
         out.push(
             vars.iter()
-                .map(|v| {
-                    v.as_tensor()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()[0]
-                })
+                .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0])
                 .collect(),
         );
     }
@@ -70,11 +64,7 @@ fn sgd_plain_momentum_weight_decay_and_nesterov() {
     ];
     for (cfg, want) in cases {
         let p = var(1.0, &[2, 2]);
-        let mut opt = Sgd::new(
-            vec![ParamGroup::new("g", vec![("w".into(), p.clone())], 0.1)],
-            cfg,
-        )
-        .unwrap();
+        let mut opt = Sgd::new(vec![ParamGroup::new("g", vec![("w".into(), p.clone())], 0.1)], cfg).unwrap();
         let got: Vec<f32> = run(&mut opt, &[p], 3).into_iter().map(|v| v[0]).collect();
         close(&got, &want);
     }
@@ -184,9 +174,6 @@ fn state_roundtrip_resumes_exactly() {
         let mut a = make(&r);
         run(a.as_mut(), std::slice::from_ref(&r), 2);
         let mut b = make(&r);
-        assert_ne!(
-            run(b.as_mut(), std::slice::from_ref(&r), 2),
-            full[2..].to_vec()
-        );
+        assert_ne!(run(b.as_mut(), std::slice::from_ref(&r), 2), full[2..].to_vec());
     }
 }

@@ -7,7 +7,10 @@ use std::sync::OnceLock;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// The `trainer` binary of the same profile as this test, (re)built once per test process.
@@ -23,7 +26,8 @@ pub fn trainer_bin() -> PathBuf {
         let bin = profile_dir.join(format!("trainer{}", std::env::consts::EXE_SUFFIX));
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(workspace_root()).args(["build", "--quiet", "-p", "trainer"]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "trainer"]);
         if release {
             cmd.arg("--release");
         }
@@ -57,9 +61,15 @@ pub fn require(relative: &str) -> Option<PathBuf> {
     }
     let required = std::env::var("TL_REQUIRE_ASSETS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if required {
-        panic!("required test asset {} is missing (TL_REQUIRE_ASSETS=1)", path.display());
+        panic!(
+            "required test asset {} is missing (TL_REQUIRE_ASSETS=1)",
+            path.display()
+        );
     }
-    eprintln!("SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)", path.display());
+    eprintln!(
+        "SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)",
+        path.display()
+    );
     None
 }
 

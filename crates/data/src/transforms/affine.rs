@@ -45,11 +45,7 @@ impl RandomAffine {
                 zoom.0, zoom.1
             )));
         }
-        Ok(Self {
-            degrees,
-            zoom,
-            fill,
-        })
+        Ok(Self { degrees, zoom, fill })
     }
 
     /// Draw `(angle in degrees, zoom along rows, zoom along columns)` as Keras does.

@@ -24,12 +24,7 @@ pub struct ColorJitter {
 
 impl ColorJitter {
     /// Jitter with torchvision's scalar strengths; errors on negative values or `hue > 0.5`.
-    pub fn new(
-        brightness: f64,
-        contrast: f64,
-        saturation: f64,
-        hue: f64,
-    ) -> Result<Self, TransformError> {
+    pub fn new(brightness: f64, contrast: f64, saturation: f64, hue: f64) -> Result<Self, TransformError> {
         let around_one = |name: &str, v: f64| -> Result<Option<(f64, f64)>, TransformError> {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(TransformError::Invalid(format!(
@@ -56,8 +51,7 @@ impl ImageTransform for ColorJitter {
     fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
         let mut order = [0usize, 1, 2, 3];
         order.shuffle(rng);
-        let draw =
-            |r: Option<(f64, f64)>, rng: &mut ChaCha8Rng| r.map(|(lo, hi)| uniform(rng, lo, hi));
+        let draw = |r: Option<(f64, f64)>, rng: &mut ChaCha8Rng| r.map(|(lo, hi)| uniform(rng, lo, hi));
         let b = draw(self.brightness, rng);
         let c = draw(self.contrast, rng);
         let s = draw(self.saturation, rng);

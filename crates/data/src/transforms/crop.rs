@@ -12,8 +12,7 @@ use crate::config::Interpolation;
 pub fn crop(img: &RgbImage, top: i64, left: i64, h: usize, w: usize) -> RgbImage {
     let (ih, iw) = (img.height() as i64, img.width() as i64);
     if top >= 0 && left >= 0 && top + h as i64 <= ih && left + w as i64 <= iw {
-        return image::imageops::crop_imm(img, left as u32, top as u32, w as u32, h as u32)
-            .to_image();
+        return image::imageops::crop_imm(img, left as u32, top as u32, w as u32, h as u32).to_image();
     }
     let mut out = RgbImage::new(w as u32, h as u32);
     for y in 0..h as i64 {
@@ -44,9 +43,7 @@ impl CenterCrop {
     /// A center crop to `h × w`; errors when a dimension is zero.
     pub fn new(h: usize, w: usize) -> Result<Self, TransformError> {
         if h == 0 || w == 0 {
-            return Err(TransformError::Invalid(
-                "center crop size must be positive".into(),
-            ));
+            return Err(TransformError::Invalid("center crop size must be positive".into()));
         }
         Ok(Self { h, w })
     }
@@ -135,12 +132,7 @@ impl RandomResizedCrop {
     }
 
     /// The crop `(top, left, height, width)` for an image of `height × width` (torchvision `get_params`).
-    pub fn params(
-        &self,
-        height: usize,
-        width: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> (usize, usize, usize, usize) {
+    pub fn params(&self, height: usize, width: usize, rng: &mut ChaCha8Rng) -> (usize, usize, usize, usize) {
         let area = (height * width) as f64;
         let (log_lo, log_hi) = (self.ratio.0.ln(), self.ratio.1.ln());
         for _ in 0..10 {
@@ -157,15 +149,9 @@ impl RandomResizedCrop {
         // Fallback to a central crop.
         let in_ratio = width as f64 / height as f64;
         let (h, w) = if in_ratio < self.ratio.0 {
-            (
-                ((width as f64) / self.ratio.0).round_ties_even() as usize,
-                width,
-            )
+            (((width as f64) / self.ratio.0).round_ties_even() as usize, width)
         } else if in_ratio > self.ratio.1 {
-            (
-                height,
-                ((height as f64) * self.ratio.1).round_ties_even() as usize,
-            )
+            (height, ((height as f64) * self.ratio.1).round_ties_even() as usize)
         } else {
             (height, width)
         };

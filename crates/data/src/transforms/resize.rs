@@ -71,14 +71,9 @@ impl Resize {
             ResizeSize::Exact { h, w } | ResizeSize::Cover { h, w } => h == 0 || w == 0,
         };
         if zero {
-            return Err(TransformError::Invalid(
-                "resize size must be positive".into(),
-            ));
+            return Err(TransformError::Invalid("resize size must be positive".into()));
         }
-        Ok(Self {
-            size,
-            interpolation,
-        })
+        Ok(Self { size, interpolation })
     }
 }
 
@@ -142,12 +137,7 @@ struct Coeffs {
     ksize: usize,
 }
 
-fn precompute_coeffs(
-    in_size: usize,
-    out_size: usize,
-    support: f64,
-    filter: fn(f64) -> f64,
-) -> Coeffs {
+fn precompute_coeffs(in_size: usize, out_size: usize, support: f64, filter: fn(f64) -> f64) -> Coeffs {
     let scale = in_size as f32 as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = support * filterscale;
@@ -161,8 +151,7 @@ fn precompute_coeffs(
         let center = (xx as f64 + 0.5) * scale;
         // C's `(int)` truncates toward zero; clamping to 0 makes that irrelevant for negative values.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax =
-            (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
+        let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
         let xmax = xmax.min(ksize);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(xmax) {
@@ -251,8 +240,7 @@ fn resample(img: &RgbImage, h: usize, w: usize, support: f64, filter: fn(f64) ->
     };
 
     if h == ih {
-        return RgbImage::from_raw(tmp_w as u32, h as u32, tmp.to_vec())
-            .expect("buffer matches dimensions");
+        return RgbImage::from_raw(tmp_w as u32, h as u32, tmp.to_vec()).expect("buffer matches dimensions");
     }
 
     // Vertical pass over contiguous rows.

@@ -117,10 +117,7 @@ impl Optimizer for Adam {
     }
 
     fn lr(&self) -> f64 {
-        self.groups
-            .first()
-            .map(|g| g.lr * self.scale)
-            .unwrap_or(0.0)
+        self.groups.first().map(|g| g.lr * self.scale).unwrap_or(0.0)
     }
 
     fn state(&self) -> OptimState {

@@ -72,10 +72,7 @@ pub(crate) fn check_groups(groups: &[ParamGroup]) -> Result<()> {
             )));
         }
         if !seen.insert(g.name.clone()) {
-            return Err(Error::Config(format!(
-                "two parameter groups are named `{}`",
-                g.name
-            )));
+            return Err(Error::Config(format!("two parameter groups are named `{}`", g.name)));
         }
     }
     Ok(())

@@ -96,10 +96,7 @@ impl Optimizer for Sgd {
     }
 
     fn lr(&self) -> f64 {
-        self.groups
-            .first()
-            .map(|g| g.lr * self.scale)
-            .unwrap_or(0.0)
+        self.groups.first().map(|g| g.lr * self.scale).unwrap_or(0.0)
     }
 
     fn state(&self) -> OptimState {
