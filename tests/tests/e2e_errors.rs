@@ -57,6 +57,7 @@ fn unknown_model_suggests_the_nearest_name() {
 #[test]
 fn default_job_offline_fails_fast_with_guidance() {
     let tmp = tempfile::tempdir().unwrap();
+    common::trainer_bin(); // built before the clock starts
     let start = Instant::now();
     let out = run(trainer()
         .env("XDG_CACHE_HOME", tmp.path())

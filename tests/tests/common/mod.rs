@@ -15,8 +15,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// The `trainer` binary of the same profile as this test, (re)built once per test process.
 ///
-/// `cargo test` builds binaries only for tests of their own package, so the binary is brought up to date here
-/// (a no-op when it already is).
+/// `cargo test` builds binaries only for tests of their own package, so the binary is brought up to date here with
+/// the same command the README's test command runs first (`cargo build --release --workspace --bins`), which makes
+/// this a no-op there; feature resolution differs for `-p trainer` alone, which would rebuild dependencies.
 pub fn trainer_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
