@@ -1,8 +1,8 @@
 //! MobileNetV3-Large 1.0 creates exactly timm's tensors (names and shapes).
 
-mod efficientnet_support;
+mod support;
 
 #[test]
 fn mobilenetv3_large_100_matches_manifest() {
-    efficientnet_support::check_manifest("mobilenetv3_large_100");
+    support::check_manifest("mobilenetv3_large_100");
 }

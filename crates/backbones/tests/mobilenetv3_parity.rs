@@ -1,8 +1,8 @@
 //! Numerical parity of MobileNetV3-Large 1.0 with timm (eval mode) on the shared fixture.
 
-mod efficientnet_support;
+mod support;
 
 #[test]
 fn mobilenetv3_large_100_matches_timm() {
-    efficientnet_support::check_parity("mobilenetv3_large_100", "mobilenetv3_large_100");
+    support::check_parity("mobilenetv3_large_100", "mobilenetv3_large_100");
 }

@@ -1,50 +1,18 @@
 //! ResNet-18/34/50 take exactly the tensors of timm's Hub checkpoints (names and shapes), and nothing else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use backbones::{params::name_has_prefix, zoo, ParamStore};
 use candle_core::{DType, Device, Tensor};
+use support::{manifest, store_from};
 
-/// The manifest's `name → shape` for `arch`, or None when the shared assets are absent.
-fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
-    let path = data::assets::require("parity/timm_manifest.json")?;
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let tensors = json[arch]["tensors"].as_object().expect("architecture in manifest");
-    Some(
-        tensors
-            .iter()
-            .map(|(k, v)| {
-                let shape = v
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect();
-                (k.clone(), shape)
-            })
-            .collect(),
-    )
-}
-
-/// A store over zeros of exactly the manifest's names and shapes.
-fn zeros_store(names: &BTreeMap<String, Vec<usize>>) -> ParamStore {
-    let tensors: HashMap<String, Tensor> = names
-        .iter()
-        .map(|(k, s)| {
-            (
-                k.clone(),
-                Tensor::zeros(s.as_slice(), DType::F32, &Device::Cpu).unwrap(),
-            )
-        })
-        .collect();
-    ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu)
-}
+mod support;
 
 fn check(arch: &str, num_features: usize) {
     let Some(expected) = manifest(arch) else {
         return;
     };
-    let store = zeros_store(&expected);
+    let store = store_from(&expected);
     let model = zoo::build(arch, &store).unwrap();
     assert!(store.unused().is_empty(), "{arch}: unused {:?}", store.unused());
     let created: BTreeMap<String, Vec<usize>> = store
@@ -98,7 +66,7 @@ fn resnet_without_fc_has_no_classifier() {
         return;
     };
     expected.retain(|k, _| !k.starts_with("fc."));
-    let store = zeros_store(&expected);
+    let store = store_from(&expected);
     let model = zoo::build("resnet18", &store).unwrap();
     assert!(!model.has_classifier());
     let pooled = Tensor::zeros((2, 512), DType::F32, &Device::Cpu).unwrap();
@@ -112,7 +80,7 @@ fn wrong_shape_is_an_error_naming_the_tensor() {
         return;
     };
     expected.insert("layer3.1.conv2.weight".into(), vec![256, 256, 1, 1]);
-    let err = match zoo::build("resnet18", &zeros_store(&expected)) {
+    let err = match zoo::build("resnet18", &store_from(&expected)) {
         Ok(_) => panic!("a wrong shape must not build"),
         Err(e) => e.to_string(),
     };

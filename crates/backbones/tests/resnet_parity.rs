@@ -1,24 +1,10 @@
 //! ResNet-18 against timm's float32 eval-mode references (pooled features and logits).
 
 use backbones::{zoo, ParamStore};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
+use support::assert_close;
 
-/// The largest absolute value of `t`.
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .and_then(|a| a.max_all())
-        .and_then(|m| m.to_scalar::<f32>())
-        .unwrap()
-}
-
-/// max |ours − ref| ≤ 1e-3 · max(1, max |ref|).
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
-    let diff = max_abs(&(ours - reference).unwrap());
-    let scale = max_abs(reference).max(1.0);
-    eprintln!("{what}: max |ours - ref| = {diff:.3e}, max(1, max |ref|) = {scale:.3}");
-    assert!(diff <= 1e-3 * scale, "{what}: max diff {diff} > {}", 1e-3 * scale);
-}
+mod support;
 
 #[test]
 fn resnet18_matches_timm() {

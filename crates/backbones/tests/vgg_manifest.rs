@@ -1,46 +1,18 @@
 //! VGG-16 takes exactly the tensors of timm's Hub checkpoint (names and shapes), and nothing else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use backbones::{params::name_has_prefix, zoo, ParamStore};
-use candle_core::{DType, Device, Tensor};
+use backbones::{params::name_has_prefix, zoo};
+use support::{manifest, store_from};
 
-/// The manifest's `name → shape` for `arch`, or None when the shared assets are absent.
-fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
-    let path = data::assets::require("parity/timm_manifest.json")?;
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let tensors = json[arch]["tensors"].as_object().expect("architecture in manifest");
-    Some(
-        tensors
-            .iter()
-            .map(|(k, v)| {
-                let shape = v
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect();
-                (k.clone(), shape)
-            })
-            .collect(),
-    )
-}
+mod support;
 
 #[test]
 fn vgg16_manifest() {
     let Some(expected) = manifest("vgg16") else {
         return;
     };
-    let tensors: HashMap<String, Tensor> = expected
-        .iter()
-        .map(|(k, s)| {
-            (
-                k.clone(),
-                Tensor::zeros(s.as_slice(), DType::F32, &Device::Cpu).unwrap(),
-            )
-        })
-        .collect();
-    let store = ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let store = store_from(&expected);
     let model = zoo::build("vgg16", &store).unwrap();
     assert!(store.unused().is_empty(), "unused {:?}", store.unused());
     let created: BTreeMap<String, Vec<usize>> = store
@@ -82,16 +54,7 @@ fn vgg16_without_head_weights_is_trunk_only() {
         return;
     };
     expected.retain(|k, _| k.starts_with("features."));
-    let tensors: HashMap<String, Tensor> = expected
-        .iter()
-        .map(|(k, s)| {
-            (
-                k.clone(),
-                Tensor::zeros(s.as_slice(), DType::F32, &Device::Cpu).unwrap(),
-            )
-        })
-        .collect();
-    let store = ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let store = store_from(&expected);
     let model = zoo::build("vgg16", &store).unwrap();
     assert!(store.unused().is_empty());
     assert!(!model.has_classifier());

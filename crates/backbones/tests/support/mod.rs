@@ -1,4 +1,4 @@
-//! Test helpers shared by the EfficientNet / MobileNetV3 tests: parity fixtures and manifest stores.
+//! Test helpers shared by the backbone tests: parity fixtures, the parity criterion and manifest stores.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -114,9 +114,8 @@ pub fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
     )
 }
 
-/// A store over zeros of exactly the manifest's names and shapes (running variances filled with ones).
-pub fn manifest_store(arch: &str) -> Option<(ParamStore, BTreeMap<String, Vec<usize>>)> {
-    let m = manifest(arch)?;
+/// A store over zeros of exactly these names and shapes (running variances filled with ones).
+pub fn store_from(m: &BTreeMap<String, Vec<usize>>) -> ParamStore {
     let tensors: HashMap<String, Tensor> = m
         .iter()
         .map(|(k, s)| {
@@ -128,7 +127,13 @@ pub fn manifest_store(arch: &str) -> Option<(ParamStore, BTreeMap<String, Vec<us
             (k.clone(), t.unwrap())
         })
         .collect();
-    Some((ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu), m))
+    ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu)
+}
+
+/// A store over the manifest's names and shapes for `arch` (see [`store_from`]), with the manifest.
+pub fn manifest_store(arch: &str) -> Option<(ParamStore, BTreeMap<String, Vec<usize>>)> {
+    let m = manifest(arch)?;
+    Some((store_from(&m), m))
 }
 
 /// Build `arch` over the manifest store and check names, shapes and that nothing is unused.
