@@ -192,6 +192,11 @@ impl SqueezeExcite {
         })
     }
 
+    /// The reduce and expand convolutions, the activation and the gate.
+    pub fn parts(&self) -> (&Conv2d, &Conv2d, Activation, Activation) {
+        (&self.conv_reduce, &self.conv_expand, self.act, self.gate)
+    }
+
     /// Rescale the channels of `x` (N×C×H×W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = x.mean_keepdim(2)?.mean_keepdim(3)?;

@@ -9,6 +9,7 @@ use crate::blocks::{
     SeWidth,
 };
 use crate::error::Result;
+use crate::infer::MobilePlan;
 use crate::layers::{Activation, Linear};
 use crate::params::ParamStore;
 
@@ -99,6 +100,18 @@ impl EfficientNet {
             classifier,
         })
     }
+
+    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
+    pub fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
+        Ok(self.inference_plan(x, train)?.is_some())
+    }
+
+    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<MobilePlan>> {
+        if !crate::infer::eligible(&self.store, x, train) {
+            return Ok(None);
+        }
+        MobilePlan::build(&self.stem, &self.blocks, Some(&self.head))
+    }
 }
 
 impl Backbone for EfficientNet {
@@ -119,6 +132,9 @@ impl Backbone for EfficientNet {
     }
 
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(plan) = self.inference_plan(x, train)? {
+            return plan.forward(x);
+        }
         let x = self.stem.forward(x, train)?;
         let x = forward_stages(&self.blocks, &x, train)?;
         self.head.forward(&x, train)

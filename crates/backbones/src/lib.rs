@@ -11,6 +11,7 @@ pub mod efficientnet;
 pub mod error;
 pub mod fused;
 pub mod hub;
+mod infer;
 pub mod layers;
 pub mod mobilenetv3;
 pub mod ops;

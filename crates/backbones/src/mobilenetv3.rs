@@ -9,6 +9,7 @@ use crate::blocks::{
     SeWidth,
 };
 use crate::error::Result;
+use crate::infer::MobilePlan;
 use crate::layers::{global_avg_pool, Activation, Conv2d, ConvConfig, Linear};
 use crate::params::ParamStore;
 
@@ -84,6 +85,18 @@ impl MobileNetV3 {
             classifier,
         })
     }
+
+    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
+    pub fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
+        Ok(self.inference_plan(x, train)?.is_some())
+    }
+
+    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<MobilePlan>> {
+        if !crate::infer::eligible(&self.store, x, train) {
+            return Ok(None);
+        }
+        MobilePlan::build(&self.stem, &self.blocks, None)
+    }
 }
 
 impl Backbone for MobileNetV3 {
@@ -105,6 +118,9 @@ impl Backbone for MobileNetV3 {
 
     /// The last feature map before the head: N×960×h×w.
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(plan) = self.inference_plan(x, train)? {
+            return plan.forward(x);
+        }
         let x = self.stem.forward(x, train)?;
         forward_stages(&self.blocks, &x, train)
     }

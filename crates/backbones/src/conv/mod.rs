@@ -162,7 +162,7 @@ impl Geom {
 
 /// Row-major GEMM `dst (m×n) = [dst +] a (m×k, strides ars/acs) · b (k×n, strides brs/bcs)`.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(crate) fn gemm(
     m: usize,
     n: usize,
     k: usize,
