@@ -248,20 +248,24 @@ pub fn dense_from_nchw(
     threads: usize,
 ) {
     let (k, kd, hw) = (g.k, ci * g.k * g.k, g.ho * g.wo);
-    col.clear();
-    col.resize(hw * kd, 0.0);
+    if col.len() < hw * kd {
+        col.resize(hw * kd, 0.0);
+    }
     for oy in 0..g.ho {
         let (ky0, ky1) = g.taps(oy, g.top, g.h);
         for ox in 0..g.wo {
             let (kx0, kx1) = g.taps(ox, g.left, g.w);
             let row = &mut col[(oy * g.wo + ox) * kd..][..kd];
+            let interior = ky0 == 0 && ky1 == k && kx0 == 0 && kx1 == k;
+            if !interior {
+                row.fill(0.0);
+            }
             for c in 0..ci {
                 for ky in ky0..ky1 {
                     let iy = oy * g.stride + ky - g.top;
-                    for kx in kx0..kx1 {
-                        let ix = ox * g.stride + kx - g.left;
-                        row[(c * k + ky) * k + kx] = x[(c * g.h + iy) * g.w + ix];
-                    }
+                    let ix = ox * g.stride + kx0 - g.left;
+                    let src = &x[(c * g.h + iy) * g.w + ix..][..kx1 - kx0];
+                    row[(c * k + ky) * k + kx0..(c * k + ky) * k + kx1].copy_from_slice(src);
                 }
             }
         }

@@ -8,6 +8,8 @@
 
 mod kernels;
 
+use std::cell::RefCell;
+
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
@@ -285,22 +287,31 @@ impl MobilePlan {
             )));
         }
         let shapes = self.shapes(h, w)?;
-        let xs = values(x)?;
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            return Err(crate::Error::Msg(
+                "the inference path runs on contiguous CPU tensors".into(),
+            ));
+        };
+        let xs = &cpu.as_slice::<f32>()?[start..end];
         let (ho, wo, co) = shapes.out;
         let (img, out_len) = (ci * h * w, co * ho * wo);
         let mut out = vec![0f32; n * out_len];
         let threads = rayon::current_num_threads().max(1);
+        // Buffers live per thread across calls: no page faults or zeroing for the large maps after the first batch.
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+        }
+        let run = |i: usize, o: &mut [f32], threads: usize| {
+            SCRATCH.with(|s| self.image(&xs[i * img..(i + 1) * img], &shapes, &mut s.borrow_mut(), o, threads))
+        };
         if n >= threads {
-            out.par_chunks_mut(out_len)
-                .enumerate()
-                .for_each_init(Scratch::default, |s, (i, o)| {
-                    self.image(&xs[i * img..(i + 1) * img], &shapes, s, o, 1)
-                });
+            out.par_chunks_mut(out_len).enumerate().for_each(|(i, o)| run(i, o, 1));
         } else {
-            let mut s = Scratch::default();
-            for (i, o) in out.chunks_mut(out_len).enumerate() {
-                self.image(&xs[i * img..(i + 1) * img], &shapes, &mut s, o, threads);
-            }
+            out.chunks_mut(out_len)
+                .enumerate()
+                .for_each(|(i, o)| run(i, o, threads));
         }
         Ok(Tensor::from_vec(out, (n, co, ho, wo), &Device::Cpu)?)
     }
