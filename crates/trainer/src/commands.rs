@@ -483,6 +483,15 @@ fn list_models() {
 fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) -> anyhow::Result<ExitCode> {
     require_exists(path, "PATH")?;
     let report = backend.inspect(path, strict)?;
+    if strict {
+        if let Some((file, why)) = report.skipped.first() {
+            let more = match report.skipped.len() - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more unreadable files)"),
+            };
+            anyhow::bail!("--strict: {}: {why}{more}", file.display());
+        }
+    }
     if format == LogFormat::Json {
         // Invariant: names, counts and paths serialise.
         println!("{}", serde_json::to_string(&report).expect("report serialises"));
@@ -501,11 +510,7 @@ fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) 
             println!("  skipped {}: {why}", file.display());
         }
     }
-    Ok(if strict && !report.skipped.is_empty() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
 fn lr_find_cmd(ctx: Context, args: &LrFindArgs, backend: &dyn Backend, reporter: &mut Reporter) -> anyhow::Result<()> {
@@ -735,7 +740,10 @@ mod tests {
         let cfg = resolve_line(&["trainer", "train", "--data", d, "--epochs", "3", "--project", p]).unwrap();
         let sink = Sink::default();
         let mut rep = Reporter::to_writer(LogFormat::Json, false, Box::new(sink.clone()));
-        let fake = Fake { image, fail_after: None };
+        let fake = Fake {
+            image,
+            fail_after: None,
+        };
         let run = train_run(cfg.clone(), &fake, &mut rep).unwrap();
         assert_eq!(run, project.join("train"));
         for f in [
@@ -788,7 +796,16 @@ mod tests {
         let e = train_run(cfg, &failing, &mut quiet()).unwrap_err();
         assert!(e.to_string().contains("--data /no/such/data") && crate::error::exit_code(&e) == 2);
         assert!(!project.exists());
-        let cfg = resolve_line(&["trainer", "train", "--data", d, "--weights", "/no/w.safetensors", "--project", p]);
+        let cfg = resolve_line(&[
+            "trainer",
+            "train",
+            "--data",
+            d,
+            "--weights",
+            "/no/w.safetensors",
+            "--project",
+            p,
+        ]);
         let e = train_run(cfg.unwrap(), &failing, &mut quiet()).unwrap_err();
         assert!(e.to_string().contains("--weights") && !project.exists());
 
@@ -803,7 +820,10 @@ mod tests {
             image: dir.path().join("none.png"),
             fail_after: None,
         };
-        assert_eq!(train_run(cfg.clone(), &ok, &mut quiet()).unwrap(), project.join("train"));
+        assert_eq!(
+            train_run(cfg.clone(), &ok, &mut quiet()).unwrap(),
+            project.join("train")
+        );
         train_run(cfg.clone(), &failing, &mut quiet()).unwrap_err();
         assert!(project.join("train/report.html").is_file() && !project.join("train2").exists());
 
@@ -814,7 +834,10 @@ mod tests {
         };
         train_run(cfg.clone(), &late, &mut quiet()).unwrap_err();
         assert_eq!(
-            std::fs::read_to_string(project.join("train2/metrics.csv")).unwrap().lines().count(),
+            std::fs::read_to_string(project.join("train2/metrics.csv"))
+                .unwrap()
+                .lines()
+                .count(),
             2
         );
 

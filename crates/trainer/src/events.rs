@@ -462,7 +462,10 @@ mod tests {
         let screen = term.contents();
         assert!(!screen.contains("img/s"), "the bar is cleared: {screen}");
         let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        assert!(out.starts_with("epoch 2: train loss") && out.lines().count() == 1, "{out}");
+        assert!(
+            out.starts_with("epoch 2: train loss") && out.lines().count() == 1,
+            "{out}"
+        );
     }
 
     #[test]
@@ -484,7 +487,10 @@ mod tests {
         });
         let screen = term.contents();
         assert!(screen.contains("extracting features (train) ["), "{screen}");
-        assert!(screen.contains("] 160/398 images ") && screen.contains(" img/s ETA "), "{screen}");
+        assert!(
+            screen.contains("] 160/398 images ") && screen.contains(" img/s ETA "),
+            "{screen}"
+        );
         r.emit(Event::Info {
             message: "a note while the bar is up".into(),
         });

@@ -11,8 +11,8 @@ use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use training::{
-    extract_features, fine_tune, fit, fit_observed, load_or_compute, set_trainable, Adam, AdamConfig, CacheKey, CacheStatus, Error,
-    FineTuneConfig, FitConfig, Model, Optimizer, ParamGroup, Schedule, Sgd, SgdConfig, Unfreeze,
+    extract_features, fine_tune, fit, fit_observed, load_or_compute, set_trainable, Adam, AdamConfig, CacheKey,
+    CacheStatus, Error, FineTuneConfig, FitConfig, Model, Optimizer, ParamGroup, Schedule, Sgd, SgdConfig, Unfreeze,
 };
 
 /// conv(3→4) → BN → ReLU → conv(4→8) → ReLU, on 8×8 images; stages `stem` and `stage1`.
@@ -257,8 +257,14 @@ fn fit_observed_reports_every_batch_with_running_figures() {
             / 30.0;
         let last = epoch.last().unwrap();
         assert!((last.mean_loss - weighted).abs() < 1e-9, "{last:?}");
-        assert!((last.mean_loss - record.train_loss).abs() < 1e-12, "{last:?} vs {record:?}");
-        assert!((last.accuracy - record.train_acc).abs() < 1e-12, "{last:?} vs {record:?}");
+        assert!(
+            (last.mean_loss - record.train_loss).abs() < 1e-12,
+            "{last:?} vs {record:?}"
+        );
+        assert!(
+            (last.accuracy - record.train_acc).abs() < 1e-12,
+            "{last:?} vs {record:?}"
+        );
     }
 }
 

@@ -408,7 +408,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             seed: cfg.seed,
         };
         let t0 = Instant::now();
-        let mut progress = |task: &str, done: usize, total: usize| job.observer.borrow_mut().progress(task, done, total);
+        let mut progress =
+            |task: &str, done: usize, total: usize| job.observer.borrow_mut().progress(task, done, total);
         let tf = inputs::features(
             &cache,
             &train,
