@@ -106,3 +106,73 @@ fn data_inspect_reports_classes_and_counts() {
     assert!(text.contains("ants") && text.contains("124"), "{text}");
     assert!(text.contains("bees") && text.contains("121"), "{text}");
 }
+
+/// Entries of `dir` (empty when it does not exist).
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_train_leaves_no_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("runs");
+    std::fs::create_dir(&project).unwrap();
+    // A missing path: refused before the run folder exists.
+    let out = run(trainer()
+        .args(["train", "--data", "/no/such", "--project"])
+        .arg(&project)
+        .current_dir(tmp.path()));
+    assert_clean_failure(&out, "--data /no/such");
+    assert_eq!(entries(&project), Vec::<String>::new());
+
+    // A data error found after the folder was made (one class only): the folder is removed again.
+    let one = tmp.path().join("one-class/ants");
+    std::fs::create_dir_all(&one).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]))
+        .save(one.join("a.png"))
+        .unwrap();
+    let out = run(trainer()
+        .args(["train", "--model", "resnet18", "--data"])
+        .arg(tmp.path().join("one-class"))
+        .arg("--project")
+        .arg(&project)
+        .current_dir(tmp.path()));
+    assert_clean_failure(&out, "--data");
+    assert_eq!(entries(&project), Vec::<String>::new(), "no run folder left behind");
+    assert!(!tmp.path().join("runs/train").exists() && !tmp.path().join("runs/train2").exists());
+}
+
+#[test]
+fn data_inspect_strict_fails_on_a_corrupt_image_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for class in ["ants", "bees"] {
+        let dir = tmp.path().join(class);
+        std::fs::create_dir(&dir).unwrap();
+        image::RgbImage::from_pixel(16, 12, image::Rgb([200, 100, 50]))
+            .save(dir.join("ok.png"))
+            .unwrap();
+    }
+    let corrupt = tmp.path().join("bees/broken.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8\xff\xe0 this is not really a JPEG").unwrap();
+
+    // Plain inspect: the file is reported as skipped, exit 0.
+    let out = run(trainer().args(["data", "inspect"]).arg(tmp.path()));
+    assert!(out.status.success(), "{}", common::log_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 classes, 3 images"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("skipped") && l.contains("broken.jpg")),
+        "{text}"
+    );
+
+    // --strict: non-zero, one error line naming the file.
+    let out = run(trainer().args(["data", "inspect", "--strict"]).arg(tmp.path()));
+    assert_clean_failure(&out, corrupt.to_str().unwrap());
+    assert!(stderr_of(&out).starts_with("error: --strict: "), "{}", stderr_of(&out));
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+}

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{require, run, trainer};
+use common::{json_events, require, run, trainer};
 
 fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -38,8 +38,11 @@ fn feature_extraction_train_evaluate_predict_export() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let run_dir = tmp.path().join("run");
-    let train = |out: &Path| {
+    let train = |out: &Path, json: bool| {
         let mut cmd = trainer();
+        if json {
+            cmd.args(["--log-format", "json"]);
+        }
         cmd.env("GRAFT_CACHE_DIR", &cache)
             .args(["train", "--model", "tf_efficientnet_lite0"]);
         cmd.arg("--weights").arg(&weights);
@@ -53,7 +56,7 @@ fn feature_extraction_train_evaluate_predict_export() {
     };
 
     // 1. Train: val accuracy >= 0.935 (PyTorch + timm linear probe on the same weights: 0.954).
-    let out = train(&run_dir);
+    let out = train(&run_dir, true);
     assert!(out.status.success(), "train failed");
     let first_log = format!(
         "{}{}",
@@ -64,6 +67,7 @@ fn feature_extraction_train_evaluate_predict_export() {
         first_log.contains("feature cache: miss"),
         "first run computes features:\n{first_log}"
     );
+    check_json_progress(&json_events(&out.stdout), (245, 153));
     let metrics = read_json(&run_dir.join("metrics.json"));
     let val_acc = metrics["val_accuracy"].as_f64().expect("metrics.json has val_accuracy");
     println!("feature-extract val accuracy {val_acc:.4}");
@@ -97,8 +101,19 @@ fn feature_extraction_train_evaluate_predict_export() {
     }
 
     // 3. A second run with the same inputs reuses the feature cache.
-    let out = train(&tmp.path().join("run2"));
+    let out = train(&tmp.path().join("run2"), false);
     assert!(out.status.success());
+    // Text to a pipe: plain lines, one per epoch, no per-batch lines or bar updates.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("epoch ")).count(),
+        10,
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("img/s") && !stdout.contains('\r') && !stdout.contains('\x1b'),
+        "{stdout}"
+    );
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -160,4 +175,49 @@ fn feature_extraction_train_evaluate_predict_export() {
         preds,
         "exported model predicts the same"
     );
+}
+
+/// The JSON log of a run with a feature-cache miss: extraction progress for train and val from 0 to all images,
+/// and a `batch` event for every batch of every epoch, numbered in order, with running figures.
+fn check_json_progress(events: &[serde_json::Value], (train, val): (u64, u64)) {
+    let of = |kind: &'static str| events.iter().filter(move |e| e["event"] == kind);
+    for (task, total) in [
+        ("extracting features (train)", train),
+        ("extracting features (val)", val),
+    ] {
+        let done: Vec<u64> = of("progress")
+            .filter(|e| e["task"] == task)
+            .map(|e| {
+                assert_eq!(e["total"].as_u64(), Some(total), "{e}");
+                e["done"].as_u64().expect("done")
+            })
+            .collect();
+        assert!(done.len() >= 3, "{task}: start, per-batch and end updates: {done:?}");
+        assert_eq!((done[0], *done.last().unwrap()), (0, total), "{task}: {done:?}");
+        assert!(done.windows(2).all(|w| w[0] < w[1]), "{task}: increasing: {done:?}");
+    }
+    let epochs: Vec<&serde_json::Value> = of("epoch_started").collect();
+    assert_eq!(epochs.len(), 10, "default epochs");
+    for start in epochs {
+        let (epoch, batches) = (start["epoch"].as_u64().unwrap(), start["batches"].as_u64().unwrap());
+        assert_eq!(batches, train.div_ceil(32), "batch size 32");
+        let seen: Vec<&serde_json::Value> = of("batch").filter(|b| b["epoch"].as_u64() == Some(epoch)).collect();
+        let numbers: Vec<u64> = seen.iter().map(|b| b["batch"].as_u64().unwrap()).collect();
+        assert_eq!(numbers, (1..=batches).collect::<Vec<_>>(), "epoch {epoch}");
+        let last = seen.last().unwrap();
+        assert_eq!(last["samples"].as_u64(), Some(train), "epoch {epoch}: {last}");
+        let acc = last["accuracy"].as_f64().unwrap();
+        let loss = last["loss"].as_f64().unwrap();
+        let ended = of("epoch_ended")
+            .find(|e| e["epoch"].as_u64() == Some(epoch))
+            .expect("epoch_ended");
+        assert!(
+            (acc - ended["train_acc"].as_f64().unwrap()).abs() < 1e-9,
+            "{last} vs {ended}"
+        );
+        assert!(
+            (loss - ended["train_loss"].as_f64().unwrap()).abs() < 1e-9,
+            "{last} vs {ended}"
+        );
+    }
 }

@@ -8,12 +8,32 @@ use crate::predict_out::FilePrediction;
 use crate::spec::DeviceSpec;
 use crate::summary::{EpochRow, EvalSummary, TrainOutcome, WrongExample};
 
+/// Running figures of the epoch after a training batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchStats {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Batch number within the epoch, from 1.
+    pub batch: usize,
+    /// Batches in this epoch.
+    pub batches: usize,
+    /// Mean loss per sample over the epoch so far.
+    pub loss: f64,
+    /// Accuracy over the epoch so far.
+    pub accuracy: f64,
+    /// Samples trained on so far in this epoch.
+    pub samples: usize,
+}
+
 /// Receives progress while training; the CLI prints it and rewrites `metrics.csv` after every epoch.
 pub trait TrainObserver {
     /// An epoch of `batches` batches begins.
     fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize);
-    /// A training batch finished with this loss.
-    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64);
+    /// A training batch finished.
+    fn batch(&mut self, stats: &BatchStats);
+    /// `done` of `total` images of a long task (e.g. `extracting features (train)`) are processed; called with
+    /// `done == 0` when it starts and `done == total` when it ends.
+    fn progress(&mut self, _task: &str, _done: usize, _total: usize) {}
     /// An epoch finished; an error (e.g. the run folder vanished) should stop training.
     fn epoch_ended(&mut self, row: &EpochRow) -> anyhow::Result<()>;
     /// A note for the user (e.g. whether the feature cache was hit).

@@ -8,7 +8,7 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 
 use crate::atomic::write_atomic;
-use crate::backend::{Backend, Context, ModelSource, TrainObserver};
+use crate::backend::{Backend, BatchStats, Context, ModelSource, TrainObserver};
 use crate::cli::{Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs, PredictArgs, TrainArgs};
 use crate::config::{non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig};
 use crate::error::UsageError;
@@ -147,12 +147,21 @@ impl TrainObserver for RunObserver<'_> {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize) {
         self.reporter.emit(Event::EpochStarted { epoch, epochs, batches });
     }
-    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
+    fn batch(&mut self, s: &BatchStats) {
         self.reporter.emit(Event::Batch {
-            epoch,
-            batch,
-            batches,
-            loss,
+            epoch: s.epoch,
+            batch: s.batch,
+            batches: s.batches,
+            loss: s.loss,
+            accuracy: s.accuracy,
+            samples: s.samples,
+        });
+    }
+    fn progress(&mut self, task: &str, done: usize, total: usize) {
+        self.reporter.emit(Event::Progress {
+            task: task.to_string(),
+            done,
+            total,
         });
     }
     fn epoch_ended(&mut self, row: &EpochRow) -> anyhow::Result<()> {
@@ -168,13 +177,100 @@ impl TrainObserver for RunObserver<'_> {
     }
 }
 
+/// What a failed run may remove: only what this invocation created or wrote into an empty folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cleanup {
+    /// The run folder was empty or absent before: everything in it is this run's.
+    empty_before: bool,
+    /// The run folder did not exist before.
+    created: bool,
+    /// The project folder (auto-named runs) did not exist before.
+    created_project: Option<PathBuf>,
+}
+
+impl Cleanup {
+    /// Look at the folders `train_run` is about to use, before it creates them.
+    fn before(cfg: &TrainConfig) -> Option<Self> {
+        if cfg.resume.is_some() {
+            return None;
+        }
+        let empty = |p: &Path| std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true);
+        Some(match &cfg.out {
+            Some(out) => Self {
+                empty_before: empty(out),
+                created: !out.exists(),
+                created_project: None,
+            },
+            None => {
+                // Without --exist-ok the run folder is always a new one; with it, `project/name` may be reused.
+                let reused = cfg.project.join(&cfg.name);
+                let fresh = !cfg.exist_ok || !reused.exists();
+                Self {
+                    empty_before: fresh || empty(&reused),
+                    created: fresh,
+                    created_project: (!cfg.project.exists()).then(|| cfg.project.clone()),
+                }
+            }
+        })
+    }
+
+    /// Remove what a run that failed before finishing an epoch left in `run_dir`.
+    fn apply(&self, run_dir: &Path) {
+        if !self.empty_before {
+            return;
+        }
+        if self.created {
+            let _ = std::fs::remove_dir_all(run_dir);
+        } else if let Ok(entries) = std::fs::read_dir(run_dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+        if let Some(project) = &self.created_project {
+            // Only when empty: a concurrent run may have put its folder there.
+            let _ = std::fs::remove_dir(project);
+        }
+    }
+}
+
+/// The paths a run needs, checked before its folder is created.
+fn check_inputs(cfg: &TrainConfig) -> Result<(), UsageError> {
+    for (path, flag) in [(&cfg.data, "--data"), (&cfg.val, "--val"), (&cfg.weights, "--weights")] {
+        if let Some(p) = path {
+            require_exists(p, flag)?;
+        }
+    }
+    if let Some(out) = &cfg.out {
+        if out.is_file() {
+            return Err(UsageError(format!("--out {} is a file, not a folder", out.display())));
+        }
+    }
+    Ok(())
+}
+
 /// Create (or reuse, for `--resume`) the run folder, record the config, train, and write every artifact.
+///
+/// Paths are checked before the folder is created; when training fails before its first epoch ends, the folder
+/// this invocation created (or filled from empty) is removed again, so a mistake leaves nothing behind.
 pub fn train_run(cfg: TrainConfig, backend: &dyn Backend, reporter: &mut Reporter) -> anyhow::Result<PathBuf> {
+    check_inputs(&cfg)?;
+    let cleanup = Cleanup::before(&cfg);
     let run_dir = match &cfg.resume {
         Some(dir) => dir.clone(),
         None => run_dir::create_run_dir(cfg.out.as_deref(), &cfg.project, &cfg.name, cfg.exist_ok)?,
     };
-    write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let fail = |e: anyhow::Error| {
+        if let Some(c) = &cleanup {
+            c.apply(&run_dir);
+        }
+        e
+    };
+    write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| fail(e.into()))?;
     reporter.emit(Event::RunStarted {
         run_dir: run_dir.clone(),
         model: cfg.model.clone(),
@@ -185,7 +281,12 @@ pub fn train_run(cfg: TrainConfig, backend: &dyn Backend, reporter: &mut Reporte
         history: Vec::new(),
         reporter,
     };
-    let outcome = backend.train(&cfg, &run_dir, &mut observer)?;
+    let outcome = match backend.train(&cfg, &run_dir, &mut observer) {
+        Ok(o) => o,
+        // After an epoch the folder holds a checkpoint worth resuming from.
+        Err(e) if observer.history.is_empty() => return Err(fail(e)),
+        Err(e) => return Err(e),
+    };
     for path in write_run_artifacts(&run_dir, &cfg, &outcome)? {
         reporter.emit(Event::Artifact { path });
     }
@@ -382,6 +483,15 @@ fn list_models() {
 fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) -> anyhow::Result<ExitCode> {
     require_exists(path, "PATH")?;
     let report = backend.inspect(path, strict)?;
+    if strict {
+        if let Some((file, why)) = report.skipped.first() {
+            let more = match report.skipped.len() - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more unreadable files)"),
+            };
+            anyhow::bail!("--strict: {}: {why}{more}", file.display());
+        }
+    }
     if format == LogFormat::Json {
         // Invariant: names, counts and paths serialise.
         println!("{}", serde_json::to_string(&report).expect("report serialises"));
@@ -400,11 +510,7 @@ fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) 
             println!("  skipped {}: {why}", file.display());
         }
     }
-    Ok(if strict && !report.skipped.is_empty() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
 fn lr_find_cmd(ctx: Context, args: &LrFindArgs, backend: &dyn Backend, reporter: &mut Reporter) -> anyhow::Result<()> {
@@ -464,6 +570,8 @@ mod tests {
     /// A backend that "trains" by reporting a fixed history, so the run-folder flow can be checked end to end.
     struct Fake {
         image: PathBuf,
+        /// Fail (as a data error would) once this many epochs are done.
+        fail_after: Option<usize>,
     }
 
     impl Backend for Fake {
@@ -479,9 +587,20 @@ mod tests {
             );
             let history = crate::summary::tests::history(cfg.epochs, true);
             for row in &history {
+                if self.fail_after.is_some_and(|n| row.epoch > n) {
+                    anyhow::bail!("--data: cannot decode d/ants/broken.jpg");
+                }
                 obs.epoch_started(row.epoch, cfg.epochs, 2);
-                obs.batch(row.epoch, 1, 2, 0.7);
-                obs.batch(row.epoch, 2, 2, 0.6);
+                for batch in 1..=2 {
+                    obs.batch(&BatchStats {
+                        epoch: row.epoch,
+                        batch,
+                        batches: 2,
+                        loss: 0.7,
+                        accuracy: 0.5,
+                        samples: 4 * batch,
+                    });
+                }
                 obs.epoch_ended(row)?;
                 let csv = std::fs::read_to_string(run_dir.join("metrics.csv"))?;
                 assert_eq!(
@@ -615,10 +734,16 @@ mod tests {
             .unwrap();
         let project = dir.path().join("runs");
         let p = project.to_str().unwrap();
-        let cfg = resolve_line(&["trainer", "train", "--data", "d", "--epochs", "3", "--project", p]).unwrap();
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let d = data.to_str().unwrap();
+        let cfg = resolve_line(&["trainer", "train", "--data", d, "--epochs", "3", "--project", p]).unwrap();
         let sink = Sink::default();
         let mut rep = Reporter::to_writer(LogFormat::Json, false, Box::new(sink.clone()));
-        let fake = Fake { image };
+        let fake = Fake {
+            image,
+            fail_after: None,
+        };
         let run = train_run(cfg.clone(), &fake, &mut rep).unwrap();
         assert_eq!(run, project.join("train"));
         for f in [
@@ -646,11 +771,93 @@ mod tests {
         // Resume: the run's config is the base, typed flags override, the folder is reused.
         let r = run.to_str().unwrap();
         let resumed = resolve_line(&["trainer", "train", "--resume", r, "--epochs", "4"]).unwrap();
-        assert_eq!((resumed.epochs, resumed.data.as_deref()), (4, Some(Path::new("d"))));
+        assert_eq!((resumed.epochs, resumed.data.as_deref()), (4, Some(data.as_path())));
         assert_eq!(train_run(resumed, &fake, &mut quiet).unwrap(), run);
         let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
         assert_eq!(csv.lines().count(), 5);
         assert!(!project.join("train3").exists());
+    }
+
+    #[test]
+    fn a_run_failing_before_its_first_epoch_leaves_no_folder_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (d, project) = (data.to_str().unwrap(), dir.path().join("runs"));
+        let p = project.to_str().unwrap();
+        let quiet = || Reporter::to_writer(LogFormat::Text, true, Box::new(Sink::default()));
+        let failing = Fake {
+            image: dir.path().join("none.png"),
+            fail_after: Some(0),
+        };
+
+        // A missing path is refused before any folder is made.
+        let cfg = resolve_line(&["trainer", "train", "--data", "/no/such/data", "--project", p]).unwrap();
+        let e = train_run(cfg, &failing, &mut quiet()).unwrap_err();
+        assert!(e.to_string().contains("--data /no/such/data") && crate::error::exit_code(&e) == 2);
+        assert!(!project.exists());
+        let cfg = resolve_line(&[
+            "trainer",
+            "train",
+            "--data",
+            d,
+            "--weights",
+            "/no/w.safetensors",
+            "--project",
+            p,
+        ]);
+        let e = train_run(cfg.unwrap(), &failing, &mut quiet()).unwrap_err();
+        assert!(e.to_string().contains("--weights") && !project.exists());
+
+        // Training fails after the folder was made: the folder (and the project folder it made) go away.
+        let cfg = resolve_line(&["trainer", "train", "--data", d, "--project", p]).unwrap();
+        let e = train_run(cfg.clone(), &failing, &mut quiet()).unwrap_err();
+        assert!(e.to_string().contains("broken.jpg"));
+        assert!(!project.exists(), "no empty run folder left");
+
+        // An existing project folder stays; so do other runs in it.
+        let ok = Fake {
+            image: dir.path().join("none.png"),
+            fail_after: None,
+        };
+        assert_eq!(
+            train_run(cfg.clone(), &ok, &mut quiet()).unwrap(),
+            project.join("train")
+        );
+        train_run(cfg.clone(), &failing, &mut quiet()).unwrap_err();
+        assert!(project.join("train/report.html").is_file() && !project.join("train2").exists());
+
+        // A failure after an epoch keeps the folder (it holds a checkpoint to resume from).
+        let late = Fake {
+            image: dir.path().join("none.png"),
+            fail_after: Some(1),
+        };
+        train_run(cfg.clone(), &late, &mut quiet()).unwrap_err();
+        assert_eq!(
+            std::fs::read_to_string(project.join("train2/metrics.csv"))
+                .unwrap()
+                .lines()
+                .count(),
+            2
+        );
+
+        // --exist-ok into a folder with content, and --resume: nothing is removed.
+        let line = ["trainer", "train", "--data", d, "--project", p, "--exist-ok"];
+        train_run(resolve_line(&line).unwrap(), &failing, &mut quiet()).unwrap_err();
+        assert!(project.join("train/report.html").is_file());
+        let r = project.join("train2");
+        let resumed = resolve_line(&["trainer", "train", "--resume", r.to_str().unwrap()]).unwrap();
+        train_run(resumed, &failing, &mut quiet()).unwrap_err();
+        assert!(r.join("metrics.csv").is_file());
+
+        // --out: a folder this run created goes away; a pre-existing empty one is emptied but kept.
+        let out = dir.path().join("mine");
+        let line = ["trainer", "train", "--data", d, "--out", out.to_str().unwrap()];
+        train_run(resolve_line(&line).unwrap(), &failing, &mut quiet()).unwrap_err();
+        assert!(!out.exists());
+        std::fs::create_dir(&out).unwrap();
+        train_run(resolve_line(&line).unwrap(), &failing, &mut quiet()).unwrap_err();
+        assert!(out.is_dir() && std::fs::read_dir(&out).unwrap().next().is_none());
     }
 
     #[test]

@@ -3,8 +3,9 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::summary::EpochRow;
@@ -49,8 +50,21 @@ pub enum Event {
         batch: usize,
         /// Batches in this epoch.
         batches: usize,
-        /// Loss of this batch.
+        /// Mean training loss over the epoch so far.
         loss: f64,
+        /// Training accuracy over the epoch so far.
+        accuracy: f64,
+        /// Samples trained on so far in this epoch.
+        samples: usize,
+    },
+    /// Progress of a long task over images (e.g. feature extraction); `done == 0` starts it, `done == total` ends it.
+    Progress {
+        /// What is being done, e.g. `extracting features (train)`.
+        task: String,
+        /// Images processed.
+        done: usize,
+        /// Images in all.
+        total: usize,
     },
     /// An epoch finished.
     EpochEnded(EpochRow),
@@ -73,6 +87,9 @@ pub enum Event {
     },
 }
 
+/// Makes the draw target of each new progress bar.
+type TargetFactory = Box<dyn Fn() -> ProgressDrawTarget + Send>;
+
 /// Prints events in the chosen style.
 pub struct Reporter {
     format: LogFormat,
@@ -80,6 +97,9 @@ pub struct Reporter {
     tty: bool,
     bar: Option<ProgressBar>,
     out: Box<dyn Write + Send>,
+    target: TargetFactory,
+    /// When the current epoch or task began.
+    started: Instant,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -87,7 +107,17 @@ impl std::fmt::Debug for Reporter {
         f.debug_struct("Reporter")
             .field("format", &self.format)
             .field("quiet", &self.quiet)
+            .field("tty", &self.tty)
             .finish()
+    }
+}
+
+/// Images per second over `elapsed` seconds.
+fn rate(images: usize, elapsed: f64) -> f64 {
+    if elapsed > 0.0 {
+        images as f64 / elapsed
+    } else {
+        0.0
     }
 }
 
@@ -101,6 +131,8 @@ impl Reporter {
             tty,
             bar: None,
             out: Box::new(std::io::stdout()),
+            target: Box::new(ProgressDrawTarget::stdout),
+            started: Instant::now(),
         }
     }
 
@@ -112,6 +144,47 @@ impl Reporter {
             tty: false,
             bar: None,
             out,
+            target: Box::new(ProgressDrawTarget::hidden),
+            started: Instant::now(),
+        }
+    }
+
+    /// A reporter that draws progress bars on the targets `target` makes (e.g. an in-memory terminal) and writes
+    /// lines printed while no bar is shown to `out`.
+    pub fn with_draw_target(
+        format: LogFormat,
+        quiet: bool,
+        out: Box<dyn Write + Send>,
+        target: impl Fn() -> ProgressDrawTarget + Send + 'static,
+    ) -> Self {
+        Self {
+            format,
+            quiet,
+            tty: true,
+            bar: None,
+            out,
+            target: Box::new(target),
+            started: Instant::now(),
+        }
+    }
+
+    fn new_bar(&mut self, len: usize, template: &str, prefix: String) {
+        if let Some(old) = self.bar.take() {
+            old.finish_and_clear();
+        }
+        let bar = ProgressBar::with_draw_target(Some(len as u64), (self.target)());
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix);
+        self.bar = Some(bar);
+    }
+
+    fn clear_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 
@@ -127,33 +200,66 @@ impl Reporter {
             return;
         }
         match event {
-            Event::EpochStarted { epoch, epochs, batches } if self.tty => {
-                let bar = ProgressBar::new(batches as u64);
-                bar.set_style(
-                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
-                );
-                bar.set_prefix(format!("{epoch}/{epochs}"));
-                self.bar = Some(bar);
+            Event::EpochStarted { epoch, epochs, batches } => {
+                self.started = Instant::now();
+                if self.tty {
+                    self.new_bar(
+                        batches,
+                        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+                        format!("{epoch}/{epochs}"),
+                    );
+                }
             }
-            Event::EpochStarted { .. } => {}
-            Event::Batch { batch, loss, .. } => {
+            Event::Batch {
+                batch,
+                loss,
+                accuracy,
+                samples,
+                ..
+            } => {
                 if let Some(bar) = &self.bar {
+                    let speed = rate(samples, self.started.elapsed().as_secs_f64());
+                    bar.set_message(format!("loss {loss:.4} acc {accuracy:.4} {speed:.1} img/s"));
                     bar.set_position(batch as u64);
-                    bar.set_message(format!("loss {loss:.4}"));
                 }
             }
             Event::EpochEnded(row) => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
+                self.clear_bar();
                 self.line(&epoch_line(&row));
             }
+            Event::Progress { task, done, total } => self.progress(&task, done, total),
             other => {
                 let line = text_line(&other);
                 self.line(&line);
             }
+        }
+    }
+
+    /// Text-mode progress: a bar on a terminal, otherwise only a start and an end line.
+    fn progress(&mut self, task: &str, done: usize, total: usize) {
+        if done == 0 {
+            self.started = Instant::now();
+            if self.tty {
+                self.new_bar(
+                    total,
+                    "{prefix} [{bar:30}] {pos}/{len} images {msg} ETA {eta}",
+                    task.to_string(),
+                );
+            } else {
+                self.line(&format!("{task}: {total} images"));
+            }
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{:.1} img/s", rate(done, secs)));
+            bar.set_position(done as u64);
+        }
+        if done >= total {
+            self.clear_bar();
+            self.line(&format!(
+                "{task}: {total} images in {secs:.1} s ({:.1} img/s)",
+                rate(total, secs)
+            ));
         }
     }
 
@@ -198,6 +304,7 @@ fn text_line(e: &Event) -> String {
             }
         }
         Event::EpochStarted { .. } | Event::Batch { .. } => String::new(),
+        Event::Progress { task, done, total } => format!("{task}: {done}/{total} images"),
         Event::EpochEnded(r) => epoch_line(r),
     }
 }
@@ -231,12 +338,28 @@ mod tests {
             epochs: 2,
             batches: 3,
         });
-        r.emit(Event::Batch {
-            epoch: 1,
-            batch: 1,
-            batches: 3,
-            loss: 0.5,
+        r.emit(Event::Progress {
+            task: "extracting features (train)".into(),
+            done: 0,
+            total: 40,
         });
+        for done in [16, 32, 40] {
+            r.emit(Event::Progress {
+                task: "extracting features (train)".into(),
+                done,
+                total: 40,
+            });
+        }
+        for batch in 1..=3 {
+            r.emit(Event::Batch {
+                epoch: 1,
+                batch,
+                batches: 3,
+                loss: 0.5,
+                accuracy: 0.75,
+                samples: 8 * batch,
+            });
+        }
         let row = crate::summary::tests::history(1, true).remove(0);
         r.emit(Event::EpochEnded(row));
         r.emit(Event::Finished {
@@ -254,9 +377,25 @@ mod tests {
         let kinds: Vec<&str> = v.iter().map(|e| e["event"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,
-            ["run_started", "epoch_started", "batch", "epoch_ended", "finished"]
+            [
+                "run_started",
+                "epoch_started",
+                "progress",
+                "progress",
+                "progress",
+                "progress",
+                "batch",
+                "batch",
+                "batch",
+                "epoch_ended",
+                "finished"
+            ]
         );
-        assert_eq!(v[3]["val_acc"], 0.5);
+        assert_eq!((v[3]["done"].as_u64(), v[3]["total"].as_u64()), (Some(16), Some(40)));
+        assert_eq!(v[3]["task"], "extracting features (train)");
+        assert_eq!((v[8]["batch"].as_u64(), v[8]["samples"].as_u64()), (Some(3), Some(24)));
+        assert_eq!(v[8]["accuracy"], 0.75);
+        assert_eq!(v[9]["val_acc"], 0.5);
         assert_eq!(v[0]["run_dir"], "runs/train2");
     }
 
@@ -264,11 +403,109 @@ mod tests {
     fn text_prints_plain_lines_without_bars_and_quiet_prints_nothing() {
         let out = run(LogFormat::Text, false);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{out}");
+        // No per-batch or per-update lines: a start and an end line for the extraction, one line per epoch.
+        assert_eq!(lines.len(), 5, "{out}");
         assert!(lines[0].contains("runs/train2"));
-        assert!(lines[1].starts_with("epoch 1: train loss 1.0000") && lines[1].contains("val loss"));
-        assert!(lines[2].contains("best val accuracy 0.5000"));
+        assert_eq!(lines[1], "extracting features (train): 40 images");
+        assert!(
+            lines[2].starts_with("extracting features (train): 40 images in ") && lines[2].ends_with("img/s)"),
+            "{out}"
+        );
+        assert!(lines[3].starts_with("epoch 1: train loss 1.0000") && lines[3].contains("val loss"));
+        assert!(lines[4].contains("best val accuracy 0.5000"));
+        assert!(!out.contains("loss 0.5000") && !out.contains("16/40"), "{out}");
         assert_eq!(run(LogFormat::Json, true), "");
         assert_eq!(run(LogFormat::Text, true), "");
+    }
+
+    use indicatif::{InMemoryTerm, ProgressDrawTarget};
+
+    fn term_reporter(term: &InMemoryTerm, sink: &Sink) -> Reporter {
+        let t = term.clone();
+        Reporter::with_draw_target(LogFormat::Text, false, Box::new(sink.clone()), move || {
+            ProgressDrawTarget::term_like(Box::new(t.clone()))
+        })
+    }
+
+    #[test]
+    fn terminal_shows_an_epoch_bar_with_loss_accuracy_speed_and_eta() {
+        let term = InMemoryTerm::new(10, 120);
+        let sink = Sink::default();
+        let mut r = term_reporter(&term, &sink);
+        r.emit(Event::EpochStarted {
+            epoch: 2,
+            epochs: 5,
+            batches: 4,
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r.emit(Event::Batch {
+            epoch: 2,
+            batch: 3,
+            batches: 4,
+            loss: 0.4123,
+            accuracy: 0.8125,
+            samples: 48,
+        });
+        let screen = term.contents();
+        assert!(screen.contains("epoch 2/5 ["), "{screen}");
+        assert!(screen.contains("3/4 loss 0.4123 acc 0.8125 "), "{screen}");
+        let speed: f64 = screen
+            .split_whitespace()
+            .take_while(|w| *w != "img/s")
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no images/s figure: {screen}"));
+        assert!(speed > 0.0 && speed <= 48.0 / 0.02, "{screen}");
+        assert!(screen.contains("ETA "), "{screen}");
+        let row = crate::summary::tests::history(2, true).remove(1);
+        r.emit(Event::EpochEnded(row));
+        let screen = term.contents();
+        assert!(!screen.contains("img/s"), "the bar is cleared: {screen}");
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.starts_with("epoch 2: train loss") && out.lines().count() == 1,
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn terminal_shows_a_feature_extraction_bar_then_a_summary_line() {
+        let term = InMemoryTerm::new(10, 120);
+        let sink = Sink::default();
+        let mut r = term_reporter(&term, &sink);
+        let task = "extracting features (train)".to_string();
+        r.emit(Event::Progress {
+            task: task.clone(),
+            done: 0,
+            total: 398,
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r.emit(Event::Progress {
+            task: task.clone(),
+            done: 160,
+            total: 398,
+        });
+        let screen = term.contents();
+        assert!(screen.contains("extracting features (train) ["), "{screen}");
+        assert!(
+            screen.contains("] 160/398 images ") && screen.contains(" img/s ETA "),
+            "{screen}"
+        );
+        r.emit(Event::Info {
+            message: "a note while the bar is up".into(),
+        });
+        assert!(term.contents().contains("a note while the bar is up"));
+        r.emit(Event::Progress {
+            task,
+            done: 398,
+            total: 398,
+        });
+        let screen = term.contents();
+        assert!(!screen.contains("160/398"), "the bar is cleared: {screen}");
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.starts_with("extracting features (train): 398 images in ") && out.lines().count() == 1,
+            "one summary line once the bar is gone: {out}"
+        );
     }
 }

@@ -157,6 +157,25 @@ pub struct FitResult {
     pub resumed_from: Option<usize>,
 }
 
+/// Where the train phase stands after an optimizer step (passed to [`fit_observed`]'s `on_batch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Batch index within the epoch (0-based).
+    pub batch: usize,
+    /// Optimizer steps taken so far in the whole run (including epochs before a resume).
+    pub steps: usize,
+    /// Loss of this batch (mean per sample).
+    pub loss: f64,
+    /// Mean loss per sample over the epoch's batches so far.
+    pub mean_loss: f64,
+    /// Accuracy over the epoch's batches so far (per label for multi-label tasks).
+    pub accuracy: f64,
+    /// Samples seen so far in this epoch.
+    pub samples: usize,
+}
+
 /// Loss and number of correct predictions (and of predictions) for a batch, by task.
 pub fn batch_loss(task: Task, logits: &Tensor, labels: &Tensor, cfg: &LossConfig) -> Result<(Tensor, usize, usize)> {
     let n = logits.dim(0)?;
@@ -199,8 +218,37 @@ pub fn batch_loss(task: Task, logits: &Tensor, labels: &Tensor, cfg: &LossConfig
 /// batch, the LR factor from `schedule` at the global step) and a val phase over `val_batches(epoch)`; then
 /// `on_epoch(record)` runs after the checkpoint is written (an error from it stops the run, as an interruption).
 /// Batches are `(x, labels)`: `x` images for a backbone or features, labels u32 (N, or N×C multi-hot).
-#[allow(clippy::too_many_arguments)]
 pub fn fit<TB, TI, VB, VI, CB>(
+    model: Model<'_>,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn LrSchedule,
+    cfg: &FitConfig,
+    train_batches: TB,
+    val_batches: VB,
+    on_epoch: CB,
+) -> Result<FitResult>
+where
+    TB: FnMut(usize) -> TI,
+    TI: IntoIterator<Item = Result<(Tensor, Tensor)>>,
+    VB: FnMut(usize) -> VI,
+    VI: IntoIterator<Item = Result<(Tensor, Tensor)>>,
+    CB: FnMut(&EpochRecord) -> Result<()>,
+{
+    fit_observed(
+        model,
+        optimizer,
+        schedule,
+        cfg,
+        train_batches,
+        val_batches,
+        on_epoch,
+        &mut |_| {},
+    )
+}
+
+/// [`fit`], calling `on_batch` after every optimizer step with the epoch's running figures (for progress bars).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_observed<TB, TI, VB, VI, CB>(
     model: Model<'_>,
     optimizer: &mut dyn Optimizer,
     schedule: &dyn LrSchedule,
@@ -208,6 +256,7 @@ pub fn fit<TB, TI, VB, VI, CB>(
     mut train_batches: TB,
     mut val_batches: VB,
     mut on_epoch: CB,
+    on_batch: &mut dyn FnMut(&BatchProgress),
 ) -> Result<FitResult>
 where
     TB: FnMut(usize) -> TI,
@@ -281,6 +330,15 @@ where
             samples += n;
             correct += c;
             count += k;
+            on_batch(&BatchProgress {
+                epoch,
+                batch: i,
+                steps: step,
+                loss: l as f64,
+                mean_loss: loss_sum / samples.max(1) as f64,
+                accuracy: correct as f64 / count.max(1) as f64,
+                samples,
+            });
         }
         let lr = optimizer.lr();
         let (train_loss, train_acc) = (loss_sum / samples.max(1) as f64, correct as f64 / count.max(1) as f64);

@@ -22,4 +22,4 @@ pub mod fit;
 pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, CachedFeatures};
 pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
 pub use finetune::{discriminative_groups, fine_tune, set_trainable, FineTuneConfig, Unfreeze};
-pub use fit::{batch_loss, fit, EpochRecord, FitConfig, FitResult, LossConfig, Model};
+pub use fit::{batch_loss, fit, fit_observed, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model};

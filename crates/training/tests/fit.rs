@@ -11,8 +11,8 @@ use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use training::{
-    extract_features, fine_tune, fit, load_or_compute, set_trainable, Adam, AdamConfig, CacheKey, CacheStatus, Error,
-    FineTuneConfig, FitConfig, Model, Optimizer, ParamGroup, Schedule, Sgd, SgdConfig, Unfreeze,
+    extract_features, fine_tune, fit, fit_observed, load_or_compute, set_trainable, Adam, AdamConfig, CacheKey,
+    CacheStatus, Error, FineTuneConfig, FitConfig, Model, Optimizer, ParamGroup, Schedule, Sgd, SgdConfig, Unfreeze,
 };
 
 /// conv(3→4) → BN → ReLU → conv(4→8) → ReLU, on 8×8 images; stages `stem` and `stage1`.
@@ -209,6 +209,63 @@ fn fit_improves_accuracy() {
         res.history
     );
     assert_eq!(res.best_val_acc, res.history[res.best_epoch].val_acc);
+}
+
+#[test]
+fn fit_observed_reports_every_batch_with_running_figures() {
+    // 30 samples in batches of 8: 8, 8, 8, 6 per epoch.
+    let (x, y) = images(3, 10, 4);
+    let (vx, vy) = images(3, 4, 5);
+    let bb = Tiny::new(6);
+    let head = head_for(3, 0.0);
+    let model = Model {
+        backbone: Some(&bb),
+        head: &head,
+    };
+    let mut opt = Adam::new(vec![ParamGroup::new("head", head.vars(), 0.01)], AdamConfig::adamw()).unwrap();
+    let cfg = FitConfig {
+        epochs: 3,
+        seed: 1,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let res = fit_observed(
+        model,
+        &mut opt,
+        &Schedule::Constant,
+        &cfg,
+        |e| batches(&x, &y, 8, Some((2, e))),
+        |_| batches(&vx, &vy, 8, None),
+        |_| Ok(()),
+        &mut |p| seen.push(p.clone()),
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 12, "one call per optimizer step");
+    for (k, p) in seen.iter().enumerate() {
+        assert_eq!((p.epoch, p.batch, p.steps), (k / 4, k % 4, k + 1), "{p:?}");
+        assert_eq!(p.samples, [8, 16, 24, 30][k % 4], "{p:?}");
+        assert!(p.loss.is_finite() && p.mean_loss.is_finite() && (0.0..=1.0).contains(&p.accuracy));
+    }
+    for (e, record) in res.history.iter().enumerate() {
+        let epoch: Vec<_> = seen.iter().filter(|p| p.epoch == e).collect();
+        // The running mean of the epoch's batch losses, weighted by batch size.
+        let weighted: f64 = epoch
+            .iter()
+            .zip([8.0, 8.0, 8.0, 6.0])
+            .map(|(p, n)| p.loss * n)
+            .sum::<f64>()
+            / 30.0;
+        let last = epoch.last().unwrap();
+        assert!((last.mean_loss - weighted).abs() < 1e-9, "{last:?}");
+        assert!(
+            (last.mean_loss - record.train_loss).abs() < 1e-12,
+            "{last:?} vs {record:?}"
+        );
+        assert!(
+            (last.accuracy - record.train_acc).abs() < 1e-12,
+            "{last:?} vs {record:?}"
+        );
+    }
 }
 
 fn resumable_run(

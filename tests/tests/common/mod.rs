@@ -88,3 +88,44 @@ pub fn run(cmd: &mut Command) -> Output {
     }
     out
 }
+
+/// An ImageFolder at `dst` with the first `per_class` files (sorted by name) of each class folder of `src`.
+pub fn subset(src: &Path, dst: &Path, per_class: usize) -> PathBuf {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(src)
+        .unwrap_or_else(|e| panic!("read {}: {e}", src.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    for class in classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&class)
+            .expect("class folder")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+        files.sort();
+        let out = dst.join(class.file_name().expect("class name"));
+        std::fs::create_dir_all(&out).expect("create subset folder");
+        for f in files.into_iter().take(per_class) {
+            std::fs::copy(&f, out.join(f.file_name().expect("file name"))).expect("copy image");
+        }
+    }
+    dst.to_path_buf()
+}
+
+/// stdout and stderr of `out`, together.
+pub fn log_of(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The JSON objects of a `--log-format json` stdout, one per line (panics on a line that is not JSON).
+pub fn json_events(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event line ({e}): {l}")))
+        .collect()
+}

@@ -158,6 +158,8 @@ pub fn evaluate(
                     seed: 0,
                 },
                 device,
+                "eval",
+                &mut |_, _, _| {},
             )?;
             Scored::from_features(&model.head, &f, &dataset, batch_size)?
         }

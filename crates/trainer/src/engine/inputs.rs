@@ -175,8 +175,28 @@ pub struct FeatureSpec<'a> {
     pub seed: u64,
 }
 
-/// The frozen backbone's features of `dataset`, from the cache in `dir` or computed (and cached).
-pub fn features(dir: &Path, dataset: &Dataset, spec: FeatureSpec<'_>, device: &Device) -> anyhow::Result<Features> {
+/// A long task's progress: `(task, images done, images in all)`, from `done == 0` to `done == total`.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// The task name of feature extraction over the `label` set (`train`, `val`), per view when there are several.
+pub fn extraction_task(label: &str, view: usize, views: usize) -> String {
+    if views > 1 {
+        format!("extracting features ({label}, view {}/{views})", view + 1)
+    } else {
+        format!("extracting features ({label})")
+    }
+}
+
+/// The frozen backbone's features of `dataset`, from the cache in `dir` or computed (and cached); a computation
+/// reports its progress per batch to `progress` under [`extraction_task`]`(label, …)`.
+pub fn features(
+    dir: &Path,
+    dataset: &Dataset,
+    spec: FeatureSpec<'_>,
+    device: &Device,
+    label: &str,
+    progress: Progress<'_>,
+) -> anyhow::Result<Features> {
     let files: Vec<PathBuf> = dataset.samples.iter().map(|s| s.path.clone()).collect();
     let labels: Vec<usize> = dataset.samples.iter().map(|s| s.label).collect();
     let pooled = matches!(spec.input, InputKind::Pooled { .. });
@@ -202,9 +222,15 @@ pub fn features(dir: &Path, dataset: &Dataset, spec: FeatureSpec<'_>, device: &D
     )?;
     let cached = training::load_or_compute(dir, &key, device, || {
         let (mut feats, mut rows) = (Vec::new(), Vec::new());
+        let total = dataset.len();
         for view in 0..views {
+            let task = extraction_task(label, view, views);
+            let mut done = 0;
+            progress(&task, 0, total);
             for batch in ld.epoch(view as u64) {
                 let b = batch.map_err(|e| training::Error::Config(e.to_string()))?;
+                // Skipped (undecodable) images count as done: the loader has moved past them.
+                done = b.indices.iter().map(|&i| i + 1).max().unwrap_or(done).max(done);
                 let f = if pooled {
                     backbone.forward_pooled(&b.images, false)?
                 } else {
@@ -215,7 +241,11 @@ pub fn features(dir: &Path, dataset: &Dataset, spec: FeatureSpec<'_>, device: &D
                     rows.push(dataset.samples[i].label as u32);
                     rows.push(i as u32);
                 }
+                if done < total {
+                    progress(&task, done, total);
+                }
             }
+            progress(&task, total, total);
         }
         if feats.is_empty() {
             return Err(training::Error::Config("no readable images".into()));

@@ -44,6 +44,8 @@ pub fn lr_find(ctx: Context, args: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)
             seed: 0,
         },
         &device,
+        "data",
+        &mut |_, _, _| {},
     )?;
     let head = Head::seeded(cfg, &device, ctx.seed)?;
     let mut opt = training::Adam::new(

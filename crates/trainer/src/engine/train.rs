@@ -19,7 +19,7 @@ use training::{EpochRecord, FitConfig, FitResult, LossConfig, Model, Optimizer, 
 use super::evaluate::{summarize, Scored};
 use super::inputs::{self, FeatureSpec, Features, Sets};
 use super::model::{save_model, ModelMeta, WeightsRef};
-use crate::backend::TrainObserver;
+use crate::backend::{BatchStats, TrainObserver};
 use crate::config::TrainConfig;
 use crate::error::UsageError;
 use crate::spec::{Augment, HeadSpec, Mode, OptimizerKind, Pooling, SchedulerSpec, Unfreeze};
@@ -285,7 +285,7 @@ impl Job<'_> {
             restore_best: true,
         };
         let total = self.total_epochs;
-        let result = training::fit(
+        let result = training::fit_observed(
             model,
             optimizer,
             schedule,
@@ -304,6 +304,16 @@ impl Job<'_> {
                     .borrow_mut()
                     .epoch_ended(&row)
                     .map_err(|e| training::Error::Config(format!("{e:#}")))
+            },
+            &mut |p| {
+                self.observer.borrow_mut().batch(&BatchStats {
+                    epoch: p.epoch + 1 + offset,
+                    batch: p.batch + 1,
+                    batches: batches_per_epoch,
+                    loss: p.mean_loss,
+                    accuracy: p.accuracy,
+                    samples: p.samples,
+                })
             },
         )?;
         Ok(result)
@@ -398,13 +408,24 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             seed: cfg.seed,
         };
         let t0 = Instant::now();
-        let tf = inputs::features(&cache, &train, fspec(name, pipeline, views), &device)?;
+        let mut progress =
+            |task: &str, done: usize, total: usize| job.observer.borrow_mut().progress(task, done, total);
+        let tf = inputs::features(
+            &cache,
+            &train,
+            fspec(name, pipeline, views),
+            &device,
+            "train",
+            &mut progress,
+        )?;
         let vf = match &val {
             Some(v) => Some(inputs::features(
                 &cache,
                 v,
                 fspec("eval".into(), data::transforms::Pipeline::eval(&spec.preprocess), 1),
                 &device,
+                "val",
+                &mut progress,
             )?),
             None => None,
         };
