@@ -8,7 +8,8 @@ use crate::plots::PlotError;
 /// The rate where the smoothed loss falls fastest (per log-lr), before it diverges; `None` if it never falls.
 ///
 /// Losses are smoothed with a bias-corrected exponential moving average (β = 0.9); the sweep is cut where the
-/// smoothed loss exceeds four times its minimum so far.
+/// smoothed loss exceeds four times its minimum so far. As fastai's plot, the first tenth of the sweep is skipped:
+/// there the average still rests on a handful of noisy steps.
 pub fn suggest_lr(points: &[(f64, f64)]) -> Option<f64> {
     let beta = 0.9;
     let mut avg = 0.0;
@@ -26,7 +27,8 @@ pub fn suggest_lr(points: &[(f64, f64)]) -> Option<f64> {
         best = best.min(s);
         smooth.push((lr.ln(), s));
     }
-    smooth
+    let skip = (points.len() / 10).min(smooth.len().saturating_sub(2));
+    smooth[skip..]
         .windows(2)
         .map(|w| ((w[1].1 - w[0].1) / (w[1].0 - w[0].0), w[0].0))
         .filter(|(slope, _)| slope.is_finite() && *slope < 0.0)
@@ -111,6 +113,11 @@ mod tests {
             let lr = suggest_lr(&sweep(target)).unwrap();
             assert!((lr.log10() - target).abs() < 0.7, "suggested {lr:e} for 1e{target}");
         }
+        // A wild first batch must not pull the suggestion to the start of the sweep.
+        let mut noisy = sweep(-3.0);
+        noisy[0].1 = 6.0;
+        let lr = suggest_lr(&noisy).unwrap();
+        assert!((lr.log10() + 3.0).abs() < 0.7, "suggested {lr:e} with a noisy start");
         let rising: Vec<(f64, f64)> = (1..50).map(|i| (i as f64 * 1e-5, i as f64)).collect();
         assert_eq!(suggest_lr(&rising), None);
         assert_eq!(suggest_lr(&[]), None);
