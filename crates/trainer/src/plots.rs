@@ -69,11 +69,24 @@ pub fn render_curves(history: &[EpochRow], width: u32, height: u32) -> Result<Rg
             .fold(0.0f64, f64::max);
         let loss_max = if loss_max > 0.0 { loss_max * 1.1 } else { 1.0 };
         type Pick = fn(&EpochRow) -> Option<f64>;
-        let specs: [(&str, f64, Pick, Pick); 2] = [
-            ("Loss", loss_max, |r| Some(r.train_loss), |r| r.val_loss),
-            ("Accuracy", 1.0, |r| Some(r.train_acc), |r| r.val_acc),
+        // Legends where the curves usually are not: loss falls (upper right is free), accuracy rises (lower right).
+        let specs: [(&str, f64, Pick, Pick, SeriesLabelPosition); 2] = [
+            (
+                "Loss",
+                loss_max,
+                |r| Some(r.train_loss),
+                |r| r.val_loss,
+                SeriesLabelPosition::UpperRight,
+            ),
+            (
+                "Accuracy",
+                1.0,
+                |r| Some(r.train_acc),
+                |r| r.val_acc,
+                SeriesLabelPosition::LowerRight,
+            ),
         ];
-        for (panel, (title, y_max, train, val)) in panels.iter().zip(specs) {
+        for (panel, (title, y_max, train, val, legend_at)) in panels.iter().zip(specs) {
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, (FAMILY, 22))
                 .margin(12)
@@ -112,7 +125,7 @@ pub fn render_curves(history: &[EpochRow], width: u32, height: u32) -> Result<Rg
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font((FAMILY, 13))
-                .position(SeriesLabelPosition::UpperRight)
+                .position(legend_at)
                 .draw()
                 .map_err(err("curves"))?;
         }
