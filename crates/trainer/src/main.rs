@@ -10,7 +10,22 @@ use trainer::{cli, commands, config, engine, error};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (index in its v3 `mi_option_t`; the Rust bindings export no name for it).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Keep freed pages mapped: training frees and reallocates the same activation sizes every step, and pages returned
+/// to the OS come back zeroed by the kernel (`perf`, Lite0 train step: kernel page clearing 23 % → 8 % of samples).
+fn keep_freed_pages() {
+    // SAFETY: setting an option is allowed at any time; -1 means "never purge".
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 fn main() -> ExitCode {
+    keep_freed_pages();
     // A bug must still end in one line (exit code 101), not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

@@ -30,6 +30,8 @@ macro_rules! multiversion {
 
 /// Rows of a pointwise GEMM block: the block's output stays in L2 for the epilogue.
 const ROW_BLOCK: usize = 192;
+/// Up to this many rows, one GEMM call: splitting would repack the weights for little cache benefit.
+const SINGLE_BLOCK: usize = 4096;
 /// Channels whose accumulators a depthwise pass keeps in registers.
 const LANES: usize = 16;
 
@@ -108,7 +110,11 @@ pub fn pointwise(
     threads: usize,
 ) {
     let co = bias.len();
-    let block = if threads > 1 { rows.max(1) } else { ROW_BLOCK };
+    let block = if threads > 1 || rows <= SINGLE_BLOCK {
+        rows.max(1)
+    } else {
+        ROW_BLOCK
+    };
     for r0 in (0..rows).step_by(block) {
         let r = block.min(rows - r0);
         let o = &mut out[r0 * co..(r0 + r) * co];
