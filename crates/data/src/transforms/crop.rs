@@ -62,7 +62,7 @@ impl ImageTransform for CenterCrop {
 }
 
 /// torchvision's crop offset: `round((size - crop) / 2)` (ties to even), or `-((crop - size) / 2)` when it pads.
-fn center_offset(size: i64, crop: i64) -> i64 {
+pub(crate) fn center_offset(size: i64, crop: i64) -> i64 {
     if crop > size {
         -((crop - size) / 2)
     } else {

@@ -21,7 +21,7 @@ pub use color::ColorJitter;
 pub use crop::{CenterCrop, RandomResizedCrop};
 pub use flip::RandomHorizontalFlip;
 pub use presets::Preset;
-pub use resize::{Resize, ResizeSize};
+pub use resize::{Resize, ResizeCenterCrop, ResizeSize};
 pub use rotate::RandomRotation;
 pub use zoom::RandomZoom;
 

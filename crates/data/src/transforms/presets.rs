@@ -1,9 +1,9 @@
 //! The classic recipes (Keras, torchvision) and timm's config-driven ones.
 
 use super::affine::{Fill, RandomAffine};
-use super::crop::{CenterCrop, RandomResizedCrop};
+use super::crop::RandomResizedCrop;
 use super::flip::RandomHorizontalFlip;
-use super::resize::{Resize, ResizeSize};
+use super::resize::{Resize, ResizeCenterCrop, ResizeSize};
 use super::{ImageTransform, Pipeline, TransformError};
 use crate::config::{Interpolation, PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD};
 
@@ -116,13 +116,14 @@ fn torchvision_eval(h: usize, w: usize) -> Pipeline {
     // Resize(256) before CenterCrop(224), scaled to other sizes.
     let short = (h.max(w) * 256) / 224;
     Pipeline {
-        steps: vec![
-            boxed(Resize {
+        steps: vec![boxed(ResizeCenterCrop {
+            resize: Resize {
                 size: ResizeSize::Shorter(short),
                 interpolation: Interpolation::Bilinear,
-            }),
-            boxed(CenterCrop { h, w }),
-        ],
+            },
+            h,
+            w,
+        })],
         mean: IMAGENET_MEAN,
         std: IMAGENET_STD,
         output_hw: (h, w),
@@ -166,13 +167,14 @@ impl Pipeline {
             }
         };
         Pipeline {
-            steps: vec![
-                boxed(Resize {
+            steps: vec![boxed(ResizeCenterCrop {
+                resize: Resize {
                     size,
                     interpolation: cfg.interpolation,
-                }),
-                boxed(CenterCrop { h, w }),
-            ],
+                },
+                h,
+                w,
+            })],
             mean: cfg.mean,
             std: cfg.std,
             output_hw: (h, w),

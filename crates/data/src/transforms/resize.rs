@@ -97,8 +97,42 @@ pub fn resize(img: RgbImage, h: usize, w: usize, interpolation: Interpolation) -
     }
     match interpolation {
         Interpolation::Nearest => resize_nearest(&img, h, w),
-        Interpolation::Bilinear => resample(&img, h, w, 1.0, bilinear_filter),
-        Interpolation::Bicubic => resample(&img, h, w, 2.0, bicubic_filter),
+        Interpolation::Bilinear => resample(&img, h, w, [0, 0, h, w], 1.0, bilinear_filter),
+        Interpolation::Bicubic => resample(&img, h, w, [0, 0, h, w], 2.0, bicubic_filter),
+    }
+}
+
+/// Resize then center-crop (torchvision `Resize` + `CenterCrop`, timm's eval transform) computing only the pixels
+/// the crop keeps: identical to the two steps, without resampling the discarded border.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResizeCenterCrop {
+    /// The resize.
+    pub resize: Resize,
+    /// Crop height.
+    pub h: usize,
+    /// Crop width.
+    pub w: usize,
+}
+
+impl ImageTransform for ResizeCenterCrop {
+    fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
+        let (ih, iw) = (img.height() as usize, img.width() as usize);
+        let (oh, ow) = self.resize.size.output_hw(ih, iw);
+        let top = super::crop::center_offset(oh as i64, self.h as i64);
+        let left = super::crop::center_offset(ow as i64, self.w as i64);
+        let inside = top >= 0 && left >= 0 && top as usize + self.h <= oh && left as usize + self.w <= ow;
+        let (support, filter): (f64, fn(f64) -> f64) = match self.resize.interpolation {
+            Interpolation::Bilinear => (1.0, bilinear_filter),
+            Interpolation::Bicubic => (2.0, bicubic_filter),
+            Interpolation::Nearest => (0.0, bilinear_filter),
+        };
+        let resamples = support > 0.0 && (oh, ow) != (ih, iw) && ih > 0 && iw > 0;
+        if !(inside && resamples) {
+            let resized = self.resize.apply(img, rng);
+            return super::CenterCrop { h: self.h, w: self.w }.apply(resized, rng);
+        }
+        let window = [top as usize, left as usize, self.h, self.w];
+        resample(&img, oh, ow, window, support, filter)
     }
 }
 
@@ -195,30 +229,33 @@ fn clip8(v: i32) -> u8 {
 /// Rows of this many pixels or more are split across rayon tasks.
 const MIN_ROWS_PER_TASK: usize = 8;
 
-fn resample(img: &RgbImage, h: usize, w: usize, support: f64, filter: fn(f64) -> f64) -> RgbImage {
+/// PIL's resampling of `img` to `h × w`, computing only the output window `[top, left, height, width]`.
+fn resample(img: &RgbImage, h: usize, w: usize, window: [usize; 4], support: f64, filter: fn(f64) -> f64) -> RgbImage {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
+    let [top, left, oh, ow] = window;
     let src = img.as_raw();
     let half = 1i32 << (PRECISION_BITS - 1);
 
-    // Horizontal pass (only over the source rows the vertical pass reads).
+    // Horizontal pass (only over the source rows the vertical pass reads, only the window's columns).
     let vert = precompute_coeffs(ih, h, support, filter);
     let (y_first, y_last) = if h != ih {
-        (vert.start[0], vert.start[h - 1] + vert.len[h - 1])
+        let last = top + oh - 1;
+        (vert.start[top], vert.start[last] + vert.len[last])
     } else {
-        (0, ih)
+        (top, top + oh)
     };
     let tmp_rows = y_last - y_first;
     let horizontal: Vec<u8>;
-    let (tmp, tmp_w): (&[u8], usize) = if w != iw {
+    let tmp: &[u8] = if w != iw {
         let hc = precompute_coeffs(iw, w, support, filter);
-        let mut out = vec![0u8; tmp_rows * w * 3];
-        out.par_chunks_mut(w * 3)
+        let mut out = vec![0u8; tmp_rows * ow * 3];
+        out.par_chunks_mut(ow * 3)
             .with_min_len(MIN_ROWS_PER_TASK)
             .enumerate()
             .for_each(|(r, orow)| {
                 let y = r + y_first;
                 let srow = &src[y * iw * 3..(y + 1) * iw * 3];
-                for xx in 0..w {
+                for (o, xx) in orow.chunks_exact_mut(3).zip(left..left + ow) {
                     let k = &hc.weights[xx * hc.ksize..xx * hc.ksize + hc.len[xx]];
                     let base = hc.start[xx] * 3;
                     let (mut s0, mut s1, mut s2) = (half, half, half);
@@ -228,30 +265,37 @@ fn resample(img: &RgbImage, h: usize, w: usize, support: f64, filter: fn(f64) ->
                         s1 += srow[p + 1] as i32 * kx;
                         s2 += srow[p + 2] as i32 * kx;
                     }
-                    orow[xx * 3] = clip8(s0);
-                    orow[xx * 3 + 1] = clip8(s1);
-                    orow[xx * 3 + 2] = clip8(s2);
+                    o[0] = clip8(s0);
+                    o[1] = clip8(s1);
+                    o[2] = clip8(s2);
                 }
             });
         horizontal = out;
-        (&horizontal, w)
+        &horizontal
+    } else if (left, ow) == (0, iw) {
+        &src[y_first * iw * 3..y_last * iw * 3]
     } else {
-        (&src[y_first * iw * 3..y_last * iw * 3], iw)
+        horizontal = (y_first..y_last)
+            .flat_map(|y| &src[(y * iw + left) * 3..(y * iw + left + ow) * 3])
+            .copied()
+            .collect();
+        &horizontal
     };
 
     if h == ih {
-        return RgbImage::from_raw(tmp_w as u32, h as u32, tmp.to_vec()).expect("buffer matches dimensions");
+        return RgbImage::from_raw(ow as u32, oh as u32, tmp.to_vec()).expect("buffer matches dimensions");
     }
 
     // Vertical pass over contiguous rows.
-    let row_len = tmp_w * 3;
-    let mut out = vec![0u8; h * row_len];
+    let row_len = ow * 3;
+    let mut out = vec![0u8; oh * row_len];
     out.par_chunks_mut(row_len)
         .with_min_len(MIN_ROWS_PER_TASK)
         .enumerate()
         .for_each_init(
             || vec![0i32; row_len],
-            |acc, (yy, orow)| {
+            |acc, (r, orow)| {
+                let yy = top + r;
                 acc.fill(half);
                 let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
                 let first = vert.start[yy] - y_first;
@@ -266,7 +310,7 @@ fn resample(img: &RgbImage, h: usize, w: usize, support: f64, filter: fn(f64) ->
                 }
             },
         );
-    RgbImage::from_raw(tmp_w as u32, h as u32, out).expect("buffer matches dimensions")
+    RgbImage::from_raw(ow as u32, oh as u32, out).expect("buffer matches dimensions")
 }
 
 /// PIL's nearest-neighbour resize (`ImagingScaleAffine`): source index `floor((i + 0.5) * in / out)`.
@@ -294,4 +338,55 @@ fn resize_nearest(img: &RgbImage, h: usize, w: usize) -> RgbImage {
         }
     }
     RgbImage::from_raw(w as u32, h as u32, out).expect("buffer matches dimensions")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn noise(h: u32, w: u32, seed: u64) -> RgbImage {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let raw: Vec<u8> = (0..h * w * 3).map(|_| rng.gen()).collect();
+        RgbImage::from_raw(w, h, raw).unwrap()
+    }
+
+    #[test]
+    fn resize_center_crop_equals_resize_then_crop() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let sizes = [
+            (375, 500),
+            (500, 375),
+            (300, 300),
+            (257, 256),
+            (256, 400),
+            (300, 256),
+            (37, 1000),
+            (2000, 1500),
+        ];
+        for (i, &(ih, iw)) in sizes.iter().enumerate() {
+            let img = noise(ih, iw, i as u64);
+            for interpolation in [Interpolation::Bilinear, Interpolation::Bicubic, Interpolation::Nearest] {
+                for (size, h, w) in [
+                    (ResizeSize::Shorter(256), 224, 224),
+                    (ResizeSize::Cover { h: 256, w: 320 }, 224, 280),
+                    (ResizeSize::Shorter(224), 224, 224),
+                    (ResizeSize::Shorter(100), 120, 90),
+                ] {
+                    let resize = Resize { size, interpolation };
+                    let two = super::super::CenterCrop { h, w }.apply(resize.apply(img.clone(), &mut rng), &mut rng);
+                    let one = ResizeCenterCrop { resize, h, w }.apply(img.clone(), &mut rng);
+                    assert_eq!(
+                        one.dimensions(),
+                        two.dimensions(),
+                        "{ih}×{iw} {size:?} {interpolation:?}"
+                    );
+                    assert!(
+                        one == two,
+                        "{ih}×{iw} {size:?} {interpolation:?} {h}×{w}: pixels differ"
+                    );
+                }
+            }
+        }
+    }
 }
