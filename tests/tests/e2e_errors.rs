@@ -176,3 +176,94 @@ fn data_inspect_strict_fails_on_a_corrupt_image_naming_it() {
     assert!(stderr_of(&out).starts_with("error: --strict: "), "{}", stderr_of(&out));
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
 }
+
+fn png(path: &std::path::Path, shade: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([shade, 20, 30]))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn a_validation_class_missing_from_train_is_one_line_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, split_class) in ["train/ants", "train/bees", "val/ants", "val/bees", "val/wasps"]
+        .iter()
+        .enumerate()
+    {
+        png(&tmp.path().join(split_class).join("a.png"), i as u8 * 40);
+    }
+    let project = tmp.path().join("runs");
+    let out = run(trainer()
+        .args(["train", "--model", "resnet18", "--data"])
+        .arg(tmp.path().join("train"))
+        .arg("--val")
+        .arg(tmp.path().join("val"))
+        .arg("--project")
+        .arg(&project));
+    assert_clean_failure(&out, "wasps");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--drop-unknown-val-classes") && !err.contains("drop_unknown"),
+        "{err}"
+    );
+    assert_eq!(entries(&project), Vec::<String>::new(), "no run folder left behind");
+}
+
+#[test]
+fn an_unwritable_run_folder_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    for class in ["ants", "bees"] {
+        png(&tmp.path().join("data").join(class).join("a.png"), 9);
+    }
+    // Under a file: no folder can be made there, whoever runs the test (root ignores permission bits).
+    let out = run(trainer()
+        .args(["train", "--model", "resnet18", "--data"])
+        .arg(tmp.path().join("data"))
+        .args(["--out", "/dev/null/run"]));
+    assert_clean_failure(&out, "/dev/null/run");
+}
+
+#[test]
+fn resuming_a_run_of_another_model_is_one_line() {
+    let (Some(hymenoptera), Some(weights)) = (
+        common::require("data/hymenoptera/train"),
+        common::require("weights/tf_efficientnet_lite0.safetensors"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::subset(&hymenoptera, &tmp.path().join("data"), 4);
+    let run_dir = tmp.path().join("run");
+    let out = run(trainer()
+        .args([
+            "--quiet",
+            "train",
+            "--model",
+            "tf_efficientnet_lite0",
+            "--epochs",
+            "1",
+            "--val-split",
+            "0.25",
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(out.status.success(), "{}", common::log_of(&out));
+    let before = std::fs::read(run_dir.join("best.safetensors")).unwrap();
+    let out = run(trainer()
+        .arg("train")
+        .arg("--resume")
+        .arg(&run_dir)
+        .args(["--model", "resnet18"]));
+    assert_clean_failure(&out, "tf_efficientnet_lite0");
+    assert!(stderr_of(&out).contains("resnet18"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(run_dir.join("best.safetensors")).unwrap(),
+        before,
+        "the run is untouched"
+    );
+}

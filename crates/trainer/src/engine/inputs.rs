@@ -34,9 +34,12 @@ pub fn open_sets(cfg: &TrainConfig) -> anyhow::Result<Sets> {
         let tv = TrainVal::open(data, val, &csv, cfg.drop_unknown_val_classes).map_err(|e| {
             let msg = e.to_string();
             if matches!(e, data::DataError::UnknownClass { .. }) {
-                UsageError(format!(
-                    "--val: {msg} (pass --drop-unknown-val-classes to ignore such images)"
-                ))
+                // The library names its option; the CLI names the flag instead.
+                let msg = msg.replace(
+                    "set drop_unknown_val_classes to drop such samples",
+                    "pass --drop-unknown-val-classes to ignore such images",
+                );
+                UsageError(format!("--val: {msg}"))
             } else {
                 UsageError(msg)
             }
