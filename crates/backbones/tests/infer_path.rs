@@ -6,7 +6,7 @@ use backbones::efficientnet::EfficientNet;
 use backbones::mobilenetv3::MobileNetV3;
 use backbones::{Backbone, ParamStore};
 use candle_core::Tensor;
-use support::{max_abs_diff, random_input, random_store};
+use support::{max_abs, max_abs_diff, random_input, random_store};
 
 /// Features of `x` by the inference path (everything frozen) and by the general path (one parameter trainable).
 fn both_paths(model: &dyn Backbone, store: &ParamStore, x: &Tensor) -> (Tensor, Tensor) {
@@ -27,15 +27,7 @@ fn check(arch: &str, model: &dyn Backbone, store: &ParamStore, uses: &dyn Fn(&Te
         assert!(!uses(&x, true), "{arch}: train mode does not");
         let (fast, general) = both_paths(model, store, &x);
         assert_eq!(fast.dims(), general.dims(), "{arch}");
-        let scale = general
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(&general);
         let diff = max_abs_diff(&fast, &general);
         println!("{arch} {n}×3×{hw}×{hw}: max |fast − general| = {diff:.3e} (max |general| = {scale:.3})");
         assert!(

@@ -74,17 +74,21 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// Assert the parity criterion: max |ours − ref| ≤ 1e-3 · max(1, max |ref|).
-pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    let scale = reference
-        .abs()
+/// max |t|.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
         .max(0)
         .unwrap()
         .to_scalar::<f32>()
-        .unwrap();
+        .unwrap()
+}
+
+/// Assert the parity criterion: max |ours − ref| ≤ 1e-3 · max(1, max |ref|).
+pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
+    let scale = max_abs(reference);
     let diff = max_abs_diff(ours, reference);
     let tol = 1e-3 * scale.max(1.0);
     println!("{what}: max |diff| = {diff:.3e} (max |ref| = {scale:.3}, tolerance {tol:.3e})");
