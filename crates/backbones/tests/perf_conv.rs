@@ -1,5 +1,7 @@
 //! The fast CPU convolution and the folded Conv+BN match candle's reference ops, forward and backward.
 
+mod support;
+
 use backbones::conv::{conv2d, conv2d_bias_act, Epilogue};
 use backbones::fused::conv_bn_act;
 use backbones::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Padding};
@@ -7,6 +9,7 @@ use backbones::ParamStore;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use support::max_abs_diff;
 
 fn rand_t(dims: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
     let n: usize = dims.iter().product();
@@ -20,20 +23,6 @@ fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> Tensor {
         .pad_with_zeros(3, pad[2], pad[3])
         .unwrap()
         .conv2d(w, 0, stride, 1, 1)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
         .unwrap()
 }
 
@@ -57,7 +46,7 @@ fn forward_matches_candle() {
         let x = rand_t(&xd, &mut rng);
         let w = rand_t(&[co, xd[1], k, k], &mut rng);
         let ours = conv2d(&x, &w, s, pad).unwrap();
-        let d = max_diff(&ours, &reference(&x, &w, s, pad));
+        let d = max_abs_diff(&ours, &reference(&x, &w, s, pad));
         assert!(d < 1e-4, "case {xd:?} k{k} s{s} {pad:?}: max diff {d}");
     }
 }
@@ -73,9 +62,9 @@ fn fused_bias_relu_matches_composed_ops() {
             .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
             .unwrap();
         let relu = conv2d_bias_act(&x, &w, &b, s, pad, Epilogue::Relu).unwrap();
-        assert!(max_diff(&relu, &reference.relu().unwrap()) < 1e-4);
+        assert!(max_abs_diff(&relu, &reference.relu().unwrap()) < 1e-4);
         let relu6 = conv2d_bias_act(&x, &w, &b, s, pad, Epilogue::Relu6).unwrap();
-        assert!(max_diff(&relu6, &reference.clamp(0f32, 6f32).unwrap()) < 1e-4);
+        assert!(max_abs_diff(&relu6, &reference.clamp(0f32, 6f32).unwrap()) < 1e-4);
     }
 }
 
@@ -108,7 +97,7 @@ fn backward_matches_candle() {
         // candle's own backward fails on some strided shapes (transposed-conv output size); compare where it works.
         if let Ok(g_ref) = (y_ref * &r).unwrap().sum_all().unwrap().backward() {
             for v in [&x, &w] {
-                let d = max_diff(g.get(v.as_tensor()).unwrap(), g_ref.get(v.as_tensor()).unwrap());
+                let d = max_abs_diff(g.get(v.as_tensor()).unwrap(), g_ref.get(v.as_tensor()).unwrap());
                 assert!(d < 1e-3, "case {xd:?} k{k} s{s} {pad:?}: grad max diff {d}");
             }
         }
@@ -174,7 +163,7 @@ fn folded_conv_bn_matches_unfolded_in_eval_and_trains_in_train_mode() {
             .forward(&bn.forward(&conv.forward(&x).unwrap(), false).unwrap())
             .unwrap();
         let got = conv_bn_act(&conv, &bn, act, &x, false).unwrap();
-        assert!(max_diff(&got, &want) < 1e-4, "{act:?}");
+        assert!(max_abs_diff(&got, &want) < 1e-4, "{act:?}");
     }
     // Trainable: batch statistics (not folded), running stats move, gradients reach conv and BN parameters.
     conv.weight.set_trainable(true).unwrap();
@@ -182,7 +171,7 @@ fn folded_conv_bn_matches_unfolded_in_eval_and_trains_in_train_mode() {
     bn.bias.set_trainable(true).unwrap();
     let before = bn.running_mean.tensor();
     let y = conv_bn_act(&conv, &bn, Activation::Relu, &x, true).unwrap();
-    assert!(max_diff(&before, &bn.running_mean.tensor()) > 0.0);
+    assert!(max_abs_diff(&before, &bn.running_mean.tensor()) > 0.0);
     let g = y.sum_all().unwrap().backward().unwrap();
     for p in [&conv.weight, &bn.weight, &bn.bias] {
         assert!(g.get(p.var().unwrap().as_tensor()).is_some(), "{}", p.name());
@@ -199,7 +188,7 @@ fn folded_conv_bn_matches_unfolded_in_eval_and_trains_in_train_mode() {
         .unwrap();
     let gu = want.sum_all().unwrap().backward().unwrap();
     let wv = conv.weight.var().unwrap();
-    assert!(max_diff(gf.get(wv.as_tensor()).unwrap(), gu.get(wv.as_tensor()).unwrap()) < 1e-3);
+    assert!(max_abs_diff(gf.get(wv.as_tensor()).unwrap(), gu.get(wv.as_tensor()).unwrap()) < 1e-3);
 }
 
 #[test]
@@ -209,7 +198,7 @@ fn relu6_matches_clamp_forward_and_backward() {
     let r = rand_t(&[3, 4, 5, 6], &mut rng);
     let ours = backbones::conv::relu6(x.as_tensor()).unwrap();
     let want = x.as_tensor().clamp(0f32, 6f32).unwrap();
-    assert!(max_diff(&ours, &want) == 0.0);
+    assert!(max_abs_diff(&ours, &want) == 0.0);
     let g = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let gx = g.get(x.as_tensor()).unwrap();
     let inside = x
@@ -219,7 +208,7 @@ fn relu6_matches_clamp_forward_and_backward() {
         .mul(&x.as_tensor().lt(6f32).unwrap())
         .unwrap();
     let expected = r.mul(&inside.to_dtype(DType::F32).unwrap()).unwrap();
-    assert!(max_diff(gx, &expected) == 0.0);
+    assert!(max_abs_diff(gx, &expected) == 0.0);
 }
 
 #[test]
@@ -258,13 +247,13 @@ fn batch_norm_train_matches_composed_ops_forward_and_backward() {
         .unwrap()
         .broadcast_add(&beta.as_tensor().reshape((1, 4, 1, 1)).unwrap())
         .unwrap();
-    assert!(max_diff(&y, &want) < 1e-4);
-    assert!(max_diff(&mean, &m.flatten_all().unwrap()) < 1e-5);
-    assert!(max_diff(&var, &v.flatten_all().unwrap()) < 1e-4);
+    assert!(max_abs_diff(&y, &want) < 1e-4);
+    assert!(max_abs_diff(&mean, &m.flatten_all().unwrap()) < 1e-5);
+    assert!(max_abs_diff(&var, &v.flatten_all().unwrap()) < 1e-4);
     let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let gw = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
     for t in [&x, &gamma, &beta] {
-        let d = max_diff(g.get(t.as_tensor()).unwrap(), gw.get(t.as_tensor()).unwrap());
+        let d = max_abs_diff(g.get(t.as_tensor()).unwrap(), gw.get(t.as_tensor()).unwrap());
         assert!(d < 1e-3, "gradient max diff {d}");
     }
 }

@@ -1,6 +1,8 @@
 //! Weights files: the Hugging Face cache layout, explicit paths, safetensors in every float dtype, zip-format
 //! PyTorch checkpoints built by hand (with torchvision → timm renaming), and streamed sha256.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +13,7 @@ use backbones::weights::{cached_path_in, file_sha256, load_tensors, load_tensors
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use sha2::Digest;
+use support::max_abs_diff;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -252,19 +255,6 @@ fn write_pth(path: &Path, tensors: &[(&str, Tensor)], wrapper: Option<&str>) {
     z.start_file("archive/version", opts).unwrap();
     z.write_all(b"3\n").unwrap();
     z.finish().unwrap();
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

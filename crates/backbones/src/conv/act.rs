@@ -3,15 +3,10 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_slice;
+
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 16;
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("relu6: input must be contiguous"),
-    }
-}
 
 struct Relu6;
 
@@ -21,7 +16,7 @@ impl CustomOp1 for Relu6 {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = cpu_slice(s, l, "relu6: input")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
@@ -49,7 +44,10 @@ impl CustomOp2 for Relu6Grad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, g) = (
+            cpu_slice(s1, l1, "relu6: input")?,
+            cpu_slice(s2, l2, "relu6: gradient")?,
+        );
         if x.len() != g.len() {
             candle_core::bail!(
                 "relu6 backward: gradient shape {:?} differs from {:?}",

@@ -4,12 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("batch norm: {what} must be contiguous"),
-    }
-}
+use super::cpu_slice;
 
 /// Per-channel `(mean, biased variance)` of `x` (N×C×H×W, contiguous), two passes per channel.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
@@ -41,7 +36,7 @@ impl CustomOp1 for Stats {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let st = channel_stats(contiguous_f32(s, l, "input")?, n, c, h * w);
+        let st = channel_stats(cpu_slice(s, l, "batch norm: input")?, n, c, h * w);
         let mut out: Vec<f32> = st.iter().map(|s| s.0 as f32).collect();
         out.extend(st.iter().map(|s| s.1 as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, c))))
@@ -68,8 +63,11 @@ impl CustomOp3 for Normalize {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let (st, aff) = (contiguous_f32(s2, l2, "stats")?, contiguous_f32(s3, l3, "affine")?);
+        let x = cpu_slice(s1, l1, "batch norm: input")?;
+        let (st, aff) = (
+            cpu_slice(s2, l2, "batch norm: stats")?,
+            cpu_slice(s3, l3, "batch norm: affine")?,
+        );
         let hw = h * w;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw)

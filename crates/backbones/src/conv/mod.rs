@@ -213,11 +213,12 @@ fn pool_threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU tensor; `what` names it in the error (`"conv2d: input"`).
+pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+        None => candle_core::bail!("{what} must be contiguous"),
     }
 }
 
@@ -289,8 +290,8 @@ impl CustomOp2 for ConvOp {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let out = forward(
             &g,
-            cpu_slice(s1, l1, "input")?,
-            cpu_slice(s2, l2, "weight")?,
+            cpu_slice(s1, l1, "conv2d: input")?,
+            cpu_slice(s2, l2, "conv2d: weight")?,
             None,
             self.act,
         );
@@ -320,9 +321,9 @@ impl CustomOp2 for ConvOp {
         let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ws)) = (&*gs, &*xs, &*ws) else {
             candle_core::bail!("graft-conv2d backward runs on the CPU only")
         };
-        let gd = cpu_slice(gs, gl, "gradient")?;
-        let xd = cpu_slice(xs, xl, "input")?;
-        let wd = cpu_slice(ws, wl, "weight")?;
+        let gd = cpu_slice(gs, gl, "conv2d: gradient")?;
+        let xd = cpu_slice(xs, xl, "conv2d: input")?;
+        let wd = cpu_slice(ws, wl, "conv2d: weight")?;
         let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
         let img = g.c * g.h * g.w;
         let threads = pool_threads();
@@ -398,14 +399,14 @@ impl CustomOp3 for ConvOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let bias = cpu_slice(s3, l3, "bias")?;
+        let bias = cpu_slice(s3, l3, "conv2d: bias")?;
         if bias.len() != g.co {
             candle_core::bail!("conv2d: bias has {} values for {} output channels", bias.len(), g.co)
         }
         let out = forward(
             &g,
-            cpu_slice(s1, l1, "input")?,
-            cpu_slice(s2, l2, "weight")?,
+            cpu_slice(s1, l1, "conv2d: input")?,
+            cpu_slice(s2, l2, "conv2d: weight")?,
             Some(bias),
             self.act,
         );

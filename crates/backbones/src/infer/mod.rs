@@ -289,12 +289,10 @@ impl MobilePlan {
         let shapes = self.shapes(h, w)?;
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
-        let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-            return Err(crate::Error::Msg(
-                "the inference path runs on contiguous CPU tensors".into(),
-            ));
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Err(crate::Error::Msg("the inference path runs on CPU tensors".into()));
         };
-        let xs = &cpu.as_slice::<f32>()?[start..end];
+        let xs = crate::conv::cpu_slice(cpu, layout, "inference path: input")?;
         let (ho, wo, co) = shapes.out;
         let (img, out_len) = (ci * h * w, co * ho * wo);
         let mut out = vec![0f32; n * out_len];

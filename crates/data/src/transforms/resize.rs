@@ -121,20 +121,26 @@ impl ImageTransform for ResizeCenterCrop {
         let top = super::crop::center_offset(oh as i64, self.h as i64);
         let left = super::crop::center_offset(ow as i64, self.w as i64);
         let inside = top >= 0 && left >= 0 && top as usize + self.h <= oh && left as usize + self.w <= ow;
-        let (support, filter): (f64, fn(f64) -> f64) = match self.resize.interpolation {
-            Interpolation::Bilinear => (1.0, bilinear_filter),
-            Interpolation::Bicubic => (2.0, bicubic_filter),
-            Interpolation::Nearest => (0.0, bilinear_filter),
+        let filter: Option<(f64, Filter)> = match self.resize.interpolation {
+            Interpolation::Bilinear => Some((1.0, bilinear_filter)),
+            Interpolation::Bicubic => Some((2.0, bicubic_filter)),
+            Interpolation::Nearest => None,
         };
-        let resamples = support > 0.0 && (oh, ow) != (ih, iw) && ih > 0 && iw > 0;
-        if !(inside && resamples) {
-            let resized = self.resize.apply(img, rng);
-            return super::CenterCrop { h: self.h, w: self.w }.apply(resized, rng);
+        match filter {
+            Some((support, filter)) if inside && (oh, ow) != (ih, iw) && ih > 0 && iw > 0 => {
+                let window = [top as usize, left as usize, self.h, self.w];
+                resample(&img, oh, ow, window, support, filter)
+            }
+            _ => {
+                let resized = self.resize.apply(img, rng);
+                super::CenterCrop { h: self.h, w: self.w }.apply(resized, rng)
+            }
         }
-        let window = [top as usize, left as usize, self.h, self.w];
-        resample(&img, oh, ow, window, support, filter)
     }
 }
+
+/// A resampling filter's kernel.
+type Filter = fn(f64) -> f64;
 
 /// PIL's triangle filter.
 fn bilinear_filter(x: f64) -> f64 {

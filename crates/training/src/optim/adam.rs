@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{check_groups, decays, get_tensor, key, OptimState, Optimizer, ParamGroup};
+use super::{decays, get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
 use crate::error::Result;
 
 /// Adam / AdamW hyper-parameters.
@@ -48,20 +48,17 @@ impl AdamConfig {
 /// Adam with bias correction; AdamW when `decoupled`.
 #[derive(Debug)]
 pub struct Adam {
-    groups: Vec<ParamGroup>,
+    groups: Groups,
     cfg: AdamConfig,
-    scale: f64,
     state: HashMap<String, (Tensor, Tensor, u64)>,
 }
 
 impl Adam {
     /// An Adam / AdamW optimizer over `groups`.
     pub fn new(groups: Vec<ParamGroup>, cfg: AdamConfig) -> Result<Self> {
-        check_groups(&groups)?;
         Ok(Self {
-            groups,
+            groups: Groups::new(groups)?,
             cfg,
-            scale: 1.0,
             state: HashMap::new(),
         })
     }
@@ -76,48 +73,43 @@ impl Optimizer for Adam {
             weight_decay,
             decoupled,
         } = self.cfg;
-        for g in &self.groups {
-            let lr = g.lr * self.scale;
-            for (name, var) in &g.params {
-                let Some(grad) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                let mut p = var.as_tensor().clone();
-                let mut grad = grad.to_dtype(p.dtype())?;
-                if weight_decay != 0.0 {
-                    if decoupled {
-                        if decays(name, p.rank()) {
-                            p = (&p * (1.0 - lr * weight_decay))?;
-                        }
-                    } else {
-                        grad = (grad + (&p * weight_decay)?)?;
+        let state = &mut self.state;
+        self.groups.each_grad(grads, |lr, group, name, var, grad| {
+            let mut p = var.as_tensor().clone();
+            let mut grad = grad.to_dtype(p.dtype())?;
+            if weight_decay != 0.0 {
+                if decoupled {
+                    if decays(name, p.rank()) {
+                        p = (&p * (1.0 - lr * weight_decay))?;
                     }
+                } else {
+                    grad = (grad + (&p * weight_decay)?)?;
                 }
-                let k = key(&g.name, name, "");
-                let (m, v, t) = match self.state.remove(&k) {
-                    Some(s) => s,
-                    None => (p.zeros_like()?, p.zeros_like()?, 0),
-                };
-                let m = ((m * beta1)? + (&grad * (1.0 - beta1))?)?;
-                let v = ((v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-                let t = t + 1;
-                let bc1 = 1.0 - beta1.powi(t as i32);
-                let bc2 = 1.0 - beta2.powi(t as i32);
-                let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
-                let p = (p - (m.div(&denom)? * (lr / bc1))?)?;
-                var.set(&p)?;
-                self.state.insert(k, (m, v, t));
             }
-        }
-        Ok(())
+            let k = key(group, name, "");
+            let (m, v, t) = match state.remove(&k) {
+                Some(s) => s,
+                None => (p.zeros_like()?, p.zeros_like()?, 0),
+            };
+            let m = ((m * beta1)? + (&grad * (1.0 - beta1))?)?;
+            let v = ((v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+            let t = t + 1;
+            let bc1 = 1.0 - beta1.powi(t as i32);
+            let bc2 = 1.0 - beta2.powi(t as i32);
+            let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+            let p = (p - (m.div(&denom)? * (lr / bc1))?)?;
+            var.set(&p)?;
+            state.insert(k, (m, v, t));
+            Ok(())
+        })
     }
 
     fn set_lr_scale(&mut self, scale: f64) {
-        self.scale = scale;
+        self.groups.set_scale(scale);
     }
 
     fn lr(&self) -> f64 {
-        self.groups.first().map(|g| g.lr * self.scale).unwrap_or(0.0)
+        self.groups.lr()
     }
 
     fn state(&self) -> OptimState {
@@ -127,24 +119,22 @@ impl Optimizer for Adam {
             out.tensors.insert(format!("{k}exp_avg_sq"), v.clone());
             out.scalars.insert(format!("{k}step"), *t as f64);
         }
-        out.scalars.insert("lr_scale".into(), self.scale);
+        out.scalars.extend([self.groups.scale_entry()]);
         out
     }
 
     fn load_state(&mut self, state: &OptimState) -> Result<()> {
         let mut st = HashMap::new();
-        for g in &self.groups {
-            for (name, _) in &g.params {
-                let k = key(&g.name, name, "");
-                if let Some(t) = state.scalars.get(&format!("{k}step")) {
-                    let m = get_tensor(state, &format!("{k}exp_avg"))?;
-                    let v = get_tensor(state, &format!("{k}exp_avg_sq"))?;
-                    st.insert(k, (m, v, *t as u64));
-                }
+        for (group, name) in self.groups.names() {
+            let k = key(group, name, "");
+            if let Some(t) = state.scalars.get(&format!("{k}step")) {
+                let m = get_tensor(state, &format!("{k}exp_avg"))?;
+                let v = get_tensor(state, &format!("{k}exp_avg_sq"))?;
+                st.insert(k, (m, v, *t as u64));
             }
         }
         self.state = st;
-        self.scale = state.scalars.get("lr_scale").copied().unwrap_or(1.0);
+        self.groups.load_scale(state);
         Ok(())
     }
 }

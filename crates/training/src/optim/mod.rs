@@ -62,20 +62,74 @@ pub(crate) fn key(group: &str, param: &str, slot: &str) -> String {
     format!("{group}/{param}/{slot}")
 }
 
-pub(crate) fn check_groups(groups: &[ParamGroup]) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for g in groups {
-        if !(g.lr.is_finite() && g.lr >= 0.0) {
-            return Err(Error::Config(format!(
-                "group `{}` has an invalid learning rate {}",
-                g.name, g.lr
-            )));
+/// Parameter groups and the schedule's learning-rate scale: the bookkeeping every optimizer shares.
+#[derive(Debug)]
+pub(crate) struct Groups {
+    groups: Vec<ParamGroup>,
+    scale: f64,
+}
+
+impl Groups {
+    /// Check the groups (finite, non-negative rates; unique names); the scale starts at 1.
+    pub(crate) fn new(groups: Vec<ParamGroup>) -> Result<Self> {
+        let mut seen = std::collections::HashSet::new();
+        for g in &groups {
+            if !(g.lr.is_finite() && g.lr >= 0.0) {
+                return Err(Error::Config(format!(
+                    "group `{}` has an invalid learning rate {}",
+                    g.name, g.lr
+                )));
+            }
+            if !seen.insert(g.name.clone()) {
+                return Err(Error::Config(format!("two parameter groups are named `{}`", g.name)));
+            }
         }
-        if !seen.insert(g.name.clone()) {
-            return Err(Error::Config(format!("two parameter groups are named `{}`", g.name)));
-        }
+        Ok(Self { groups, scale: 1.0 })
     }
-    Ok(())
+
+    /// `update(lr, group, param, var, grad)` for every parameter with a gradient in `grads`, at its current rate.
+    pub(crate) fn each_grad(
+        &self,
+        grads: &GradStore,
+        mut update: impl FnMut(f64, &str, &str, &Var, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        for g in &self.groups {
+            let lr = g.lr * self.scale;
+            for (name, var) in &g.params {
+                if let Some(grad) = grads.get(var.as_tensor()) {
+                    update(lr, &g.name, name, var, grad)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `(group, param)` names of every parameter.
+    pub(crate) fn names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(move |(n, _)| (g.name.as_str(), n.as_str())))
+    }
+
+    /// Set the schedule's scale.
+    pub(crate) fn set_scale(&mut self, scale: f64) {
+        self.scale = scale;
+    }
+
+    /// The first group's current rate.
+    pub(crate) fn lr(&self) -> f64 {
+        self.groups.first().map(|g| g.lr * self.scale).unwrap_or(0.0)
+    }
+
+    /// The scale as a state scalar.
+    pub(crate) fn scale_entry(&self) -> (String, f64) {
+        ("lr_scale".to_string(), self.scale)
+    }
+
+    /// Restore the scale saved by [`Groups::scale_entry`] (1 when absent).
+    pub(crate) fn load_scale(&mut self, state: &OptimState) {
+        self.scale = state.scalars.get("lr_scale").copied().unwrap_or(1.0);
+    }
 }
 
 /// Whether AdamW's decoupled weight decay applies: not to 1-d parameters, biases and norm layers.

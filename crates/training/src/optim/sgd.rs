@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{check_groups, get_tensor, key, OptimState, Optimizer, ParamGroup};
+use super::{get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
 use crate::error::{Error, Result};
 
 /// SGD hyper-parameters (dampening is 0).
@@ -32,23 +32,21 @@ impl Default for SgdConfig {
 /// SGD: `d = g + wd·p; buf = μ·buf + d (buf = d at first); d = nesterov ? d + μ·buf : buf; p -= lr·d`.
 #[derive(Debug)]
 pub struct Sgd {
-    groups: Vec<ParamGroup>,
+    groups: Groups,
     cfg: SgdConfig,
-    scale: f64,
     buffers: HashMap<String, Tensor>,
 }
 
 impl Sgd {
     /// An SGD optimizer over `groups`.
     pub fn new(groups: Vec<ParamGroup>, cfg: SgdConfig) -> Result<Self> {
-        check_groups(&groups)?;
+        let groups = Groups::new(groups)?;
         if cfg.nesterov && cfg.momentum <= 0.0 {
             return Err(Error::Config("Nesterov momentum needs momentum > 0".into()));
         }
         Ok(Self {
             groups,
             cfg,
-            scale: 1.0,
             buffers: HashMap::new(),
         })
     }
@@ -61,63 +59,56 @@ impl Optimizer for Sgd {
             nesterov,
             weight_decay,
         } = self.cfg;
-        for g in &self.groups {
-            let lr = g.lr * self.scale;
-            for (name, var) in &g.params {
-                let Some(grad) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                let p = var.as_tensor();
-                let mut d = grad.to_dtype(p.dtype())?;
-                if weight_decay != 0.0 {
-                    d = (d + (p * weight_decay)?)?;
-                }
-                if momentum != 0.0 {
-                    let k = key(&g.name, name, "momentum_buffer");
-                    let buf = match self.buffers.get(&k) {
-                        Some(b) => ((b * momentum)? + &d)?,
-                        None => d.copy()?,
-                    };
-                    d = if nesterov {
-                        (d + (&buf * momentum)?)?
-                    } else {
-                        buf.clone()
-                    };
-                    self.buffers.insert(k, buf);
-                }
-                var.set(&(p - (d * lr)?)?)?;
+        let buffers = &mut self.buffers;
+        self.groups.each_grad(grads, |lr, group, name, var, grad| {
+            let p = var.as_tensor();
+            let mut d = grad.to_dtype(p.dtype())?;
+            if weight_decay != 0.0 {
+                d = (d + (p * weight_decay)?)?;
             }
-        }
-        Ok(())
+            if momentum != 0.0 {
+                let k = key(group, name, "momentum_buffer");
+                let buf = match buffers.get(&k) {
+                    Some(b) => ((b * momentum)? + &d)?,
+                    None => d.copy()?,
+                };
+                d = if nesterov {
+                    (d + (&buf * momentum)?)?
+                } else {
+                    buf.clone()
+                };
+                buffers.insert(k, buf);
+            }
+            var.set(&(p - (d * lr)?)?)?;
+            Ok(())
+        })
     }
 
     fn set_lr_scale(&mut self, scale: f64) {
-        self.scale = scale;
+        self.groups.set_scale(scale);
     }
 
     fn lr(&self) -> f64 {
-        self.groups.first().map(|g| g.lr * self.scale).unwrap_or(0.0)
+        self.groups.lr()
     }
 
     fn state(&self) -> OptimState {
         OptimState {
             tensors: self.buffers.clone(),
-            scalars: HashMap::from([("lr_scale".to_string(), self.scale)]),
+            scalars: HashMap::from([self.groups.scale_entry()]),
         }
     }
 
     fn load_state(&mut self, state: &OptimState) -> Result<()> {
         let mut buffers = HashMap::new();
-        for g in &self.groups {
-            for (name, _) in &g.params {
-                let k = key(&g.name, name, "momentum_buffer");
-                if state.tensors.contains_key(&k) {
-                    buffers.insert(k.clone(), get_tensor(state, &k)?);
-                }
+        for (group, name) in self.groups.names() {
+            let k = key(group, name, "momentum_buffer");
+            if state.tensors.contains_key(&k) {
+                buffers.insert(k.clone(), get_tensor(state, &k)?);
             }
         }
         self.buffers = buffers;
-        self.scale = state.scalars.get("lr_scale").copied().unwrap_or(1.0);
+        self.groups.load_scale(state);
         Ok(())
     }
 }
