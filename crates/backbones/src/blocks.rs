@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use crate::backbone::Stage;
+use crate::backbone::{FeatureInfo, Stage, Taps};
 use crate::error::Result;
 use crate::fused::conv_bn_act;
 use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
@@ -433,6 +433,48 @@ pub fn forward_stages(stages: &[Vec<Block>], x: &Tensor, train: bool) -> Result<
         }
     }
     Ok(x)
+}
+
+/// The multi-scale features of a mobile network (timm's rule): the output of each stage after which the
+/// resolution halves, and of the last stage (the stem has stride 2).
+pub fn mobile_feature_info(table: &[&[BlockArgs]]) -> Vec<FeatureInfo> {
+    let strides: Vec<usize> = table.iter().map(|s| s.iter().map(|a| a.stride).product()).collect();
+    let mut info = Vec::new();
+    let mut reduction = 2;
+    for (i, stage) in table.iter().enumerate() {
+        reduction *= strides[i];
+        let next_halves = strides.get(i + 1).is_none_or(|&s| s > 1);
+        if let (true, Some(last)) = (next_halves, stage.last()) {
+            info.push(FeatureInfo::new(format!("blocks.{i}"), reduction, last.out));
+        }
+    }
+    info
+}
+
+/// The chosen multi-scale maps of a mobile network: the stem's output runs through the stages, stopping after the
+/// last map asked for.
+pub fn forward_mobile_multiscale(
+    stages: &[Vec<Block>],
+    info: &[FeatureInfo],
+    x: &Tensor,
+    train: bool,
+    out_indices: &[usize],
+) -> Result<Vec<Tensor>> {
+    let mut taps = Taps::new(out_indices);
+    let mut x = x.clone();
+    for (i, stage) in stages.iter().enumerate() {
+        for block in stage {
+            x = block.forward(&x, train)?;
+        }
+        let name = format!("blocks.{i}");
+        if let Some(k) = info.iter().position(|f| f.module == name) {
+            taps.keep(k, &x);
+            if taps.done() {
+                break;
+            }
+        }
+    }
+    Ok(taps.finish())
 }
 
 /// The stages of a mobile network: `stem`, `blocks.0` … `blocks.{n-1}`, `head` with the given head prefixes.

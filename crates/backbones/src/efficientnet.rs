@@ -3,10 +3,10 @@
 
 use candle_core::Tensor;
 
-use crate::backbone::{Backbone, Stage};
+use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage};
 use crate::blocks::{
-    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, ConvNormAct, MobileConfig,
-    SeWidth,
+    build_stages, forward_mobile_multiscale, forward_stages, mobile_feature_info, mobile_stages, optional_classifier,
+    Block, BlockArgs, ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
 use crate::infer::MobilePlan;
@@ -49,6 +49,7 @@ const CLASSES: usize = 1000;
 pub struct EfficientNet {
     name: String,
     store: ParamStore,
+    table: &'static [&'static [BlockArgs]],
     stem: ConvNormAct,
     blocks: Vec<Vec<Block>>,
     head: ConvNormAct,
@@ -84,7 +85,7 @@ impl EfficientNet {
         name: &str,
         store: &ParamStore,
         cfg: &MobileConfig,
-        table: &[&[BlockArgs]],
+        table: &'static [&'static [BlockArgs]],
         act: Activation,
     ) -> Result<Self> {
         let stem = ConvNormAct::new(store, ("conv_stem", "bn1"), cfg, (3, STEM, 3, 2), act)?;
@@ -94,6 +95,7 @@ impl EfficientNet {
         Ok(Self {
             name: name.to_string(),
             store: store.clone(),
+            table,
             stem,
             blocks,
             head,
@@ -138,6 +140,18 @@ impl Backbone for EfficientNet {
         let x = self.stem.forward(x, train)?;
         let x = forward_stages(&self.blocks, &x, train)?;
         self.head.forward(&x, train)
+    }
+
+    /// The output of each stage after which the resolution halves, and of the last stage (1/2 … 1/32), as timm.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        mobile_feature_info(self.table)
+    }
+
+    fn forward_multiscale(&self, x: &Tensor, train: bool, out_indices: &[usize]) -> Result<Vec<Tensor>> {
+        let info = self.feature_info();
+        check_out_indices(&self.name, info.len(), out_indices)?;
+        let x = self.stem.forward(x, train)?;
+        forward_mobile_multiscale(&self.blocks, &info, &x, train, out_indices)
     }
 
     fn has_classifier(&self) -> bool {

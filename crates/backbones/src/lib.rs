@@ -23,7 +23,7 @@ pub mod vgg;
 pub mod weights;
 pub mod zoo;
 
-pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, Stage};
+pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, FeatureInfo, Stage};
 pub use error::{Error, Result};
 pub use params::{Buffer, Param, ParamStore};
 pub use registry::ModelSpec;

@@ -3,10 +3,10 @@
 
 use candle_core::Tensor;
 
-use crate::backbone::{Backbone, Stage};
+use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage};
 use crate::blocks::{
-    build_stages, forward_stages, mobile_stages, optional_classifier, Block, BlockArgs, ConvNormAct, MobileConfig,
-    SeWidth,
+    build_stages, forward_mobile_multiscale, forward_stages, mobile_feature_info, mobile_stages, optional_classifier,
+    Block, BlockArgs, ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
 use crate::infer::MobilePlan;
@@ -131,6 +131,18 @@ impl Backbone for MobileNetV3 {
         let (n, c) = pooled.dims2()?;
         let y = self.conv_head.forward(&pooled.reshape((n, c, 1, 1))?)?;
         HS.forward(&y.reshape((n, HEAD))?)
+    }
+
+    /// The output of each stage after which the resolution halves, and of the last stage (1/2 … 1/32), as timm.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        mobile_feature_info(LARGE)
+    }
+
+    fn forward_multiscale(&self, x: &Tensor, train: bool, out_indices: &[usize]) -> Result<Vec<Tensor>> {
+        let info = self.feature_info();
+        check_out_indices(&self.name, info.len(), out_indices)?;
+        let x = self.stem.forward(x, train)?;
+        forward_mobile_multiscale(&self.blocks, &info, &x, train, out_indices)
     }
 
     fn has_classifier(&self) -> bool {

@@ -9,7 +9,7 @@ pub use block::{Block, BlockKind, BN_EPS};
 
 use candle_core::Tensor;
 
-use crate::backbone::{Backbone, Stage};
+use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
 use crate::fused::conv_bn_act;
 use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
@@ -147,6 +147,32 @@ impl Backbone for ResNet {
             x = block.forward(&x, train)?;
         }
         Ok(x)
+    }
+
+    /// `act1` (the stem before max-pooling, 1/2), then `layer1` … `layer4` (1/4 … 1/32), as timm.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let e = self.cfg.block.expansion();
+        let mut info = vec![FeatureInfo::new("act1", 2, STEM_CHANNELS)];
+        info.extend((0..4).map(|i| FeatureInfo::new(format!("layer{}", i + 1), 4 << i, WIDTHS[i] * e)));
+        info
+    }
+
+    fn forward_multiscale(&self, x: &Tensor, train: bool, out_indices: &[usize]) -> Result<Vec<Tensor>> {
+        check_out_indices(self.cfg.name, 5, out_indices)?;
+        let mut taps = Taps::new(out_indices);
+        let x = conv_bn_act(&self.conv1, &self.bn1, Activation::Relu, x, train)?;
+        taps.keep(0, &x);
+        let mut x = crate::ops::max_pool2d(&x, 3, 2, 1)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if taps.done() {
+                break;
+            }
+            for block in layer {
+                x = block.forward(&x, train)?;
+            }
+            taps.keep(i + 1, &x);
+        }
+        Ok(taps.finish())
     }
 
     fn has_classifier(&self) -> bool {

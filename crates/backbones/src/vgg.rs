@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 
-use crate::backbone::{Backbone, Stage};
+use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
 use crate::layers::{global_avg_pool, Conv2d, ConvConfig, Linear, Padding};
 use crate::params::ParamStore;
@@ -189,6 +189,50 @@ impl Backbone for Vgg {
             };
         }
         Ok(x)
+    }
+
+    /// The ReLU before each max-pool (1/1 … 1/16, modules `features.{i}` as timm numbers them), then the last
+    /// max-pool's output (1/32, the map [`Backbone::forward_features`] returns).
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let (mut idx, mut reduction, mut channels) = (0usize, 1usize, 3usize);
+        let mut info = Vec::new();
+        for layer in self.cfg.layers {
+            match *layer {
+                Layer::Conv(c) => {
+                    channels = c;
+                    idx += 2;
+                }
+                Layer::Pool => {
+                    info.push(FeatureInfo::new(format!("features.{}", idx - 1), reduction, channels));
+                    reduction *= 2;
+                    idx += 1;
+                }
+            }
+        }
+        info.push(FeatureInfo::new(format!("features.{}", idx - 1), reduction, channels));
+        info
+    }
+
+    fn forward_multiscale(&self, x: &Tensor, _train: bool, out_indices: &[usize]) -> Result<Vec<Tensor>> {
+        let n = self.feature_info().len();
+        check_out_indices(self.cfg.name, n, out_indices)?;
+        let mut taps = Taps::new(out_indices);
+        let (mut x, mut k) = (x.clone(), 0);
+        for op in &self.ops {
+            x = match op {
+                Op::Conv(conv) => crate::fused::conv_act(conv, crate::layers::Activation::Relu, &x)?,
+                Op::Pool => {
+                    taps.keep(k, &x);
+                    k += 1;
+                    if taps.done() {
+                        break;
+                    }
+                    crate::ops::max_pool2d(&x, 2, 2, 0)?
+                }
+            };
+        }
+        taps.keep(n - 1, &x);
+        Ok(taps.finish())
     }
 
     fn has_classifier(&self) -> bool {

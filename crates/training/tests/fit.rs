@@ -93,6 +93,13 @@ impl Backbone for Tiny {
         let h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
         Ok(self.conv2.forward(&h)?.relu()?)
     }
+    fn feature_info(&self) -> Vec<backbones::FeatureInfo> {
+        vec![backbones::FeatureInfo::new("conv2", 1, 8)]
+    }
+    fn forward_multiscale(&self, x: &Tensor, train: bool, idx: &[usize]) -> backbones::Result<Vec<Tensor>> {
+        backbones::backbone::check_out_indices("tiny", 1, idx)?;
+        Ok(vec![self.forward_features(x, train)?])
+    }
     fn has_classifier(&self) -> bool {
         false
     }
