@@ -24,6 +24,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A layer or parameter store of the backbones crate failed.
+    #[error(transparent)]
+    Backbone(#[from] backbones::Error),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -7,7 +7,10 @@
 pub mod config;
 pub mod error;
 pub mod head;
+pub mod nn;
+pub mod segment;
 
 pub use config::{HeadConfig, InputKind, Task};
 pub use error::{Error, Result};
 pub use head::{save_safetensors_atomic, write_atomic, Head};
+pub use segment::{Decoder, SegHead, SegHeadConfig};

@@ -56,7 +56,7 @@ pub struct CheckpointMeta {
     pub schedule_step: usize,
     /// The training RNG (dropout masks) after the last completed epoch.
     pub rng: RngState,
-    /// Best validation accuracy so far.
+    /// Best task score so far (validation accuracy for classification).
     pub best_metric: Option<f64>,
     /// Epoch (0-based) of the best validation accuracy.
     pub best_epoch: Option<usize>,

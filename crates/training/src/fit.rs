@@ -1,13 +1,13 @@
 //! The fit loop (PyTorch's `train_model`): train and val phases per epoch, best-val weights, early stopping,
 //! per-epoch atomic checkpoints and exact resume.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use backbones::Backbone;
 use candle_core::{DType, Tensor};
-use heads::{Head, InputKind, Task};
+use heads::{Head, InputKind, Task as HeadTask};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::loss::{bce_with_logits, cross_entropy, CrossEntropy};
 use crate::optim::{OptimState, Optimizer};
 use crate::schedule::LrSchedule;
+use crate::task::{Classify, Task};
 
 /// One epoch's figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,15 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Wall time of the epoch.
     pub seconds: f64,
+    /// The task's score that picks the best epoch (accuracy, mIoU, AP); absent in records written before tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Every validation metric the task computed, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Mean training loss parts per sample (e.g. `box`, `cls`), for multi-part losses.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loss_parts: BTreeMap<String, f64>,
 }
 
 /// The model being trained: an optional backbone (absent when training on precomputed features) and a head.
@@ -147,8 +157,11 @@ impl Default for FitConfig {
 pub struct FitResult {
     /// Every epoch, including those before a resume.
     pub history: Vec<EpochRecord>,
-    /// Best validation accuracy.
+    /// Validation accuracy at the best epoch.
     pub best_val_acc: f64,
+    /// The task's best score (accuracy for classification: equal to `best_val_acc`).
+    #[serde(default)]
+    pub best_score: f64,
     /// Its epoch.
     pub best_epoch: usize,
     /// Whether early stopping ended the run.
@@ -177,10 +190,15 @@ pub struct BatchProgress {
 }
 
 /// Loss and number of correct predictions (and of predictions) for a batch, by task.
-pub fn batch_loss(task: Task, logits: &Tensor, labels: &Tensor, cfg: &LossConfig) -> Result<(Tensor, usize, usize)> {
+pub fn batch_loss(
+    task: HeadTask,
+    logits: &Tensor,
+    labels: &Tensor,
+    cfg: &LossConfig,
+) -> Result<(Tensor, usize, usize)> {
     let n = logits.dim(0)?;
     match task {
-        Task::MultiClass => {
+        HeadTask::MultiClass => {
             let opts = CrossEntropy {
                 label_smoothing: cfg.label_smoothing,
                 class_weights: cfg.class_weights.clone(),
@@ -190,10 +208,10 @@ pub fn batch_loss(task: Task, logits: &Tensor, labels: &Tensor, cfg: &LossConfig
             let y: Vec<u32> = labels.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
             Ok((loss, pred.iter().zip(&y).filter(|(a, b)| a == b).count(), n))
         }
-        Task::Binary | Task::MultiLabel => {
+        HeadTask::Binary | HeadTask::MultiLabel => {
             let y = labels.to_dtype(DType::F32)?.reshape(logits.shape())?;
             let (mut pos_weight, mut scale) = (cfg.pos_weight.clone(), 1.0);
-            if let (Task::Binary, Some(w)) = (task, &cfg.class_weights) {
+            if let (HeadTask::Binary, Some(w)) = (task, &cfg.class_weights) {
                 // mean(w_y · l) = w0 · BCE(pos_weight = w1 / w0).
                 if w.len() != 2 || w[0] <= 0.0 {
                     return Err(Error::Config("a binary task needs 2 positive class weights".into()));
@@ -203,7 +221,7 @@ pub fn batch_loss(task: Task, logits: &Tensor, labels: &Tensor, cfg: &LossConfig
                 scale = w[0] as f64;
             }
             let weight = match task {
-                Task::MultiLabel => cfg.class_weights.as_deref(),
+                HeadTask::MultiLabel => cfg.class_weights.as_deref(),
                 _ => None,
             };
             let loss = (bce_with_logits(logits, &y, pos_weight.as_deref(), weight)? * scale)?;
@@ -253,9 +271,9 @@ pub fn fit_observed<TB, TI, VB, VI, CB>(
     optimizer: &mut dyn Optimizer,
     schedule: &dyn LrSchedule,
     cfg: &FitConfig,
-    mut train_batches: TB,
-    mut val_batches: VB,
-    mut on_epoch: CB,
+    train_batches: TB,
+    val_batches: VB,
+    on_epoch: CB,
     on_batch: &mut dyn FnMut(&BatchProgress),
 ) -> Result<FitResult>
 where
@@ -265,8 +283,48 @@ where
     VI: IntoIterator<Item = Result<(Tensor, Tensor)>>,
     CB: FnMut(&EpochRecord) -> Result<()>,
 {
-    let task = model.head.config().task;
-    let device = model.head.device().clone();
+    let task = Classify {
+        model,
+        loss: cfg.loss.clone(),
+    };
+    fit_task(
+        &task,
+        optimizer,
+        schedule,
+        cfg,
+        train_batches,
+        val_batches,
+        on_epoch,
+        on_batch,
+    )
+}
+
+/// The shared fit loop for any [`Task`]: each epoch a train phase over `train_batches(epoch)` (an optimizer step
+/// per batch, the LR factor from `schedule` at the global step) and a validation pass over `val_batches(epoch)`
+/// accumulated by the task's evaluator; the task's score picks the best epoch (kept, restored at the end when
+/// `cfg.restore_best`), drives early stopping, and goes with the model, the optimizer and the RNG into an atomic
+/// checkpoint every epoch (exact resume). `on_epoch(record)` runs after the checkpoint is written (an error from it
+/// stops the run, as an interruption); `on_batch` after every optimizer step. `cfg.loss` is not used here: the
+/// task owns its loss.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_task<T, TB, TI, VB, VI, CB>(
+    task: &T,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn LrSchedule,
+    cfg: &FitConfig,
+    mut train_batches: TB,
+    mut val_batches: VB,
+    mut on_epoch: CB,
+    on_batch: &mut dyn FnMut(&BatchProgress),
+) -> Result<FitResult>
+where
+    T: Task,
+    TB: FnMut(usize) -> TI,
+    TI: IntoIterator<Item = Result<(Tensor, T::Target)>>,
+    VB: FnMut(usize) -> VI,
+    VI: IntoIterator<Item = Result<(Tensor, T::Target)>>,
+    CB: FnMut(&EpochRecord) -> Result<()>,
+{
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut start_epoch = 0;
     let mut step = 0usize;
@@ -277,7 +335,7 @@ where
     let mut resumed_from = None;
 
     if let (true, Some(dir)) = (cfg.resume, &cfg.checkpoint_dir) {
-        if let Some(ck) = Checkpoint::load(dir, &device)? {
+        if let Some(ck) = Checkpoint::load(dir, &checkpoint_device(task))? {
             let m = ck.meta;
             let pick = |prefix: &str| -> HashMap<String, Tensor> {
                 ck.tensors
@@ -285,7 +343,7 @@ where
                     .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
                     .collect()
             };
-            model.load_state(&pick("model/"))?;
+            task.load_state(&pick("model/"))?;
             let best_t = pick("best/");
             best_state = (!best_t.is_empty()).then_some(best_t);
             optimizer.load_state(&OptimState {
@@ -310,12 +368,12 @@ where
         }
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut count, mut samples) = (0f64, 0usize, 0usize, 0usize);
+        let mut parts: BTreeMap<String, f64> = BTreeMap::new();
         for (i, batch) in train_batches(epoch).into_iter().enumerate() {
             let (x, y) = batch?;
             optimizer.set_lr_scale(schedule.multiplier(step));
-            let logits = model.forward(&x, Some(&mut rng))?;
-            let (loss, c, k) = batch_loss(task, &logits, &y, &cfg.loss)?;
-            let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            let out = task.train_step(&x, &y, &mut rng)?;
+            let l = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !l.is_finite() {
                 return Err(Error::NonFinite {
                     epoch,
@@ -323,13 +381,16 @@ where
                     loss: l,
                 });
             }
-            optimizer.step(&loss.backward()?)?;
+            optimizer.step(&out.loss.backward()?)?;
             step += 1;
             let n = x.dim(0)?;
             loss_sum += l as f64 * n as f64;
             samples += n;
-            correct += c;
-            count += k;
+            correct += out.correct;
+            count += out.count;
+            for (k, v) in out.parts {
+                *parts.entry(k).or_default() += v * n as f64;
+            }
             on_batch(&BatchProgress {
                 epoch,
                 batch: i,
@@ -342,29 +403,30 @@ where
         }
         let lr = optimizer.lr();
         let (train_loss, train_acc) = (loss_sum / samples.max(1) as f64, correct as f64 / count.max(1) as f64);
-        let (mut vloss, mut vcorrect, mut vcount, mut vsamples) = (0f64, 0usize, 0usize, 0usize);
+        let mut eval = task.evaluator();
         for batch in val_batches(epoch) {
             let (x, y) = batch?;
-            let logits = model.forward(&x, None)?.detach();
-            let (loss, c, k) = batch_loss(task, &logits, &y, &cfg.loss)?;
-            let n = x.dim(0)?;
-            vloss += loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64 * n as f64;
-            vsamples += n;
-            vcorrect += c;
-            vcount += k;
+            eval.add(&x, &y)?;
+        }
+        let summary = eval.finish()?;
+        for v in parts.values_mut() {
+            *v /= samples.max(1) as f64;
         }
         let record = EpochRecord {
             epoch,
             train_loss,
             train_acc,
-            val_loss: vloss / vsamples.max(1) as f64,
-            val_acc: vcorrect as f64 / vcount.max(1) as f64,
+            val_loss: summary.loss,
+            val_acc: summary.accuracy,
             lr,
             seconds: t0.elapsed().as_secs_f64(),
+            score: Some(summary.score),
+            metrics: summary.metrics,
+            loss_parts: parts,
         };
-        if best.is_none_or(|(b, _)| record.val_acc > b) {
-            best = Some((record.val_acc, epoch));
-            best_state = Some(model.state()?);
+        if best.is_none_or(|(b, _)| summary.score > b) {
+            best = Some((summary.score, epoch));
+            best_state = Some(task.state()?);
             since_best = 0;
         } else {
             since_best += 1;
@@ -372,7 +434,7 @@ where
         history.push(record.clone());
         if let Some(dir) = &cfg.checkpoint_dir {
             let opt = optimizer.state();
-            let mut tensors: HashMap<String, Tensor> = model
+            let mut tensors: HashMap<String, Tensor> = task
                 .state()?
                 .into_iter()
                 .map(|(k, v)| (format!("model/{k}"), v))
@@ -397,15 +459,31 @@ where
     }
     if cfg.restore_best {
         if let Some(bs) = &best_state {
-            model.load_state(bs)?;
+            task.load_state(bs)?;
         }
     }
-    let (best_val_acc, best_epoch) = best.unwrap_or((0.0, 0));
+    let (best_score, best_epoch) = best.unwrap_or((0.0, 0));
+    let best_val_acc = history
+        .iter()
+        .find(|r| r.epoch == best_epoch)
+        .map(|r| r.val_acc)
+        .unwrap_or(0.0);
     Ok(FitResult {
         history,
         best_val_acc,
+        best_score,
         best_epoch,
         stopped_early,
         resumed_from,
     })
+}
+
+/// The device checkpoint tensors load onto: the head's, else the backbone's.
+fn checkpoint_device<T: Task>(task: &T) -> candle_core::Device {
+    if let Some((_, v)) = task.head_vars().first() {
+        return v.device().clone();
+    }
+    task.backbone()
+        .map(|b| b.store().device().clone())
+        .unwrap_or(candle_core::Device::Cpu)
 }

@@ -7,9 +7,12 @@ pub mod lr_finder;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod task;
 
 pub use error::{Error, Result};
-pub use loss::{bce_with_logits, class_weights_auto, cross_entropy, log_softmax, CrossEntropy};
+pub use loss::{
+    bce_with_logits, class_weights_auto, cross_entropy, log_softmax, segmentation_loss, CrossEntropy, SegLoss,
+};
 pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
 pub use metrics::{ClassMetrics, ClassificationReport};
 pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdConfig};
@@ -22,4 +25,7 @@ pub mod fit;
 pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, CachedFeatures};
 pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
 pub use finetune::{discriminative_groups, fine_tune, set_trainable, FineTuneConfig, Unfreeze};
-pub use fit::{batch_loss, fit, fit_observed, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model};
+pub use fit::{
+    batch_loss, fit, fit_observed, fit_task, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model,
+};
+pub use task::{Classify, EvalSummary, Evaluator, StepLoss, Task};

@@ -115,3 +115,93 @@ pub fn class_weights_auto(label_counts: &[usize]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Options of the per-pixel losses ([`segmentation_loss`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegLoss {
+    /// Weight of the cross-entropy term (0 turns it off).
+    pub ce: f64,
+    /// Weight of the Dice term (0 turns it off).
+    pub dice: f64,
+    /// Target value that is ignored by both terms (PyTorch's `ignore_index`; 255 as Pascal VOC).
+    pub ignore_index: Option<u32>,
+    /// Per-class weights of the cross-entropy (weighted mean, as PyTorch).
+    pub class_weights: Option<Vec<f32>>,
+}
+
+impl Default for SegLoss {
+    fn default() -> Self {
+        Self {
+            ce: 1.0,
+            dice: 0.0,
+            ignore_index: Some(255),
+            class_weights: None,
+        }
+    }
+}
+
+/// Per-pixel loss of `logits` (N×K×H×W) against `targets` (N×H×W, u32): `ce · CE + dice · Dice`, where CE is
+/// PyTorch's `F.cross_entropy(logits, targets, weight, ignore_index)` (mean over non-ignored pixels, weighted) and
+/// Dice is segmentation_models_pytorch's multi-class `DiceLoss` (softmax probabilities, per class
+/// `1 − 2·Σp·t / max(Σp + Σt, 1e-7)` over non-ignored pixels, averaged over the classes, classes absent from the
+/// batch's targets contributing 0). A batch whose pixels are all ignored gives 0.
+pub fn segmentation_loss(logits: &Tensor, targets: &Tensor, opts: &SegLoss) -> Result<Tensor> {
+    let (n, k, h, w) = logits.dims4()?;
+    let y: Vec<u32> = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+    if y.len() != n * h * w {
+        return Err(Error::Config(format!(
+            "targets of {} pixels for logits of {n}×{h}×{w}",
+            y.len()
+        )));
+    }
+    let weights = match &opts.class_weights {
+        Some(cw) if cw.len() != k => {
+            return Err(Error::Config(format!("{} class weights for {k} classes", cw.len())));
+        }
+        Some(cw) => cw.clone(),
+        None => vec![1.0; k],
+    };
+    // One-hot targets scaled for the CE term and a validity mask, built on the host (pixel-major: N·H·W × K).
+    let mut onehot = vec![0f32; n * h * w * k];
+    let mut valid = vec![0f32; n * h * w];
+    let mut denom = 0f64;
+    for (i, &t) in y.iter().enumerate() {
+        if opts.ignore_index == Some(t) {
+            continue;
+        }
+        if t as usize >= k {
+            return Err(Error::Config(format!(
+                "mask value {t} is out of range for {k} classes (and is not the ignore index)"
+            )));
+        }
+        onehot[i * k + t as usize] = 1.0;
+        valid[i] = 1.0;
+        denom += weights[t as usize] as f64;
+    }
+    let dev = logits.device();
+    let rows = logits.permute((0, 2, 3, 1))?.reshape((n * h * w, k))?;
+    let onehot = Tensor::from_vec(onehot, (n * h * w, k), dev)?.to_dtype(rows.dtype())?;
+    let mut total = Tensor::zeros((), rows.dtype(), dev)?;
+    if denom == 0.0 {
+        return Ok((rows.sum_all()? * 0.0)?);
+    }
+    if opts.ce > 0.0 {
+        let w = Tensor::from_vec(weights.clone(), (1, k), dev)?.to_dtype(rows.dtype())?;
+        let m = onehot.broadcast_mul(&w)?;
+        let ce = ((log_softmax(&rows, D::Minus1)? * m)?.sum_all()?.neg()? / denom)?;
+        total = (total + (ce * opts.ce)?)?;
+    }
+    if opts.dice > 0.0 {
+        let valid = Tensor::from_vec(valid, (n * h * w, 1), dev)?.to_dtype(rows.dtype())?;
+        let max = rows.max_keepdim(D::Minus1)?.detach();
+        let e = rows.broadcast_sub(&max)?.exp()?;
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.broadcast_mul(&valid)?;
+        let inter = (&p * &onehot)?.sum(0)?;
+        let card = (p.sum(0)? + onehot.sum(0)?)?.clamp(1e-7, f64::MAX)?;
+        let present = onehot.sum(0)?.gt(0f64)?.to_dtype(rows.dtype())?;
+        let score = ((inter * 2.0)? / card)?;
+        let dice = ((score.ones_like()? - score)? * present)?.mean_all()?;
+        total = (total + (dice * opts.dice)?)?;
+    }
+    Ok(total)
+}

@@ -170,3 +170,136 @@ fn metrics_on_hand_made_examples() {
     let json = serde_json::to_string(&r).unwrap();
     assert_eq!(serde_json::from_str::<ClassificationReport>(&json).unwrap(), r);
 }
+
+mod segmentation_loss {
+    use candle_core::{Device, Tensor};
+    use training::{cross_entropy, segmentation_loss, CrossEntropy, SegLoss};
+
+    /// Logits 1×3×2×2 and a mask with one ignored pixel.
+    fn case() -> (Tensor, Tensor) {
+        #[rustfmt::skip]
+        let l = vec![
+            2.0f32, 0.5, -1.0, 0.0,   // class 0 over the 4 pixels
+            0.1, 1.5, 0.3, 0.2,       // class 1
+            -0.5, 0.0, 2.0, 0.1,      // class 2
+        ];
+        let logits = Tensor::from_vec(l, (1, 3, 2, 2), &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec(vec![0u32, 1, 2, 255], (1, 2, 2), &Device::Cpu).unwrap();
+        (logits, mask)
+    }
+
+    fn scalar(t: &Tensor) -> f32 {
+        t.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn cross_entropy_term_is_pytorchs_with_ignore_index() {
+        let (logits, mask) = case();
+        let seg = scalar(&segmentation_loss(&logits, &mask, &SegLoss::default()).unwrap());
+        // The three valid pixels as rows of a classification problem.
+        let rows = Tensor::from_vec(
+            vec![2.0f32, 0.1, -0.5, 0.5, 1.5, 0.0, -1.0, 0.3, 2.0],
+            (3, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let y = Tensor::from_vec(vec![0u32, 1, 2], 3, &Device::Cpu).unwrap();
+        let want = scalar(&cross_entropy(&rows, &y, &CrossEntropy::default()).unwrap());
+        assert!((seg - want).abs() < 1e-6, "{seg} vs {want}");
+        // Class weights: the weighted mean of PyTorch.
+        let w = vec![1.0f32, 2.0, 0.5];
+        let opts = SegLoss {
+            class_weights: Some(w.clone()),
+            ..SegLoss::default()
+        };
+        let seg = scalar(&segmentation_loss(&logits, &mask, &opts).unwrap());
+        let want = scalar(
+            &cross_entropy(
+                &rows,
+                &y,
+                &CrossEntropy {
+                    class_weights: Some(w),
+                    ..CrossEntropy::default()
+                },
+            )
+            .unwrap(),
+        );
+        assert!((seg - want).abs() < 1e-6, "{seg} vs {want}");
+    }
+
+    #[test]
+    fn dice_term_matches_a_hand_computation_and_is_zero_when_perfect() {
+        let (logits, mask) = case();
+        let opts = SegLoss {
+            ce: 0.0,
+            dice: 1.0,
+            ..SegLoss::default()
+        };
+        let got = scalar(&segmentation_loss(&logits, &mask, &opts).unwrap());
+        // By hand: softmax per valid pixel, per class 1 − 2·p_true / (Σ_valid p + 1), mean over the 3 classes.
+        let px = [[2.0f32, 0.1, -0.5], [0.5, 1.5, 0.0], [-1.0, 0.3, 2.0]];
+        let soft: Vec<Vec<f32>> = px
+            .iter()
+            .map(|r| {
+                let e: Vec<f32> = r.iter().map(|v| v.exp()).collect();
+                let s: f32 = e.iter().sum();
+                e.iter().map(|v| v / s).collect()
+            })
+            .collect();
+        let mut want = 0.0;
+        for c in 0..3 {
+            let sum_p: f32 = soft.iter().map(|p| p[c]).sum();
+            want += 1.0 - 2.0 * soft[c][c] / (sum_p + 1.0);
+        }
+        want /= 3.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Confident, correct logits: Dice and CE near 0.
+        let perfect = Tensor::from_vec(
+            vec![20.0f32, 0., 0., 0., 0., 20., 0., 0., 0., 0., 20., 0.],
+            (1, 3, 2, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let both = SegLoss {
+            dice: 1.0,
+            ..SegLoss::default()
+        };
+        assert!(scalar(&segmentation_loss(&perfect, &mask, &both).unwrap()) < 1e-4);
+    }
+
+    #[test]
+    fn ignored_batches_are_zero_and_bad_values_are_errors() {
+        let (logits, _) = case();
+        let all_ignored = Tensor::from_vec(vec![255u32; 4], (1, 2, 2), &Device::Cpu).unwrap();
+        let l = segmentation_loss(&logits, &all_ignored, &SegLoss::default()).unwrap();
+        assert_eq!(scalar(&l), 0.0);
+        let bad = Tensor::from_vec(vec![0u32, 1, 7, 0], (1, 2, 2), &Device::Cpu).unwrap();
+        let e = segmentation_loss(&logits, &bad, &SegLoss::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mask value 7"), "{e}");
+        let short = Tensor::from_vec(vec![0u32, 1], (1, 1, 2), &Device::Cpu).unwrap();
+        assert!(segmentation_loss(&logits, &short, &SegLoss::default()).is_err());
+        // Gradients flow to the logits through both terms.
+        let var = candle_core::Var::from_tensor(&logits).unwrap();
+        let (_, mask) = case();
+        let opts = SegLoss {
+            dice: 0.5,
+            ..SegLoss::default()
+        };
+        let g = segmentation_loss(var.as_tensor(), &mask, &opts)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = g
+            .get(&var)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(gs > 0.0);
+    }
+}

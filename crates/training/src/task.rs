@@ -1,0 +1,167 @@
+//! The task seam: what the shared fit loop needs from a task (classification, segmentation, detection, …).
+//!
+//! A task owns its target type, its loss, its metrics and the number that picks the best epoch. The fit loop
+//! ([`crate::fit::fit_task`]), checkpoints, resume, progress and early stopping are shared by every task.
+
+use std::collections::{BTreeMap, HashMap};
+
+use backbones::Backbone;
+use candle_core::{DType, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+use crate::fit::{batch_loss, LossConfig, Model};
+
+/// The loss of one training batch and the figures the progress display shows.
+#[derive(Debug, Clone)]
+pub struct StepLoss {
+    /// The scalar loss, still attached to the graph (the loop calls `backward` on it).
+    pub loss: Tensor,
+    /// Named parts of the loss (e.g. `box`, `cls`, `centerness`), as plain numbers; empty for single-part losses.
+    pub parts: Vec<(String, f64)>,
+    /// Correct predictions in the batch, for a running training accuracy (0 with `count` 0 when not meaningful).
+    pub correct: usize,
+    /// Predictions counted for `correct`.
+    pub count: usize,
+}
+
+/// The result of a validation pass: its mean loss, the score that picks the best epoch and every metric by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalSummary {
+    /// Mean validation loss per sample.
+    pub loss: f64,
+    /// Accuracy (classification), pixel accuracy (segmentation) or the task's nearest equivalent.
+    pub accuracy: f64,
+    /// The number that picks the best epoch (higher is better): accuracy, mIoU, AP@[.5:.95].
+    pub score: f64,
+    /// Every metric the task computed (`accuracy`, `miou`, `ap50`, …).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Accumulates one validation pass batch by batch (metrics are computed over the whole set, not averaged per batch).
+pub trait Evaluator<T> {
+    /// Forward `x` in eval mode and accumulate the batch against its targets.
+    fn add(&mut self, x: &Tensor, y: &T) -> Result<()>;
+    /// The pass's summary.
+    fn finish(self: Box<Self>) -> Result<EvalSummary>;
+}
+
+/// A model trained by the shared fit loop for one task.
+pub trait Task {
+    /// The targets of a batch (class ids N, masks N×H×W, boxes per image, …).
+    type Target;
+
+    /// The task's name (`classify`, `segment`, `detect`).
+    fn name(&self) -> &'static str;
+
+    /// The name of the metric in [`EvalSummary::score`] (`accuracy`, `miou`, `map`).
+    fn score_name(&self) -> &'static str;
+
+    /// Forward `x` in training mode (dropout and batch statistics drawn from `rng`) and the loss against `y`.
+    fn train_step(&self, x: &Tensor, y: &Self::Target, rng: &mut ChaCha8Rng) -> Result<StepLoss>;
+
+    /// A fresh evaluator for one validation pass.
+    fn evaluator(&self) -> Box<dyn Evaluator<Self::Target> + '_>;
+
+    /// The backbone, when the task trains through one (absent when batches already hold features).
+    fn backbone(&self) -> Option<&dyn Backbone>;
+
+    /// The head's trainable variables by name.
+    fn head_vars(&self) -> Vec<(String, Var)>;
+
+    /// A copy of every trainable tensor and every backbone buffer, by name (`head/…`, `backbone/…`).
+    fn state(&self) -> Result<HashMap<String, Tensor>>;
+
+    /// Restore tensors saved by [`Task::state`].
+    fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()>;
+}
+
+/// Image classification (binary, multi-class, multi-label) with a [`heads::Head`]: targets are u32 class ids (N)
+/// or multi-hot rows (N×C); the score is accuracy.
+#[derive(Clone)]
+pub struct Classify<'a> {
+    /// Backbone (optional) and head.
+    pub model: Model<'a>,
+    /// Loss options.
+    pub loss: LossConfig,
+}
+
+impl Task for Classify<'_> {
+    type Target = Tensor;
+
+    fn name(&self) -> &'static str {
+        "classify"
+    }
+
+    fn score_name(&self) -> &'static str {
+        "accuracy"
+    }
+
+    fn train_step(&self, x: &Tensor, y: &Tensor, rng: &mut ChaCha8Rng) -> Result<StepLoss> {
+        let logits = self.model.forward(x, Some(rng))?;
+        let (loss, correct, count) = batch_loss(self.model.head.config().task, &logits, y, &self.loss)?;
+        Ok(StepLoss {
+            loss,
+            parts: Vec::new(),
+            correct,
+            count,
+        })
+    }
+
+    fn evaluator(&self) -> Box<dyn Evaluator<Tensor> + '_> {
+        Box::new(ClassifyEval {
+            task: self,
+            loss: 0.0,
+            samples: 0,
+            correct: 0,
+            count: 0,
+        })
+    }
+
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        self.model.backbone
+    }
+
+    fn head_vars(&self) -> Vec<(String, Var)> {
+        self.model.head.vars()
+    }
+
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        self.model.state()
+    }
+
+    fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.model.load_state(state)
+    }
+}
+
+struct ClassifyEval<'a, 'm> {
+    task: &'a Classify<'m>,
+    loss: f64,
+    samples: usize,
+    correct: usize,
+    count: usize,
+}
+
+impl Evaluator<Tensor> for ClassifyEval<'_, '_> {
+    fn add(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
+        let logits = self.task.model.forward(x, None)?.detach();
+        let (loss, c, k) = batch_loss(self.task.model.head.config().task, &logits, y, &self.task.loss)?;
+        let n = x.dim(0)?;
+        self.loss += loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64 * n as f64;
+        self.samples += n;
+        self.correct += c;
+        self.count += k;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<EvalSummary> {
+        let accuracy = self.correct as f64 / self.count.max(1) as f64;
+        Ok(EvalSummary {
+            loss: self.loss / self.samples.max(1) as f64,
+            accuracy,
+            score: accuracy,
+            metrics: BTreeMap::from([("accuracy".to_string(), accuracy)]),
+        })
+    }
+}
