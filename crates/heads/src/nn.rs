@@ -140,6 +140,8 @@ pub fn dropout2d(x: &Tensor, p: f32, rng: &mut ChaCha8Rng) -> Result<Tensor> {
 pub enum Init {
     /// Kaiming-uniform for ReLU (`bound = √(6 / fan_in)`), as segmentation_models_pytorch's decoders.
     KaimingRelu,
+    /// Kaiming-uniform with `a = 1` (`bound = √(3 / fan_in)`), as torchvision's FPN.
+    KaimingA1,
     /// Xavier-uniform (`bound = √(6 / (fan_in + fan_out))`), as segmentation_models_pytorch's heads.
     Xavier,
     /// A normal with this standard deviation ×1e-4 (e.g. 100 → 0.01), as FCOS's heads.
@@ -161,6 +163,10 @@ pub fn init_store(store: &ParamStore, rng: &mut ChaCha8Rng, init: impl Fn(&str) 
             let values: Vec<f32> = match init(p.name()) {
                 Init::KaimingRelu => {
                     let b = (6.0 / fan_in as f64).sqrt() as f32;
+                    (0..n).map(|_| rng.gen_range(-b..b)).collect()
+                }
+                Init::KaimingA1 => {
+                    let b = (3.0 / fan_in as f64).sqrt() as f32;
                     (0..n).map(|_| rng.gen_range(-b..b)).collect()
                 }
                 Init::Xavier => {

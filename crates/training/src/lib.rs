@@ -11,7 +11,8 @@ pub mod task;
 
 pub use error::{Error, Result};
 pub use loss::{
-    bce_with_logits, class_weights_auto, cross_entropy, log_softmax, segmentation_loss, CrossEntropy, SegLoss,
+    bce_with_logits, class_weights_auto, cross_entropy, fcos_loss, giou_loss, log_softmax, segmentation_loss,
+    sigmoid_focal_loss, CrossEntropy, FcosLossParts, SegLoss,
 };
 pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
 pub use metrics::{ClassMetrics, ClassificationReport};

@@ -205,3 +205,78 @@ pub fn segmentation_loss(logits: &Tensor, targets: &Tensor, opts: &SegLoss) -> R
     }
     Ok(total)
 }
+
+/// Elementwise `BCE(x, t) = max(x, 0) − x·t + log(1 + e^−|x|)` (stable, differentiable).
+fn bce_elementwise(x: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let pos = x.relu()?;
+    let soft = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok(((pos - (x * t)?)? + soft)?)
+}
+
+/// Sigmoid focal loss (Lin et al. 2017, torchvision's `sigmoid_focal_loss`), summed over every element:
+/// `α_t · (1 − p_t)^γ · BCE(x, t)` with `p = sigmoid(x)`, `p_t = p·t + (1 − p)(1 − t)`, `α_t = α·t + (1 − α)(1 − t)`.
+pub fn sigmoid_focal_loss(logits: &Tensor, targets: &Tensor, alpha: f64, gamma: f64) -> Result<Tensor> {
+    let t = targets.to_dtype(logits.dtype())?;
+    let ce = bce_elementwise(logits, &t)?;
+    let p = (logits.neg()?.exp()? + 1.0)?.recip()?;
+    let one_minus_t = (t.ones_like()? - &t)?;
+    let p_t = ((&p * &t)? + ((p.ones_like()? - &p)? * &one_minus_t)?)?;
+    let modulator = (p_t.ones_like()? - p_t)?.clamp(0.0, 1.0)?.powf(gamma)?;
+    let alpha_t = ((&t * alpha)? + (one_minus_t * (1.0 - alpha))?)?;
+    Ok((ce * modulator)?.mul(&alpha_t)?.sum_all()?)
+}
+
+/// Generalised IoU loss `1 − GIoU(pred, target)` per box pair (rows of N×…×4 `[x0, y0, x1, y1]` tensors), as
+/// torchvision's `generalized_box_iou_loss` (eps 1e-7); returns the per-pair losses (shape without the last dim).
+pub fn giou_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let last = pred.rank() - 1;
+    let part = |t: &Tensor, i: usize| t.narrow(last, i, 1).and_then(|v| v.squeeze(last));
+    let (px0, py0, px1, py1) = (part(pred, 0)?, part(pred, 1)?, part(pred, 2)?, part(pred, 3)?);
+    let (tx0, ty0, tx1, ty1) = (part(target, 0)?, part(target, 1)?, part(target, 2)?, part(target, 3)?);
+    let iw = (px1.minimum(&tx1)? - px0.maximum(&tx0)?)?.relu()?;
+    let ih = (py1.minimum(&ty1)? - py0.maximum(&ty0)?)?.relu()?;
+    let inter = (iw * ih)?;
+    let area_p = ((&px1 - &px0)? * (&py1 - &py0)?)?;
+    let area_t = ((&tx1 - &tx0)? * (&ty1 - &ty0)?)?;
+    let union = ((area_p + area_t)? - &inter)?;
+    let iou = (&inter / (&union + 1e-7)?)?;
+    let hw = (px1.maximum(&tx1)? - px0.minimum(&tx0)?)?;
+    let hh = (py1.maximum(&ty1)? - py0.minimum(&ty0)?)?;
+    let hull = (hw * hh)?;
+    let giou = (iou - ((&hull - &union)? / (&hull + 1e-7)?)?)?;
+    Ok((giou.ones_like()? - giou)?)
+}
+
+/// The three parts of the FCOS loss (each divided by the number of positive locations, at least 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FcosLossParts {
+    /// Focal loss of the classification logits over every location and class.
+    pub cls: f64,
+    /// GIoU loss of the decoded boxes at positive locations.
+    pub bbox: f64,
+    /// BCE of the centerness logits at positive locations.
+    pub ctr: f64,
+}
+
+/// torchvision's `FCOSHead.compute_loss`: focal loss (α 0.25, γ 2) + GIoU loss of the boxes decoded from the
+/// predicted distances + centerness BCE, each summed and divided by max(1, positives); returns the total (with its
+/// graph) and the parts.
+pub fn fcos_loss(out: &heads::DetOutput, t: &heads::DetTargets) -> Result<(Tensor, FcosLossParts)> {
+    let norm = t.num_fg.max(1) as f64;
+    let cls = (sigmoid_focal_loss(&out.cls, &t.cls, 0.25, 2.0)? / norm)?;
+    // Decode every location's box: centre ∓ distance · stride.
+    let (n, l, _) = out.reg.dims3()?;
+    let s = t.strides.reshape((1, l, 1))?.broadcast_as((n, l, 2))?;
+    let c = t.centers.reshape((1, l, 2))?.broadcast_as((n, l, 2))?;
+    let lt = out.reg.narrow(2, 0, 2)?.mul(&s)?;
+    let rb = out.reg.narrow(2, 2, 2)?.mul(&s)?;
+    let pred = Tensor::cat(&[(&c - lt)?, (&c + rb)?], 2)?;
+    let bbox = ((giou_loss(&pred, &t.boxes)? * &t.fg)?.sum_all()? / norm)?;
+    let ctr = ((bce_elementwise(&out.ctr, &t.ctr)? * &t.fg)?.sum_all()? / norm)?;
+    let parts = FcosLossParts {
+        cls: cls.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64,
+        bbox: bbox.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64,
+        ctr: ctr.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64,
+    };
+    Ok((((cls + bbox)? + ctr)?, parts))
+}
