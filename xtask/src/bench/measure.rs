@@ -41,7 +41,7 @@ fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn random_tensor(dims: &[usize], seed: u64, scale: f32) -> anyhow::Result<Tensor> {
+pub(super) fn random_tensor(dims: &[usize], seed: u64, scale: f32) -> anyhow::Result<Tensor> {
     let n = dims.iter().product();
     Ok(Tensor::from_vec(random_values(n, seed, scale), dims, &Device::Cpu)?)
 }
@@ -71,7 +71,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Run `f` `warmup` times untimed, then `reps` times timed: (wall seconds, CPU seconds) per repetition.
-fn time_reps(
+pub(super) fn time_reps(
     warmup: usize,
     reps: usize,
     mut f: impl FnMut() -> anyhow::Result<()>,
@@ -125,6 +125,10 @@ fn measure(args: &OneArgs) -> anyhow::Result<OneResult> {
                 Ok(())
             })?;
             (n, t, note)
+        }
+        Measure::SegForward | Measure::SegTrain | Measure::DetForward | Measure::DetTrain => {
+            let (model, note) = load_model(&args.model)?;
+            super::dense::measure(model.as_ref(), args, note)?
         }
         Measure::TrainHead | Measure::TrainLast | Measure::TrainAll => {
             let (model, note) = load_model(&args.model)?;
@@ -209,7 +213,7 @@ fn loaders(
         .collect()
 }
 
-type Timed = (usize, (Vec<f64>, Vec<f64>), String);
+pub(super) type Timed = (usize, (Vec<f64>, Vec<f64>), String);
 
 /// Training steps: backbone (part) + linear head, cross-entropy, graft's SGD (momentum 0.9, lr 0.01).
 fn train_step(model: &dyn Backbone, args: &OneArgs, note: String) -> anyhow::Result<Timed> {

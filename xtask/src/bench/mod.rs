@@ -5,6 +5,7 @@
 //! own. Each child warms up, times several repetitions and reports them; the parent prints a table of medians and
 //! spreads and writes everything as JSON to `target/bench/` (`bench-<unix time>.json` and `latest.json`).
 
+mod dense;
 mod measure;
 
 use std::io::Write;
@@ -38,11 +39,19 @@ pub enum Measure {
     #[value(name = "data-2t")]
     #[serde(rename = "data-2t")]
     Data2,
+    /// Segmentation forward (frozen backbone → FPN, or U-Net for ResNets) on random input.
+    SegForward,
+    /// Segmentation training step, every layer trained.
+    SegTrain,
+    /// Detection forward (frozen backbone → FCOS P3–P5, postprocessing included) on random input.
+    DetForward,
+    /// Detection training step, every layer trained.
+    DetTrain,
 }
 
 impl Measure {
     /// Every measurement, in table order.
-    pub const ALL: [Measure; 7] = [
+    pub const ALL: [Measure; 11] = [
         Measure::Forward,
         Measure::E2eJpeg,
         Measure::TrainHead,
@@ -50,6 +59,10 @@ impl Measure {
         Measure::TrainAll,
         Measure::Data1,
         Measure::Data2,
+        Measure::SegForward,
+        Measure::SegTrain,
+        Measure::DetForward,
+        Measure::DetTrain,
     ];
 
     /// The name used on the command line, in the table and in JSON.
@@ -62,6 +75,10 @@ impl Measure {
             Measure::TrainAll => "train-all",
             Measure::Data1 => "data-1t",
             Measure::Data2 => "data-2t",
+            Measure::SegForward => "seg-forward",
+            Measure::SegTrain => "seg-train",
+            Measure::DetForward => "det-forward",
+            Measure::DetTrain => "det-train",
         }
     }
 
