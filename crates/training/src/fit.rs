@@ -72,18 +72,9 @@ impl Model<'_> {
 
     /// A copy of every trainable tensor and every backbone buffer, by name (`head/…`, `backbone/…`).
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut out = HashMap::new();
+        let mut out = crate::task::backbone_state(self.backbone)?;
         for (k, v) in self.head.vars() {
             out.insert(format!("head/{k}"), v.as_tensor().detach().copy()?);
-        }
-        if let Some(b) = self.backbone {
-            let store = b.store();
-            for p in store.params().into_iter().filter(|p| p.is_trainable()) {
-                out.insert(format!("backbone/{}", p.name()), p.tensor().detach().copy()?);
-            }
-            for buf in store.buffers() {
-                out.insert(format!("backbone/{}", buf.name()), buf.tensor().copy()?);
-            }
         }
         Ok(out)
     }
@@ -96,15 +87,7 @@ impl Model<'_> {
                 .ok_or_else(|| Error::Config(format!("saved state lacks head tensor `{k}`")))?;
             v.set(&t.copy()?)?;
         }
-        if let Some(b) = self.backbone {
-            let sub: HashMap<String, Tensor> = state
-                .iter()
-                .filter_map(|(k, t)| k.strip_prefix("backbone/").map(|n| (n.to_string(), t.clone())))
-                .map(|(k, t)| t.copy().map(|t| (k, t)))
-                .collect::<candle_core::Result<_>>()?;
-            b.store().load_state_dict(&sub, false)?;
-        }
-        Ok(())
+        crate::task::load_backbone_state(self.backbone, state)
     }
 }
 

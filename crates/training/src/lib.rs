@@ -29,4 +29,4 @@ pub use finetune::{discriminative_groups, fine_tune, set_trainable, FineTuneConf
 pub use fit::{
     batch_loss, fit, fit_observed, fit_task, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model,
 };
-pub use task::{Classify, EvalSummary, Evaluator, StepLoss, Task};
+pub use task::{Classify, Detect, EvalSummary, Evaluator, ImageBoxes, Segment, StepLoss, Task};

@@ -12,6 +12,40 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::Result;
 use crate::fit::{batch_loss, LossConfig, Model};
 
+pub mod detect;
+pub mod segment;
+
+pub use detect::{Detect, ImageBoxes};
+pub use segment::Segment;
+
+/// The backbone's part of a task's state: its trainable parameters and every buffer, under `backbone/`.
+pub(crate) fn backbone_state(backbone: Option<&dyn Backbone>) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    if let Some(b) = backbone {
+        let store = b.store();
+        for p in store.params().into_iter().filter(|p| p.is_trainable()) {
+            out.insert(format!("backbone/{}", p.name()), p.tensor().detach().copy()?);
+        }
+        for buf in store.buffers() {
+            out.insert(format!("backbone/{}", buf.name()), buf.tensor().copy()?);
+        }
+    }
+    Ok(out)
+}
+
+/// Restore the `backbone/` tensors of `state` (a copy, so later updates do not alias them).
+pub(crate) fn load_backbone_state(backbone: Option<&dyn Backbone>, state: &HashMap<String, Tensor>) -> Result<()> {
+    if let Some(b) = backbone {
+        let sub: HashMap<String, Tensor> = state
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix("backbone/").map(|n| (n.to_string(), t.clone())))
+            .map(|(k, t)| t.copy().map(|t| (k, t)))
+            .collect::<candle_core::Result<_>>()?;
+        b.store().load_state_dict(&sub, false)?;
+    }
+    Ok(())
+}
+
 /// The loss of one training batch and the figures the progress display shows.
 #[derive(Debug, Clone)]
 pub struct StepLoss {
