@@ -11,6 +11,8 @@ pub mod schedule;
 pub use error::{Error, Result};
 pub use loss::{bce_with_logits, class_weights_auto, cross_entropy, log_softmax, CrossEntropy};
 pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
+pub use metrics::coco::{CocoDet, CocoGt, CocoStats};
+pub use metrics::segmentation::SegMetrics;
 pub use metrics::{ClassMetrics, ClassificationReport};
 pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdConfig};
 pub use schedule::{LrSchedule, Schedule};
