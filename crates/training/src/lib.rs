@@ -15,6 +15,8 @@ pub use loss::{
     sigmoid_focal_loss, CrossEntropy, FcosLossParts, SegLoss,
 };
 pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
+pub use metrics::coco::{CocoDet, CocoGt, CocoStats};
+pub use metrics::segmentation::SegMetrics;
 pub use metrics::{ClassMetrics, ClassificationReport};
 pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdConfig};
 pub use schedule::{LrSchedule, Schedule};

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod coco;
+pub mod segmentation;
+
 /// Index of the largest score in each row.
 pub fn argmax_rows(scores: &[Vec<f32>]) -> Vec<usize> {
     scores
