@@ -73,7 +73,11 @@ impl Detect<'_> {
         let (loss, p) = fcos_loss(out, &targets)?;
         Ok((
             loss,
-            vec![("cls".into(), p.cls), ("box".into(), p.bbox), ("centerness".into(), p.ctr)],
+            vec![
+                ("cls".into(), p.cls),
+                ("box".into(), p.bbox),
+                ("centerness".into(), p.ctr),
+            ],
         ))
     }
 }

@@ -46,7 +46,11 @@ fn pixel_hits(pred: &Tensor, y: &Tensor, ignore: Option<u32>) -> Result<(usize, 
     let p: Vec<u32> = pred.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let t: Vec<u32> = y.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     if p.len() != t.len() {
-        return Err(Error::Config(format!("{} predicted pixels for {} target pixels", p.len(), t.len())));
+        return Err(Error::Config(format!(
+            "{} predicted pixels for {} target pixels",
+            p.len(),
+            t.len()
+        )));
     }
     let (mut hit, mut n) = (0, 0);
     for (a, b) in p.iter().zip(&t) {
