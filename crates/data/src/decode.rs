@@ -102,7 +102,9 @@ pub fn decode_with_policy(path: &Path, policy: DecodePolicy) -> Result<Option<Rg
 pub fn decode_or_skip(path: &Path, policy: DecodePolicy) -> Result<std::result::Result<RgbImage, SkippedFile>> {
     match decode_image(path) {
         Ok(img) => Ok(Ok(img)),
-        Err(DataError::Decode { path, reason }) if policy == DecodePolicy::Skip => Ok(Err(SkippedFile { path, reason })),
+        Err(DataError::Decode { path, reason }) if policy == DecodePolicy::Skip => {
+            Ok(Err(SkippedFile { path, reason }))
+        }
         Err(e) => Err(e),
     }
 }
@@ -125,7 +127,11 @@ pub fn image_hw(path: &Path) -> Result<(usize, usize)> {
             decoder.orientation().unwrap_or(NoTransforms),
             Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
         );
-        Ok(if swap { (w as usize, h as usize) } else { (h as usize, w as usize) })
+        Ok(if swap {
+            (w as usize, h as usize)
+        } else {
+            (h as usize, w as usize)
+        })
     };
     inner().map_err(|reason| DataError::Decode {
         path: path.to_path_buf(),

@@ -181,7 +181,9 @@ fn yolo_names(yaml_path: &Path, entries: &[yaml::Entry]) -> Result<Vec<String>> 
         Value::Map(m) => {
             let mut by_index: Vec<(usize, String)> = Vec::new();
             for (k, v) in m {
-                let i = k.parse().map_err(|_| err(*line, format!("`names` key `{k}` is not a class index")))?;
+                let i = k
+                    .parse()
+                    .map_err(|_| err(*line, format!("`names` key `{k}` is not a class index")))?;
                 by_index.push((i, v.clone()));
             }
             by_index.sort();
@@ -210,7 +212,13 @@ fn labels_dir(images: &Path) -> PathBuf {
         Some(pos) => comps
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == pos { std::ffi::OsStr::new("labels") } else { c.as_os_str() })
+            .map(|(i, c)| {
+                if i == pos {
+                    std::ffi::OsStr::new("labels")
+                } else {
+                    c.as_os_str()
+                }
+            })
             .collect(),
         None => images.join("labels"),
     }
@@ -252,7 +260,11 @@ pub fn open_yolo(root: &Path, split: &str) -> Result<DetDataset> {
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && has_image_extension(p))
-        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
         .collect();
     files.sort();
     let mut issues = LabelIssues::default();
@@ -293,7 +305,12 @@ pub fn open_yolo(root: &Path, split: &str) -> Result<DetDataset> {
 }
 
 /// Reads one YOLO label file for an image of `hw`.
-fn read_yolo_labels(path: &Path, hw: (usize, usize), num_classes: usize, issues: &mut LabelIssues) -> Result<Vec<BoxTarget>> {
+fn read_yolo_labels(
+    path: &Path,
+    hw: (usize, usize),
+    num_classes: usize,
+    issues: &mut LabelIssues,
+) -> Result<Vec<BoxTarget>> {
     let text = fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -307,7 +324,12 @@ fn read_yolo_labels(path: &Path, hw: (usize, usize), num_classes: usize, issues:
             continue;
         }
         let err = |m: String| annotation_err(path, Some(no), m);
-        let malformed = || err(format!("expected `class cx cy w h` (normalised), got `{}`", line.trim()));
+        let malformed = || {
+            err(format!(
+                "expected `class cx cy w h` (normalised), got `{}`",
+                line.trim()
+            ))
+        };
         if fields.len() < 5 || (fields.len() > 5 && fields.len() % 2 == 0) {
             return Err(malformed());
         }
@@ -333,15 +355,31 @@ fn read_yolo_labels(path: &Path, hw: (usize, usize), num_classes: usize, issues:
                 });
                 continue;
             }
-            [(cx - bw / 2.0) * w, (cy - bh / 2.0) * h, (cx + bw / 2.0) * w, (cy + bh / 2.0) * h]
+            [
+                (cx - bw / 2.0) * w,
+                (cy - bh / 2.0) * h,
+                (cx + bw / 2.0) * w,
+                (cy + bh / 2.0) * h,
+            ]
         } else {
             let xs = nums.iter().step_by(2).map(|x| x * w);
             let ys = nums.iter().skip(1).step_by(2).map(|y| y * h);
-            let fold = |it: &mut dyn Iterator<Item = f64>| it.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+            let fold =
+                |it: &mut dyn Iterator<Item = f64>| it.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
             let ((x0, x1), (y0, y1)) = (fold(&mut xs.into_iter()), fold(&mut ys.into_iter()));
             [x0, y0, x1, y1]
         };
-        push_clipped(&mut boxes, xyxy, w, h, class as u32, false, issues, path, &format!("line {no}"));
+        push_clipped(
+            &mut boxes,
+            xyxy,
+            w,
+            h,
+            class as u32,
+            false,
+            issues,
+            path,
+            &format!("line {no}"),
+        );
     }
     Ok(boxes)
 }
@@ -366,7 +404,9 @@ fn push_clipped(
     match clip(xyxy, w, h) {
         None => {
             issues.degenerate += 1;
-            issues.notes.push(note("box has no area inside the image, skipped".into()));
+            issues
+                .notes
+                .push(note("box has no area inside the image, skipped".into()));
         }
         Some((b, clipped)) => {
             if clipped {
@@ -461,7 +501,11 @@ pub fn open_coco(json: &Path, images: Option<&Path>) -> Result<DetDataset> {
         }
         let path = image_dir.join(&img.file_name);
         if !path.is_file() {
-            return Err(err(format!("image id {}: file {} does not exist", img.id, path.display())));
+            return Err(err(format!(
+                "image id {}: file {} does not exist",
+                img.id,
+                path.display()
+            )));
         }
         let hw = match (img.height, img.width) {
             (Some(h), Some(w)) if h > 0 && w > 0 => (h, w),
@@ -484,7 +528,10 @@ pub fn open_coco(json: &Path, images: Option<&Path>) -> Result<DetDataset> {
             None => format!("annotation #{n}"),
         };
         let Some(&si) = by_id.get(&a.image_id) else {
-            return Err(err(format!("{at} points at image id {}, which is not in images", a.image_id)));
+            return Err(err(format!(
+                "{at} points at image id {}, which is not in images",
+                a.image_id
+            )));
         };
         let Some(&class) = class_of.get(&a.category_id) else {
             return Err(err(format!("{at}: category id {} is not in categories", a.category_id)));
@@ -492,7 +539,8 @@ pub fn open_coco(json: &Path, images: Option<&Path>) -> Result<DetDataset> {
         let &[x, y, bw, bh] = a.bbox.as_slice() else {
             return Err(err(format!("{at}: bbox must be [x, y, width, height]")));
         };
-        if !(bw > 0.0 && bh > 0.0) || ![x, y].iter().all(|v| v.is_finite()) {
+        let finite = [x, y].iter().all(|v| v.is_finite());
+        if !(bw > 0.0 && bh > 0.0 && finite) {
             issues.degenerate += 1;
             issues.notes.push(SkippedFile {
                 path: json.to_path_buf(),
@@ -508,7 +556,17 @@ pub fn open_coco(json: &Path, images: Option<&Path>) -> Result<DetDataset> {
         let s = &mut samples[si];
         let (h, w) = (s.hw.0 as f64, s.hw.1 as f64);
         let at = format!("{at} ({})", s.image.file_name().unwrap_or_default().to_string_lossy());
-        push_clipped(&mut s.boxes, [x, y, x + bw, y + bh], w, h, class, crowd, &mut issues, json, &at);
+        push_clipped(
+            &mut s.boxes,
+            [x, y, x + bw, y + bh],
+            w,
+            h,
+            class,
+            crowd,
+            &mut issues,
+            json,
+            &at,
+        );
     }
     issues.background = samples.iter().filter(|s| s.boxes.is_empty()).count();
     if samples.is_empty() {

@@ -141,7 +141,10 @@ impl ValueMap {
                     MapTarget::Ignore => IGNORE,
                     MapTarget::Index(i) if (*i as usize) < classes.len() => *i,
                     MapTarget::Index(i) => {
-                        return Err(bad(format!("class index {i} is out of range ({} classes)", classes.len())))
+                        return Err(bad(format!(
+                            "class index {i} is out of range ({} classes)",
+                            classes.len()
+                        )))
                     }
                     MapTarget::Name(n) => match classes.iter().position(|c| c == n) {
                         Some(i) => i as u8,
@@ -260,7 +263,10 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if path.is_file() && !hidden && has_image_extension(&path) {
             files.push(path);
         }
@@ -270,7 +276,9 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Opens `images/` + `masks/` in `dir`, or a `.csv` with `image,mask` columns.
@@ -354,10 +362,12 @@ fn open_csv(csv_path: &Path, opts: &SegOptions) -> Result<SegDataset> {
         .map_err(|e| csv_err(None, e.to_string()))?;
     let headers = reader.headers().map_err(|e| csv_err(Some(1), e.to_string()))?.clone();
     let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| csv_err(Some(1), format!("no `{name}` column in the header (expected image,mask)")))
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            csv_err(
+                Some(1),
+                format!("no `{name}` column in the header (expected image,mask)"),
+            )
+        })
     };
     let (image_col, mask_col) = (column("image")?, column("mask")?);
     let (mut samples, mut skipped) = (Vec::new(), Vec::new());

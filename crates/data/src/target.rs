@@ -202,16 +202,20 @@ impl Placement {
     fn source_pixel(&self, x: usize, y: usize) -> Option<(usize, usize)> {
         let (u, v) = self.to_input.apply(x as f64 + 0.5, y as f64 + 0.5);
         let (h, w) = self.hw;
-        (u >= 0.0 && v >= 0.0 && u < w as f64 && v < h as f64).then(|| (u as usize, v as usize))
+        (u >= 0.0 && v >= 0.0 && u < w as f64 && v < h as f64).then_some((u as usize, v as usize))
     }
 
     /// A class mask predicted on the current image, brought back to the original size (nearest; [`IGNORE`] where
     /// an original pixel lands outside the current image).
     pub fn to_original_mask(&self, mask: &GrayImage) -> GrayImage {
         let (oh, ow) = self.original_hw;
-        GrayImage::from_fn(ow as u32, oh as u32, |x, y| match self.source_pixel(x as usize, y as usize) {
-            Some((u, v)) if u < mask.width() as usize && v < mask.height() as usize => *mask.get_pixel(u as u32, v as u32),
-            _ => Luma([IGNORE]),
+        GrayImage::from_fn(ow as u32, oh as u32, |x, y| {
+            match self.source_pixel(x as usize, y as usize) {
+                Some((u, v)) if u < mask.width() as usize && v < mask.height() as usize => {
+                    *mask.get_pixel(u as u32, v as u32)
+                }
+                _ => Luma([IGNORE]),
+            }
         })
     }
 
@@ -225,7 +229,10 @@ impl Placement {
         for y in 0..oh {
             for x in 0..ow {
                 let (u, v) = self.to_input.apply(x as f64 + 0.5, y as f64 + 0.5);
-                let (u, v) = ((u - 0.5).clamp(0.0, (w - 1) as f64), (v - 0.5).clamp(0.0, (h - 1) as f64));
+                let (u, v) = (
+                    (u - 0.5).clamp(0.0, (w - 1) as f64),
+                    (v - 0.5).clamp(0.0, (h - 1) as f64),
+                );
                 let (u0, v0) = (u.floor() as usize, v.floor() as usize);
                 let (u1, v1) = ((u0 + 1).min(w - 1), (v0 + 1).min(h - 1));
                 let (fu, fv) = ((u - u0 as f64) as f32, (v - v0 as f64) as f32);

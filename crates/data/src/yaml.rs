@@ -56,7 +56,11 @@ fn split_flow(body: &str) -> Vec<String> {
         }
     }
     items.push(cur);
-    items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn key_value(s: &str) -> Option<(String, String)> {
@@ -125,7 +129,8 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, (u64, String)> {
             if let Some(v) = item.strip_prefix('-') {
                 list.push(unquote(v));
             } else {
-                let (k, v) = key_value(item).ok_or((bno, format!("`{key}`: `{item}` is not `- item` or `key: value`")))?;
+                let (k, v) =
+                    key_value(item).ok_or((bno, format!("`{key}`: `{item}` is not `- item` or `key: value`")))?;
                 map.push((k, unquote(&v)));
             }
         }
@@ -152,13 +157,19 @@ mod tests {
         assert_eq!(e[2].1, Value::Scalar("images/val".into()));
         assert_eq!(
             e[3].1,
-            Value::Map(vec![("0".into(), "person".into()), ("1".into(), "traffic light".into())])
+            Value::Map(vec![
+                ("0".into(), "person".into()),
+                ("1".into(), "traffic light".into())
+            ])
         );
         assert_eq!(e[4].1, Value::Scalar("2".into()));
         let e = parse("names: ['a', \"b, c\", d]\n").unwrap();
         assert_eq!(e[0].1, Value::List(vec!["a".into(), "b, c".into(), "d".into()]));
         let e = parse("names: {0: a,\n  1: b}\n").unwrap();
-        assert_eq!(e[0].1, Value::Map(vec![("0".into(), "a".into()), ("1".into(), "b".into())]));
+        assert_eq!(
+            e[0].1,
+            Value::Map(vec![("0".into(), "a".into()), ("1".into(), "b".into())])
+        );
         let e = parse("names:\n  - cat\n  - dog # pet\n").unwrap();
         assert_eq!(e[0].1, Value::List(vec!["cat".into(), "dog".into()]));
         assert_eq!(parse("names: [a, b\n").unwrap_err().0, 1);

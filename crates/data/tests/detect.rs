@@ -16,10 +16,18 @@ fn yolo_root(dir: &Path, names: &str) {
             common::write_image(&dir.join(format!("images/{split}/{i}.jpg")), 100, 50, i as u8);
         }
     }
-    fs::write(dir.join("data.yaml"), format!("path: .\ntrain: images/train\nval: images/val\n{names}")).unwrap();
+    fs::write(
+        dir.join("data.yaml"),
+        format!("path: .\ntrain: images/train\nval: images/val\n{names}"),
+    )
+    .unwrap();
     fs::create_dir_all(dir.join("labels/train")).unwrap();
     // 0: two boxes, one partly outside (clipped) and one of zero size (skipped); 1: empty file; 2: no file.
-    fs::write(dir.join("labels/train/0.txt"), "1 0.5 0.5 0.2 0.4\n0 0.95 0.5 0.2 0.2\n\n1 0.3 0.3 0 0.1\n").unwrap();
+    fs::write(
+        dir.join("labels/train/0.txt"),
+        "1 0.5 0.5 0.2 0.4\n0 0.95 0.5 0.2 0.2\n\n1 0.3 0.3 0 0.1\n",
+    )
+    .unwrap();
     fs::write(dir.join("labels/train/1.txt"), "").unwrap();
 }
 
@@ -36,14 +44,29 @@ fn yolo_layout_reads_boxes_in_pixels() {
     assert_eq!(b.len(), 2);
     assert_eq!((b[0].class, b[0].xyxy), (1, [40.0, 15.0, 60.0, 35.0]));
     assert_eq!(b[1].xyxy, [85.0, 20.0, 100.0, 30.0], "clipped to the image");
-    assert_eq!((ds.issues.clipped, ds.issues.degenerate, ds.issues.background), (1, 1, 2));
-    assert!(ds.issues.notes.iter().any(|n| n.reason.starts_with("line 2:") && n.path.ends_with("0.txt")));
+    assert_eq!(
+        (ds.issues.clipped, ds.issues.degenerate, ds.issues.background),
+        (1, 1, 2)
+    );
+    assert!(ds
+        .issues
+        .notes
+        .iter()
+        .any(|n| n.reason.starts_with("line 2:") && n.path.ends_with("0.txt")));
     assert!(ds.issues.notes.iter().any(|n| n.reason.starts_with("line 4:")));
     assert_eq!(open_yolo(&dir.path().join("data.yaml"), "val").unwrap().len(), 1);
     // The list form of `names` and a matching `nc`.
-    fs::write(dir.path().join("data.yaml"), "train: images/train\nnc: 2\nnames: ['cat', 'dog']\n").unwrap();
+    fs::write(
+        dir.path().join("data.yaml"),
+        "train: images/train\nnc: 2\nnames: ['cat', 'dog']\n",
+    )
+    .unwrap();
     assert_eq!(open_yolo(dir.path(), "train").unwrap().num_boxes(), 2);
-    fs::write(dir.path().join("data.yaml"), "train: images/train\nnc: 3\nnames: [cat, dog]\n").unwrap();
+    fs::write(
+        dir.path().join("data.yaml"),
+        "train: images/train\nnc: 3\nnames: [cat, dog]\n",
+    )
+    .unwrap();
     let err = open_yolo(dir.path(), "train").unwrap_err().to_string();
     assert!(err.contains("data.yaml line 2") && err.contains("nc"), "{err}");
 }
@@ -56,12 +79,18 @@ fn yolo_bad_labels_name_the_file_and_line() {
     fs::write(&label, "0 0.5 0.5 0.1 0.1\n2 0.5 0.5 0.1 0.1\n").unwrap();
     let err = open_yolo(dir.path(), "train").unwrap_err();
     assert!(matches!(err, DataError::Annotation { line: Some(2), .. }), "{err}");
-    assert!(err.to_string().contains("1.txt line 2") && err.to_string().contains("class 2"), "{err}");
+    assert!(
+        err.to_string().contains("1.txt line 2") && err.to_string().contains("class 2"),
+        "{err}"
+    );
     fs::write(&label, "0 0.5 0.5 0.1\n").unwrap();
     let err = open_yolo(dir.path(), "train").unwrap_err().to_string();
     assert!(err.contains("1.txt line 1") && err.contains("class cx cy w h"), "{err}");
     fs::write(&label, "zero 0.5 0.5 0.1 0.1\n").unwrap();
-    assert!(open_yolo(dir.path(), "train").unwrap_err().to_string().contains("line 1"));
+    assert!(open_yolo(dir.path(), "train")
+        .unwrap_err()
+        .to_string()
+        .contains("line 1"));
     let err = open_yolo(dir.path(), "test").unwrap_err().to_string();
     assert!(err.contains("test"), "{err}");
 }
@@ -96,21 +125,39 @@ fn coco_maps_categories_and_keeps_crowds() {
     let b = &ds.samples[0].boxes;
     assert_eq!(b.len(), 2);
     assert_eq!((b[0].class, b[0].xyxy, b[0].iscrowd), (1, [2.0, 3.0, 12.0, 8.0], false));
-    assert_eq!((b[1].class, b[1].xyxy, b[1].iscrowd), (0, [35.0, 20.0, 40.0, 30.0], true));
-    assert_eq!((ds.issues.clipped, ds.issues.degenerate, ds.issues.background), (1, 1, 1));
+    assert_eq!(
+        (b[1].class, b[1].xyxy, b[1].iscrowd),
+        (0, [35.0, 20.0, 40.0, 30.0], true)
+    );
+    assert_eq!(
+        (ds.issues.clipped, ds.issues.degenerate, ds.issues.background),
+        (1, 1, 1)
+    );
     assert!(ds.issues.notes.iter().any(|n| n.reason.contains("annotation id 3")));
 
     // An annotation pointing at a missing image id, an unknown category, a missing file: one line each.
-    let bad = coco_json(images, r#"{"id": 4, "image_id": 99, "category_id": 7, "bbox": [1, 1, 2, 2]}"#);
+    let bad = coco_json(
+        images,
+        r#"{"id": 4, "image_id": 99, "category_id": 7, "bbox": [1, 1, 2, 2]}"#,
+    );
     fs::write(d.join("b.json"), bad).unwrap();
     let err = open_coco(&d.join("b.json"), None).unwrap_err().to_string();
     assert!(err.contains("annotation id 4") && err.contains("image id 99"), "{err}");
-    let bad = coco_json(images, r#"{"id": 4, "image_id": 5, "category_id": 8, "bbox": [1, 1, 2, 2]}"#);
+    let bad = coco_json(
+        images,
+        r#"{"id": 4, "image_id": 5, "category_id": 8, "bbox": [1, 1, 2, 2]}"#,
+    );
     fs::write(d.join("c.json"), bad).unwrap();
-    assert!(open_coco(&d.join("c.json"), None).unwrap_err().to_string().contains("category id 8"));
+    assert!(open_coco(&d.join("c.json"), None)
+        .unwrap_err()
+        .to_string()
+        .contains("category id 8"));
     let missing = r#"{"id": 5, "file_name": "gone.jpg", "width": 40, "height": 30}"#;
     fs::write(d.join("d.json"), coco_json(missing, "")).unwrap();
-    assert!(open_coco(&d.join("d.json"), None).unwrap_err().to_string().contains("gone.jpg"));
+    assert!(open_coco(&d.join("d.json"), None)
+        .unwrap_err()
+        .to_string()
+        .contains("gone.jpg"));
     fs::write(d.join("e.json"), "{\"images\": [\n oops").unwrap();
     let err = open_coco(&d.join("e.json"), None).unwrap_err().to_string();
     assert!(err.contains("e.json line 2"), "{err}");
@@ -138,7 +185,9 @@ fn loader_batches_boxes_with_placements() {
     let loader = Loader::new(ds.clone(), pipeline, cfg, Device::Cpu).unwrap();
     let b = loader.epoch(0).next().unwrap().unwrap();
     assert_eq!(b.images.dims(), &[3, 3, 64, 64]);
-    let Targets::Boxes(boxes) = &b.targets else { panic!("{:?}", b.targets) };
+    let Targets::Boxes(boxes) = &b.targets else {
+        panic!("{:?}", b.targets)
+    };
     assert_eq!(boxes.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 0, 0]);
     // 100×50 → 64×32 at top 16, then mirrored: the dog box [40,15,60,35] lands at [25.6,25.6,38.4,38.4].
     let dog = boxes[0][0];
@@ -192,5 +241,11 @@ fn real_chess_coco_export() {
     let b = loader.epoch(0).next().unwrap().unwrap();
     let Targets::Boxes(boxes) = &b.targets else { panic!() };
     assert!(boxes.iter().all(|bs| !bs.is_empty()));
-    assert!(boxes.iter().flatten().all(|bx| bx.xyxy[1] >= 53.0 && bx.xyxy[3] <= 267.0), "inside the letterbox");
+    assert!(
+        boxes
+            .iter()
+            .flatten()
+            .all(|bx| bx.xyxy[1] >= 53.0 && bx.xyxy[3] <= 267.0),
+        "inside the letterbox"
+    );
 }

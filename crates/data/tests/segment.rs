@@ -104,7 +104,11 @@ fn csv_train_val_and_split() {
     let (a, b) = train.split(0.4, 7).unwrap();
     assert_eq!((a.len(), b.len()), (3, 2));
     let (a2, b2) = train.split(0.4, 7).unwrap();
-    assert_eq!((a.samples.clone(), b.samples.clone()), (a2.samples, b2.samples), "seeded");
+    assert_eq!(
+        (a.samples.clone(), b.samples.clone()),
+        (a2.samples, b2.samples),
+        "seeded"
+    );
     assert!(b.samples.iter().all(|s| !a.samples.contains(s)));
     assert!(train.split(1.0, 0).is_err());
 
@@ -138,7 +142,9 @@ fn value_map_maps_trimaps_and_colours() {
     fs::create_dir_all(d.join("images")).unwrap();
     fs::create_dir_all(d.join("masks")).unwrap();
     common::write_image(&d.join("images/a.jpg"), 6, 4, 0);
-    GrayImage::from_fn(6, 4, |x, _| Luma([1 + (x % 3) as u8])).save(d.join("masks/a.png")).unwrap();
+    GrayImage::from_fn(6, 4, |x, _| Luma([1 + (x % 3) as u8]))
+        .save(d.join("masks/a.png"))
+        .unwrap();
     let opts = SegOptions {
         classes: None,
         value_map: Some(map),
@@ -146,10 +152,15 @@ fn value_map_maps_trimaps_and_colours() {
     let ds = open(d, &opts).unwrap();
     assert_eq!(ds.classes, vec!["pet", "background"]);
     let m = ds.read_mask(0).unwrap().unwrap();
-    assert_eq!((0..6).map(|x| m.get_pixel(x, 0)[0]).collect::<Vec<_>>(), vec![0, 1, 255, 0, 1, 255]);
+    assert_eq!(
+        (0..6).map(|x| m.get_pixel(x, 0)[0]).collect::<Vec<_>>(),
+        vec![0, 1, 255, 0, 1, 255]
+    );
 
     // A value the map does not list: an error naming the file and the value.
-    GrayImage::from_pixel(6, 4, Luma([7])).save(d.join("masks/a.png")).unwrap();
+    GrayImage::from_pixel(6, 4, Luma([7]))
+        .save(d.join("masks/a.png"))
+        .unwrap();
     let err = ds.read_mask(0).unwrap_err().to_string();
     assert!(err.contains("a.png") && err.contains("value 7"), "{err}");
 
@@ -196,7 +207,11 @@ fn palette_png(w: u32, h: u32, palette: &[[u8; 3]], index: impl Fn(u32, u32) -> 
         for &b in bytes {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -294,7 +309,10 @@ fn loader_batches_masks_aligned_with_images() {
     };
     let loader = Loader::new(ds.clone(), pipeline(8, 10, true), cfg.clone(), Device::Cpu).unwrap();
     let batches: Vec<_> = loader.epoch(0).map(|b| b.unwrap()).collect();
-    assert_eq!(batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(), vec![3, 3, 1]);
+    assert_eq!(
+        batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(),
+        vec![3, 3, 1]
+    );
     for b in &batches {
         let n = b.indices.len();
         assert_eq!(b.images.dims(), &[n, 3, 8, 10]);
@@ -324,7 +342,11 @@ fn loader_batches_masks_aligned_with_images() {
             .iter()
             .flat_map(|b| {
                 let m = masks_of(b);
-                b.indices.iter().enumerate().map(move |(k, &i)| (i, m[k * 80..(k + 1) * 80].to_vec())).collect::<Vec<_>>()
+                b.indices
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, &i)| (i, m[k * 80..(k + 1) * 80].to_vec()))
+                    .collect::<Vec<_>>()
             })
             .collect();
         v.sort();
@@ -339,7 +361,10 @@ fn loader_batches_masks_aligned_with_images() {
     let cached = Loader::new(
         ds.clone(),
         pipeline(8, 10, true),
-        LoaderConfig { cache: true, ..pre.clone() },
+        LoaderConfig {
+            cache: true,
+            ..pre.clone()
+        },
         Device::Cpu,
     )
     .unwrap();

@@ -411,8 +411,16 @@ fn every_step() -> Vec<(&'static str, Box<dyn ImageTransform>, bool)> {
             true,
         ),
         ("resize center crop", Box::new(rc), true),
-        ("rotation nearest fill", Box::new(RandomRotation::new(30.0, Fill::Nearest).unwrap()), true),
-        ("rotation zero fill", Box::new(RandomRotation::new(30.0, Fill::Zero).unwrap()), true),
+        (
+            "rotation nearest fill",
+            Box::new(RandomRotation::new(30.0, Fill::Nearest).unwrap()),
+            true,
+        ),
+        (
+            "rotation zero fill",
+            Box::new(RandomRotation::new(30.0, Fill::Zero).unwrap()),
+            true,
+        ),
         ("zoom", Box::new(RandomZoom::new(0.3, Fill::Zero).unwrap()), true),
         (
             "affine",
@@ -420,8 +428,16 @@ fn every_step() -> Vec<(&'static str, Box<dyn ImageTransform>, bool)> {
             true,
         ),
         ("letterbox", Box::new(Letterbox::new(80, 80).unwrap()), true),
-        ("resize shorter + pad", Box::new(ResizeShorterPad::new(40, 32).unwrap()), true),
-        ("color jitter", Box::new(ColorJitter::new(0.4, 0.4, 0.4, 0.1).unwrap()), false),
+        (
+            "resize shorter + pad",
+            Box::new(ResizeShorterPad::new(40, 32).unwrap()),
+            true,
+        ),
+        (
+            "color jitter",
+            Box::new(ColorJitter::new(0.4, 0.4, 0.4, 0.1).unwrap()),
+            false,
+        ),
     ]
 }
 
@@ -447,7 +463,11 @@ fn every_step_keeps_the_mask_consistent_with_the_image() {
             let a = Annotated::new(img.clone()).with_mask(mask.clone());
             let out = step.apply_annotated(a, &mut rng(seed)).unwrap();
             // The image path is the one `apply` takes for the same random numbers.
-            assert_eq!(out.image, step.apply(img.clone(), &mut rng(seed)), "{name}: image differs from apply");
+            assert_eq!(
+                out.image,
+                step.apply(img.clone(), &mut rng(seed)),
+                "{name}: image differs from apply"
+            );
             let m = out.mask.as_ref().unwrap();
             assert_eq!(m.dimensions(), out.image.dimensions(), "{name}");
             assert!(
@@ -474,8 +494,14 @@ fn every_step_keeps_the_mask_consistent_with_the_image() {
                     }
                 }
             }
-            assert!(checked as u32 * 5 >= w * h, "{name} seed {seed}: only {checked} pixels checked");
-            assert_eq!(bad, 0, "{name} seed {seed}: {bad}/{checked} pixels disagree with their mask class");
+            assert!(
+                checked as u32 * 5 >= w * h,
+                "{name} seed {seed}: only {checked} pixels checked"
+            );
+            assert_eq!(
+                bad, 0,
+                "{name} seed {seed}: {bad}/{checked} pixels disagree with their mask class"
+            );
         }
     }
 }
@@ -524,12 +550,17 @@ fn every_step_moves_boxes_with_the_pixels() {
             }
             let Some(b) = out.boxes.first().filter(|b| b.width() >= 3.0 && b.height() >= 3.0) else {
                 // Cropped away (or to a sliver): the default filter drops it.
-                assert!(filtered.boxes.is_empty(), "{name} seed {seed}: kept a sliver {:?}", filtered.boxes);
+                assert!(
+                    filtered.boxes.is_empty(),
+                    "{name} seed {seed}: kept a sliver {:?}",
+                    filtered.boxes
+                );
                 continue;
             };
             kept += 1;
             assert_eq!(b.class, 3);
-            let bright = bright_bbox(&out.image).unwrap_or_else(|| panic!("{name} seed {seed}: rectangle gone, box kept"));
+            let bright =
+                bright_bbox(&out.image).unwrap_or_else(|| panic!("{name} seed {seed}: rectangle gone, box kept"));
             for k in 0..4 {
                 assert!(
                     (bright[k] - b.xyxy[k]).abs() <= 2.0,
@@ -569,13 +600,17 @@ fn a_step_without_a_joint_path_refuses_targets() {
 fn near_boundary(mask: &GrayImage, x: u32, y: u32) -> bool {
     let c = mask.get_pixel(x, y)[0];
     let (w, h) = mask.dimensions();
-    (y.saturating_sub(1)..(y + 2).min(h)).any(|yy| (x.saturating_sub(1)..(x + 2).min(w)).any(|xx| mask.get_pixel(xx, yy)[0] != c))
+    (y.saturating_sub(1)..(y + 2).min(h))
+        .any(|yy| (x.saturating_sub(1)..(x + 2).min(w)).any(|xx| mask.get_pixel(xx, yy)[0] != c))
 }
 
 #[test]
 fn letterbox_and_pad_inverses_map_back_to_the_original() {
     let (img, mask) = quadrants();
-    let boxes = vec![BoxTarget::new([5.0, 3.0, 30.0, 17.0], 0), BoxTarget::new([41.5, 22.0, 63.0, 47.0], 3)];
+    let boxes = vec![
+        BoxTarget::new([5.0, 3.0, 30.0, 17.0], 0),
+        BoxTarget::new([41.5, 22.0, 63.0, 47.0], 3),
+    ];
     let steps: Vec<(&str, Box<dyn ImageTransform>)> = vec![
         ("letterbox square", Box::new(Letterbox::new(96, 96).unwrap())),
         ("letterbox wide", Box::new(Letterbox::new(40, 100).unwrap())),
@@ -583,7 +618,9 @@ fn letterbox_and_pad_inverses_map_back_to_the_original() {
         ("resize shorter + pad", Box::new(ResizeShorterPad::new(37, 32).unwrap())),
     ];
     for (name, step) in steps {
-        let a = Annotated::new(img.clone()).with_mask(mask.clone()).with_boxes(boxes.clone());
+        let a = Annotated::new(img.clone())
+            .with_mask(mask.clone())
+            .with_boxes(boxes.clone());
         let mut a = a;
         a.box_filter.min_size = 0.0;
         let out = step.apply_annotated(a, &mut rng(0)).unwrap();
@@ -595,14 +632,24 @@ fn letterbox_and_pad_inverses_map_back_to_the_original() {
         assert_eq!(back.len(), 2, "{name}");
         for (b, o) in back.iter().zip(&boxes) {
             for k in 0..4 {
-                assert!((b.xyxy[k] - o.xyxy[k]).abs() <= 1.0, "{name}: {:?} vs {:?}", b.xyxy, o.xyxy);
+                assert!(
+                    (b.xyxy[k] - o.xyxy[k]).abs() <= 1.0,
+                    "{name}: {:?} vs {:?}",
+                    b.xyxy,
+                    o.xyxy
+                );
             }
         }
         let m = p.to_original_mask(out.mask.as_ref().unwrap());
         assert_eq!(m.dimensions(), mask.dimensions());
         for (x, y, v) in m.enumerate_pixels() {
             if v != mask.get_pixel(x, y) {
-                assert!(near_boundary(&mask, x, y), "{name}: ({x},{y}) is {} not {}", v[0], mask.get_pixel(x, y)[0]);
+                assert!(
+                    near_boundary(&mask, x, y),
+                    "{name}: ({x},{y}) is {} not {}",
+                    v[0],
+                    mask.get_pixel(x, y)[0]
+                );
             }
         }
         // Logit maps come back too: one-hot logits of the transformed mask, argmax in original pixels.
@@ -619,7 +666,11 @@ fn letterbox_and_pad_inverses_map_back_to_the_original() {
         assert_eq!(back.dims(), &[4, 48, 64]);
         let arg: Vec<u32> = back.argmax(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let agree = arg.iter().zip(mask.as_raw()).filter(|(a, b)| **a == **b as u32).count();
-        assert!(agree * 100 >= 95 * arg.len(), "{name}: logits agree on {agree}/{}", arg.len());
+        assert!(
+            agree * 100 >= 95 * arg.len(),
+            "{name}: logits agree on {agree}/{}",
+            arg.len()
+        );
     }
     // Letterbox geometry follows Ultralytics: 64×48 into 96×96 scales by 1.5 to 96×72, 12 px above and below.
     let lb = Letterbox::new(96, 96).unwrap();

@@ -90,7 +90,11 @@ impl ImageTransform for RandomAffine {
         let m = [c * zr, -s * zc, s * zr, c * zc];
         let (h, w) = (a.image.height() as usize, a.image.width() as usize);
         let fill = self.fill;
-        Ok(a.moved(&warp_affine(m, h, w), |img| warp(&img, m, fill), |mask| warp_mask(&mask, m)))
+        Ok(a.moved(
+            &warp_affine(m, h, w),
+            |img| warp(&img, m, fill),
+            |mask| warp_mask(&mask, m),
+        ))
     }
 }
 
@@ -102,7 +106,14 @@ pub fn warp_affine(m: [f64; 4], h: usize, w: usize) -> Affine {
     let (orr, oc) = (h as f64 / 2.0 + 1.0, w as f64 / 2.0 + 1.0);
     // `m` acts on (row, col); in (x, y) = (col, row) order it is [[m3, m2], [m1, m0]].
     let sample = Affine {
-        m: [m[3], m[2], oc - m[3] * oc - m[2] * orr, m[1], m[0], orr - m[1] * oc - m[0] * orr],
+        m: [
+            m[3],
+            m[2],
+            oc - m[3] * oc - m[2] * orr,
+            m[1],
+            m[0],
+            orr - m[1] * oc - m[0] * orr,
+        ],
     };
     sample.inverse()
 }

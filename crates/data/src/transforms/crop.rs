@@ -72,7 +72,11 @@ impl ImageTransform for CenterCrop {
         let top = center_offset(ih, self.h as i64);
         let left = center_offset(iw, self.w as i64);
         let (h, w) = (self.h, self.w);
-        Ok(a.moved(&shift(top, left), |img| self.apply(img, rng), |m| crop_mask(&m, top, left, h, w)))
+        Ok(a.moved(
+            &shift(top, left),
+            |img| self.apply(img, rng),
+            |m| crop_mask(&m, top, left, h, w),
+        ))
     }
 }
 
@@ -191,7 +195,11 @@ impl ImageTransform for RandomResizedCrop {
         let (oh, ow) = (self.h, self.w);
         if height == 0 || width == 0 {
             let step = Affine::scale_translate(1.0, 1.0, 0.0, 0.0);
-            return Ok(a.moved(&step, |_| RgbImage::new(ow as u32, oh as u32), |m| resize_mask(&m, oh, ow)));
+            return Ok(a.moved(
+                &step,
+                |_| RgbImage::new(ow as u32, oh as u32),
+                |m| resize_mask(&m, oh, ow),
+            ));
         }
         let (i, j, h, w) = self.params(height, width, rng);
         let step = shift(i as i64, j as i64).then(&scale(h, w, oh, ow));

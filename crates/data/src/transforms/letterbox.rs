@@ -71,7 +71,14 @@ impl Letterbox {
 impl ImageTransform for Letterbox {
     fn apply(&self, img: RgbImage, _rng: &mut ChaCha8Rng) -> RgbImage {
         let (nh, nw, top, left) = self.layout(img.height() as usize, img.width() as usize);
-        pad(&resize(img, nh, nw, self.interpolation), top, left, self.h, self.w, self.fill)
+        pad(
+            &resize(img, nh, nw, self.interpolation),
+            top,
+            left,
+            self.h,
+            self.w,
+            self.fill,
+        )
     }
 
     fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {

@@ -36,7 +36,9 @@ pub fn resize_mask(mask: &GrayImage, h: usize, w: usize) -> GrayImage {
     }
     let xs = super::resize::nearest_table(mw, w);
     let ys = super::resize::nearest_table(mh, h);
-    GrayImage::from_fn(w as u32, h as u32, |x, y| *mask.get_pixel(xs[x as usize] as u32, ys[y as usize] as u32))
+    GrayImage::from_fn(w as u32, h as u32, |x, y| {
+        *mask.get_pixel(xs[x as usize] as u32, ys[y as usize] as u32)
+    })
 }
 
 /// Paste `mask` at (`top`, `left`) on an `h × w` canvas of [`IGNORE`].
