@@ -28,7 +28,7 @@ impl Default for CsvOptions {
     }
 }
 
-fn escapes(entry: &str) -> bool {
+pub(crate) fn escapes(entry: &str) -> bool {
     let p = Path::new(entry);
     // A Windows-style drive or backslash-rooted path is treated as absolute too.
     entry.starts_with('/')

@@ -25,7 +25,7 @@ pub const MAX_ALLOC: u64 = 512 * 1024 * 1024;
 /// What to do with a file that cannot be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecodePolicy {
-    /// Skip it with a one-line warning on stderr, and report it (the default).
+    /// Skip it and report it to the caller (the default; nothing is printed).
     #[default]
     Skip,
     /// Fail with [`DataError::Decode`].
@@ -87,18 +87,54 @@ pub fn decode_image(path: &Path) -> Result<RgbImage> {
     })
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Decodes `path` under `policy`: `Ok(Some)` on success, `Ok(None)` after a warning when skipped, `Err` when strict.
+/// Decodes `path` under `policy`: `Ok(Some)` on success, `Ok(None)` when skipped (see [`decode_or_skip`] for the
+/// reason), `Err` when strict.
 pub fn decode_with_policy(path: &Path, policy: DecodePolicy) -> Result<Option<RgbImage>> {
+    Ok(decode_or_skip(path, policy)?.ok())
+}
+
+/// Decodes `path` under `policy`: `Ok(Ok)` on success, `Ok(Err(skipped))` with the reason when skipped (for the
+/// caller to report; nothing is printed), `Err` when strict.
+pub fn decode_or_skip(path: &Path, policy: DecodePolicy) -> Result<std::result::Result<RgbImage, SkippedFile>> {
     match decode_image(path) {
-        Ok(img) => Ok(Some(img)),
-        Err(e) if policy == DecodePolicy::Skip => {
-            eprintln!("warning: skipping {e}");
-            Ok(None)
+        Ok(img) => Ok(Ok(img)),
+        Err(DataError::Decode { path, reason }) if policy == DecodePolicy::Skip => {
+            Ok(Err(SkippedFile { path, reason }))
         }
         Err(e) => Err(e),
     }
+}
+
+/// The `(height, width)` that [`decode_image`] will produce for `path` (EXIF rotation included), read from the
+/// header without decoding the pixels.
+pub fn image_hw(path: &Path) -> Result<(usize, usize)> {
+    let inner = || -> std::result::Result<(usize, usize), String> {
+        let file = File::open(path).map_err(|e| e.to_string())?;
+        let mut reader = ImageReader::new(BufReader::new(file));
+        if let Ok(format) = image::ImageFormat::from_path(path) {
+            reader.set_format(format);
+        }
+        let mut reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
+        reader.limits(limits());
+        let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+        let (w, h) = decoder.dimensions();
+        use image::metadata::Orientation::*;
+        let swap = matches!(
+            decoder.orientation().unwrap_or(NoTransforms),
+            Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
+        );
+        Ok(if swap {
+            (w as usize, h as usize)
+        } else {
+            (h as usize, w as usize)
+        })
+    };
+    inner().map_err(|reason| DataError::Decode {
+        path: path.to_path_buf(),
+        reason: one_line(&reason),
+    })
 }

@@ -102,6 +102,32 @@ pub enum DataError {
         /// Values expected.
         expected: usize,
     },
+    /// A mask, label file or annotation file is invalid; the message says what, `line` where.
+    #[error("{}{}: {message}", .path.display(), line_suffix(.line))]
+    Annotation {
+        /// The mask, label or annotation file.
+        path: PathBuf,
+        /// The 1-based line, when the file is text.
+        line: Option<u64>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dataset has no usable sample.
+    #[error("{}: {message}", .path.display())]
+    Empty {
+        /// The dataset's source.
+        path: PathBuf,
+        /// What was looked for.
+        message: String,
+    },
+    /// A transform step could not process a sample (e.g. a step without a joint path given masks or boxes).
+    #[error("cannot transform {}: {message}", .path.display())]
+    Transform {
+        /// The image file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// Building a tensor failed.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -369,3 +369,313 @@ fn config_validation_names_the_bad_field() {
         235
     );
 }
+
+// ---- Joint transforms: image, mask and boxes move together. ----
+
+use data::target::{Annotated, BoxTarget, IGNORE};
+use data::transforms::{Letterbox, ResizeCenterCrop, ResizeShorterPad};
+use image::{GrayImage, Luma};
+
+const QUADRANT: [[u8; 3]; 4] = [[220, 40, 40], [40, 220, 40], [40, 40, 220], [220, 220, 40]];
+
+/// A 64×48 image of four solid quadrants (split at x = 40, y = 20) and the mask of quadrant indices.
+fn quadrants() -> (RgbImage, GrayImage) {
+    let class = |x: u32, y: u32| (x >= 40) as u8 + 2 * (y >= 20) as u8;
+    let img = RgbImage::from_fn(64, 48, |x, y| Rgb(QUADRANT[class(x, y) as usize]));
+    let mask = GrayImage::from_fn(64, 48, |x, y| Luma([class(x, y)]));
+    (img, mask)
+}
+
+/// Every step of the crate, each with a name and whether it is geometric.
+fn every_step() -> Vec<(&'static str, Box<dyn ImageTransform>, bool)> {
+    let rc = ResizeCenterCrop {
+        resize: Resize {
+            size: ResizeSize::Shorter(40),
+            interpolation: Interpolation::Bicubic,
+        },
+        h: 36,
+        w: 36,
+    };
+    vec![
+        ("flip", Box::new(RandomHorizontalFlip::default()), true),
+        ("center crop (pads)", Box::new(CenterCrop::new(40, 70).unwrap()), true),
+        ("random resized crop", Box::new(RandomResizedCrop::square(32)), true),
+        (
+            "resize shorter bilinear",
+            Box::new(Resize::new(ResizeSize::Shorter(30), Interpolation::Bilinear).unwrap()),
+            true,
+        ),
+        (
+            "resize exact nearest",
+            Box::new(Resize::new(ResizeSize::Exact { h: 100, w: 70 }, Interpolation::Nearest).unwrap()),
+            true,
+        ),
+        ("resize center crop", Box::new(rc), true),
+        (
+            "rotation nearest fill",
+            Box::new(RandomRotation::new(30.0, Fill::Nearest).unwrap()),
+            true,
+        ),
+        (
+            "rotation zero fill",
+            Box::new(RandomRotation::new(30.0, Fill::Zero).unwrap()),
+            true,
+        ),
+        ("zoom", Box::new(RandomZoom::new(0.3, Fill::Zero).unwrap()), true),
+        (
+            "affine",
+            Box::new(RandomAffine::new(20.0, (0.8, 1.2), Fill::Nearest).unwrap()),
+            true,
+        ),
+        ("letterbox", Box::new(Letterbox::new(80, 80).unwrap()), true),
+        (
+            "resize shorter + pad",
+            Box::new(ResizeShorterPad::new(40, 32).unwrap()),
+            true,
+        ),
+        (
+            "color jitter",
+            Box::new(ColorJitter::new(0.4, 0.4, 0.4, 0.1).unwrap()),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn flipped_mask_is_the_flipped_mask_pixel_for_pixel() {
+    let (img, mask) = quadrants();
+    let flip = RandomHorizontalFlip::new(1.0).unwrap();
+    let out = flip
+        .apply_annotated(Annotated::new(img.clone()).with_mask(mask.clone()), &mut rng(0))
+        .unwrap();
+    assert_eq!(out.image, hflip(img));
+    let m = out.mask.unwrap();
+    for (x, y, p) in m.enumerate_pixels() {
+        assert_eq!(p, mask.get_pixel(63 - x, y), "({x},{y})");
+    }
+}
+
+#[test]
+fn every_step_keeps_the_mask_consistent_with_the_image() {
+    let (img, mask) = quadrants();
+    for (name, step, geometric) in every_step() {
+        for seed in 0..6 {
+            let a = Annotated::new(img.clone()).with_mask(mask.clone());
+            let out = step.apply_annotated(a, &mut rng(seed)).unwrap();
+            // The image path is the one `apply` takes for the same random numbers.
+            assert_eq!(
+                out.image,
+                step.apply(img.clone(), &mut rng(seed)),
+                "{name}: image differs from apply"
+            );
+            let m = out.mask.as_ref().unwrap();
+            assert_eq!(m.dimensions(), out.image.dimensions(), "{name}");
+            assert!(
+                m.pixels().all(|p| p[0] < 4 || p[0] == IGNORE),
+                "{name}: a mask value that was not there before"
+            );
+            if !geometric {
+                assert_eq!(m, &mask, "{name}: photometric step moved the mask");
+                continue;
+            }
+            let (w, h) = m.dimensions();
+            let (mut checked, mut bad) = (0, 0);
+            for y in 2..h.saturating_sub(2) {
+                for x in 2..w.saturating_sub(2) {
+                    let c = m.get_pixel(x, y)[0];
+                    let uniform = (y - 2..=y + 2).all(|yy| (x - 2..=x + 2).all(|xx| m.get_pixel(xx, yy)[0] == c));
+                    if c == IGNORE || !uniform {
+                        continue;
+                    }
+                    checked += 1;
+                    let p = out.image.get_pixel(x, y);
+                    if (0..3).any(|k| (p[k] as i32 - QUADRANT[c as usize][k] as i32).abs() > 12) {
+                        bad += 1;
+                    }
+                }
+            }
+            assert!(
+                checked as u32 * 5 >= w * h,
+                "{name} seed {seed}: only {checked} pixels checked"
+            );
+            assert_eq!(
+                bad, 0,
+                "{name} seed {seed}: {bad}/{checked} pixels disagree with their mask class"
+            );
+        }
+    }
+}
+
+/// Bounding box of the bright pixels of `img`.
+fn bright_bbox(img: &RgbImage) -> Option<[f32; 4]> {
+    let mut b: Option<[f32; 4]> = None;
+    for (x, y, p) in img.enumerate_pixels() {
+        if p[0] > 128 {
+            let (x, y) = (x as f32, y as f32);
+            b = Some(match b {
+                None => [x, y, x + 1.0, y + 1.0],
+                Some([a, c, d, e]) => [a.min(x), c.min(y), d.max(x + 1.0), e.max(y + 1.0)],
+            });
+        }
+    }
+    b
+}
+
+#[test]
+fn every_step_moves_boxes_with_the_pixels() {
+    // A white rectangle on black, and its box.
+    let xyxy = [24.0, 16.0, 40.0, 30.0];
+    let img = RgbImage::from_fn(64, 48, |x, y| {
+        let inside = (x as f32) >= xyxy[0] && (x as f32) < xyxy[2] && (y as f32) >= xyxy[1] && (y as f32) < xyxy[3];
+        Rgb(if inside { [255; 3] } else { [0; 3] })
+    });
+    let mut kept = 0;
+    for (name, step, geometric) in every_step() {
+        for seed in 0..8 {
+            let a = Annotated::new(img.clone()).with_boxes(vec![BoxTarget::new(xyxy, 3)]);
+            let filtered = step.apply_annotated(a.clone(), &mut rng(seed)).unwrap();
+            let mut a = a;
+            a.box_filter = data::BoxFilter {
+                min_size: 0.0,
+                min_visible: 0.0,
+            };
+            let out = step.apply_annotated(a, &mut rng(seed)).unwrap();
+            assert!(
+                filtered.boxes.is_empty() || filtered.boxes == out.boxes,
+                "{name}: the filter changes a kept box"
+            );
+            if !geometric {
+                assert_eq!(out.boxes, vec![BoxTarget::new(xyxy, 3)], "{name}");
+                continue;
+            }
+            let Some(b) = out.boxes.first().filter(|b| b.width() >= 3.0 && b.height() >= 3.0) else {
+                // Cropped away (or to a sliver): the default filter drops it.
+                assert!(
+                    filtered.boxes.is_empty(),
+                    "{name} seed {seed}: kept a sliver {:?}",
+                    filtered.boxes
+                );
+                continue;
+            };
+            kept += 1;
+            assert_eq!(b.class, 3);
+            let bright =
+                bright_bbox(&out.image).unwrap_or_else(|| panic!("{name} seed {seed}: rectangle gone, box kept"));
+            for k in 0..4 {
+                assert!(
+                    (bright[k] - b.xyxy[k]).abs() <= 2.0,
+                    "{name} seed {seed}: box {:?} but the rectangle spans {bright:?}",
+                    b.xyxy
+                );
+            }
+            // The box's center pixel is on the rectangle.
+            let (cx, cy) = ((b.xyxy[0] + b.xyxy[2]) / 2.0, (b.xyxy[1] + b.xyxy[3]) / 2.0);
+            assert!(out.image.get_pixel(cx as u32, cy as u32)[0] > 128, "{name} seed {seed}");
+        }
+    }
+    assert!(kept > 50, "only {kept} boxes kept");
+}
+
+#[test]
+fn a_step_without_a_joint_path_refuses_targets() {
+    #[derive(Debug)]
+    struct Shift;
+    impl ImageTransform for Shift {
+        fn apply(&self, img: RgbImage, _rng: &mut ChaCha8Rng) -> RgbImage {
+            crop(&img, 0, 3, img.height() as usize, img.width() as usize)
+        }
+    }
+    let (img, mask) = quadrants();
+    let err = Shift
+        .apply_annotated(Annotated::new(img.clone()).with_mask(mask), &mut rng(0))
+        .unwrap_err();
+    assert!(matches!(err, TransformError::NoTargetSupport(_)), "{err}");
+    assert!(err.to_string().contains("Shift"), "{err}");
+    // Without targets the image alone is fine.
+    let plain = Shift.apply_annotated(Annotated::new(img.clone()), &mut rng(0)).unwrap();
+    assert_eq!(plain.image, Shift.apply(img, &mut rng(0)));
+}
+
+/// Whether pixel (x, y) of `mask` is within 1 px of a different value.
+fn near_boundary(mask: &GrayImage, x: u32, y: u32) -> bool {
+    let c = mask.get_pixel(x, y)[0];
+    let (w, h) = mask.dimensions();
+    (y.saturating_sub(1)..(y + 2).min(h))
+        .any(|yy| (x.saturating_sub(1)..(x + 2).min(w)).any(|xx| mask.get_pixel(xx, yy)[0] != c))
+}
+
+#[test]
+fn letterbox_and_pad_inverses_map_back_to_the_original() {
+    let (img, mask) = quadrants();
+    let boxes = vec![
+        BoxTarget::new([5.0, 3.0, 30.0, 17.0], 0),
+        BoxTarget::new([41.5, 22.0, 63.0, 47.0], 3),
+    ];
+    let steps: Vec<(&str, Box<dyn ImageTransform>)> = vec![
+        ("letterbox square", Box::new(Letterbox::new(96, 96).unwrap())),
+        ("letterbox wide", Box::new(Letterbox::new(40, 100).unwrap())),
+        ("letterbox shrink", Box::new(Letterbox::new(32, 32).unwrap())),
+        ("resize shorter + pad", Box::new(ResizeShorterPad::new(37, 32).unwrap())),
+    ];
+    for (name, step) in steps {
+        let a = Annotated::new(img.clone())
+            .with_mask(mask.clone())
+            .with_boxes(boxes.clone());
+        let mut a = a;
+        a.box_filter.min_size = 0.0;
+        let out = step.apply_annotated(a, &mut rng(0)).unwrap();
+        let p = out.placement;
+        assert_eq!(p.original_hw, (48, 64), "{name}");
+        assert_eq!(p.hw, (out.image.height() as usize, out.image.width() as usize));
+        assert!(p.scale_offset().is_some(), "{name}: axis-aligned");
+        let back = p.to_original_boxes(&out.boxes);
+        assert_eq!(back.len(), 2, "{name}");
+        for (b, o) in back.iter().zip(&boxes) {
+            for k in 0..4 {
+                assert!(
+                    (b.xyxy[k] - o.xyxy[k]).abs() <= 1.0,
+                    "{name}: {:?} vs {:?}",
+                    b.xyxy,
+                    o.xyxy
+                );
+            }
+        }
+        let m = p.to_original_mask(out.mask.as_ref().unwrap());
+        assert_eq!(m.dimensions(), mask.dimensions());
+        for (x, y, v) in m.enumerate_pixels() {
+            if v != mask.get_pixel(x, y) {
+                assert!(
+                    near_boundary(&mask, x, y),
+                    "{name}: ({x},{y}) is {} not {}",
+                    v[0],
+                    mask.get_pixel(x, y)[0]
+                );
+            }
+        }
+        // Logit maps come back too: one-hot logits of the transformed mask, argmax in original pixels.
+        let om = out.mask.unwrap();
+        let (w, h) = (om.width() as usize, om.height() as usize);
+        let mut logits = vec![0f32; 4 * h * w];
+        for (x, y, v) in om.enumerate_pixels() {
+            if v[0] < 4 {
+                logits[(v[0] as usize * h + y as usize) * w + x as usize] = 1.0;
+            }
+        }
+        let t = candle_core::Tensor::from_vec(logits, (4, h, w), &candle_core::Device::Cpu).unwrap();
+        let back = p.to_original_logits(&t).unwrap();
+        assert_eq!(back.dims(), &[4, 48, 64]);
+        let arg: Vec<u32> = back.argmax(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let agree = arg.iter().zip(mask.as_raw()).filter(|(a, b)| **a == **b as u32).count();
+        assert!(
+            agree * 100 >= 95 * arg.len(),
+            "{name}: logits agree on {agree}/{}",
+            arg.len()
+        );
+    }
+    // Letterbox geometry follows Ultralytics: 64×48 into 96×96 scales by 1.5 to 96×72, 12 px above and below.
+    let lb = Letterbox::new(96, 96).unwrap();
+    assert_eq!(lb.layout(48, 64), (72, 96, 12, 0));
+    let out = lb.apply(img, &mut rng(0));
+    assert_eq!(*out.get_pixel(0, 0), Rgb([114; 3]));
+    assert_eq!(ResizeShorterPad::new(37, 32).unwrap().layout(48, 64), (37, 49, 64, 64));
+}

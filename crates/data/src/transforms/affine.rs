@@ -4,7 +4,9 @@ use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::mask::warp_mask;
 use super::{uniform, ImageTransform, TransformError};
+use crate::target::{Affine, Annotated};
 
 /// How pixels that map outside the source image are filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,6 +80,42 @@ impl ImageTransform for RandomAffine {
         let m = [c * zr, -s * zc, s * zr, c * zc];
         warp(&img, m, self.fill)
     }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        let (theta, zr, zc) = self.params(rng);
+        if theta == 0.0 && zr == 1.0 && zc == 1.0 {
+            return Ok(a);
+        }
+        let (s, c) = theta.to_radians().sin_cos();
+        let m = [c * zr, -s * zc, s * zr, c * zc];
+        let (h, w) = (a.image.height() as usize, a.image.width() as usize);
+        let fill = self.fill;
+        Ok(a.moved(
+            &warp_affine(m, h, w),
+            |img| warp(&img, m, fill),
+            |mask| warp_mask(&mask, m),
+        ))
+    }
+}
+
+/// Where [`warp`] moves continuous pixel coordinates of an `h × w` image: the inverse of its sampling map.
+///
+/// `warp` samples output index `p` at source index `m · (p - o) + o`; with pixel centers at `index + 0.5` that is
+/// `m · (p' - o') + o'` on continuous coordinates, `o' = o + 0.5`, so a source point moves to `m⁻¹ · (s - o') + o'`.
+pub fn warp_affine(m: [f64; 4], h: usize, w: usize) -> Affine {
+    let (orr, oc) = (h as f64 / 2.0 + 1.0, w as f64 / 2.0 + 1.0);
+    // `m` acts on (row, col); in (x, y) = (col, row) order it is [[m3, m2], [m1, m0]].
+    let sample = Affine {
+        m: [
+            m[3],
+            m[2],
+            oc - m[3] * oc - m[2] * orr,
+            m[1],
+            m[0],
+            orr - m[1] * oc - m[0] * orr,
+        ],
+    };
+    sample.inverse()
 }
 
 /// Resample `img` at `src = m · (p - o) + o` for each output pixel `p = (row, col)`, `m` row-major 2×2.

@@ -5,6 +5,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::{uniform, ImageTransform, TransformError};
+use crate::target::Annotated;
 
 /// Randomly change brightness, contrast, saturation and hue, in a random order (torchvision `ColorJitter`).
 ///
@@ -67,6 +68,11 @@ impl ImageTransform for ColorJitter {
             };
         }
         img
+    }
+
+    /// Photometric: the image changes, the targets stay.
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        Ok(a.map_image(|img| self.apply(img, rng)))
     }
 }
 

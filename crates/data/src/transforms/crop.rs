@@ -4,9 +4,16 @@ use image::RgbImage;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::resize::resize;
+use super::mask::{crop_mask, resize_mask};
+use super::resize::{resize, scale};
 use super::{uniform, ImageTransform, TransformError};
 use crate::config::Interpolation;
+use crate::target::{Affine, Annotated};
+
+/// The translation of a crop at (`top`, `left`).
+fn shift(top: i64, left: i64) -> Affine {
+    Affine::scale_translate(1.0, 1.0, -left as f64, -top as f64)
+}
 
 /// Crop `h × w` at (`top`, `left`); the parts outside the image are filled with zeros (as torchvision pads).
 pub fn crop(img: &RgbImage, top: i64, left: i64, h: usize, w: usize) -> RgbImage {
@@ -58,6 +65,18 @@ impl ImageTransform for CenterCrop {
         let top = center_offset(ih, self.h as i64);
         let left = center_offset(iw, self.w as i64);
         crop(&img, top, left, self.h, self.w)
+    }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        let (ih, iw) = (a.image.height() as i64, a.image.width() as i64);
+        let top = center_offset(ih, self.h as i64);
+        let left = center_offset(iw, self.w as i64);
+        let (h, w) = (self.h, self.w);
+        Ok(a.moved(
+            &shift(top, left),
+            |img| self.apply(img, rng),
+            |m| crop_mask(&m, top, left, h, w),
+        ))
     }
 }
 
@@ -169,5 +188,26 @@ impl ImageTransform for RandomResizedCrop {
         let (i, j, h, w) = self.params(height, width, rng);
         let cropped = crop(&img, i as i64, j as i64, h, w);
         resize(cropped, self.h, self.w, self.interpolation)
+    }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        let (height, width) = (a.image.height() as usize, a.image.width() as usize);
+        let (oh, ow) = (self.h, self.w);
+        if height == 0 || width == 0 {
+            let step = Affine::scale_translate(1.0, 1.0, 0.0, 0.0);
+            return Ok(a.moved(
+                &step,
+                |_| RgbImage::new(ow as u32, oh as u32),
+                |m| resize_mask(&m, oh, ow),
+            ));
+        }
+        let (i, j, h, w) = self.params(height, width, rng);
+        let step = shift(i as i64, j as i64).then(&scale(h, w, oh, ow));
+        let interpolation = self.interpolation;
+        Ok(a.moved(
+            &step,
+            |img| resize(crop(&img, i as i64, j as i64, h, w), oh, ow, interpolation),
+            |m| resize_mask(&crop_mask(&m, i as i64, j as i64, h, w), oh, ow),
+        ))
     }
 }

@@ -4,7 +4,9 @@ use image::RgbImage;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::mask::hflip_mask;
 use super::{ImageTransform, TransformError};
+use crate::target::{Affine, Annotated};
 
 /// Mirror the image left-right with probability `p` (torchvision `RandomHorizontalFlip`, Keras `horizontal_flip`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,6 +42,15 @@ impl ImageTransform for RandomHorizontalFlip {
         } else {
             img
         }
+    }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        let draw: f64 = rng.gen();
+        if draw >= self.p {
+            return Ok(a);
+        }
+        let w = a.image.width() as f64;
+        Ok(a.moved(&Affine::scale_translate(-1.0, 1.0, w, 0.0), hflip, |m| hflip_mask(&m)))
     }
 }
 

@@ -4,8 +4,10 @@ use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::mask::{crop_mask, resize_mask};
 use super::{ImageTransform, TransformError};
 use crate::config::Interpolation;
+use crate::target::{Affine, Annotated};
 
 /// Fixed-point precision of PIL's 8-bit resampling coefficients.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -83,6 +85,28 @@ impl ImageTransform for Resize {
         let (oh, ow) = self.size.output_hw(h, w);
         resize(img, oh, ow, self.interpolation)
     }
+
+    fn apply_annotated(&self, a: Annotated, _rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        let (h, w) = (a.image.height() as usize, a.image.width() as usize);
+        let (oh, ow) = self.size.output_hw(h, w);
+        Ok(resized(a, oh, ow, self.interpolation))
+    }
+}
+
+/// The scale of a resize from `h × w` to `oh × ow` (the identity for empty images).
+pub(crate) fn scale(h: usize, w: usize, oh: usize, ow: usize) -> Affine {
+    let ratio = |o: usize, i: usize| if i == 0 { 1.0 } else { o as f64 / i as f64 };
+    Affine::scale_translate(ratio(ow, w), ratio(oh, h), 0.0, 0.0)
+}
+
+/// `a` resized to `oh × ow`: the image with `interpolation`, the mask nearest, the boxes scaled.
+pub(crate) fn resized(a: Annotated, oh: usize, ow: usize, interpolation: Interpolation) -> Annotated {
+    let (h, w) = (a.image.height() as usize, a.image.width() as usize);
+    a.moved(
+        &scale(h, w, oh, ow),
+        |img| resize(img, oh, ow, interpolation),
+        |m| resize_mask(&m, oh, ow),
+    )
 }
 
 /// Resize `img` to `h × w` exactly as PIL's `Image.resize((w, h), filter)` does (returns `img` when the size matches).
@@ -136,6 +160,20 @@ impl ImageTransform for ResizeCenterCrop {
                 super::CenterCrop { h: self.h, w: self.w }.apply(resized, rng)
             }
         }
+    }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        let (ih, iw) = (a.image.height() as usize, a.image.width() as usize);
+        let (oh, ow) = self.resize.size.output_hw(ih, iw);
+        let top = super::crop::center_offset(oh as i64, self.h as i64);
+        let left = super::crop::center_offset(ow as i64, self.w as i64);
+        let step = scale(ih, iw, oh, ow).then(&Affine::scale_translate(1.0, 1.0, -left as f64, -top as f64));
+        let (h, w) = (self.h, self.w);
+        Ok(a.moved(
+            &step,
+            |img| self.apply(img, rng),
+            |m| crop_mask(&resize_mask(&m, oh, ow), top, left, h, w),
+        ))
     }
 }
 
@@ -319,22 +357,24 @@ fn resample(img: &RgbImage, h: usize, w: usize, window: [usize; 4], support: f64
     RgbImage::from_raw(ow as u32, oh as u32, out).expect("buffer matches dimensions")
 }
 
+/// PIL's nearest-neighbour source index of each of `out_size` output pixels.
+pub(crate) fn nearest_table(in_size: usize, out_size: usize) -> Vec<usize> {
+    let a = in_size as f32 as f64 / out_size as f64;
+    let mut o = a * 0.5;
+    (0..out_size)
+        .map(|_| {
+            let i = (o as usize).min(in_size - 1);
+            o += a;
+            i
+        })
+        .collect()
+}
+
 /// PIL's nearest-neighbour resize (`ImagingScaleAffine`): source index `floor((i + 0.5) * in / out)`.
 fn resize_nearest(img: &RgbImage, h: usize, w: usize) -> RgbImage {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
-    let table = |in_size: usize, out_size: usize| -> Vec<usize> {
-        let a = in_size as f32 as f64 / out_size as f64;
-        let mut o = a * 0.5;
-        (0..out_size)
-            .map(|_| {
-                let i = (o as usize).min(in_size - 1);
-                o += a;
-                i
-            })
-            .collect()
-    };
-    let xs = table(iw, w);
-    let ys = table(ih, h);
+    let xs = nearest_table(iw, w);
+    let ys = nearest_table(ih, h);
     let src = img.as_raw();
     let mut out = vec![0u8; h * w * 3];
     for (orow, &y) in out.chunks_exact_mut(w * 3).zip(&ys) {

@@ -5,6 +5,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::affine::{Fill, RandomAffine};
 use super::{ImageTransform, TransformError};
+use crate::target::Annotated;
 
 /// Rotate by an angle uniform in `[-degrees, degrees]` about the center, bilinear (Keras `rotation_range`).
 ///
@@ -27,5 +28,9 @@ impl RandomRotation {
 impl ImageTransform for RandomRotation {
     fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
         self.0.apply(img, rng)
+    }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        self.0.apply_annotated(a, rng)
     }
 }

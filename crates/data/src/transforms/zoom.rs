@@ -5,6 +5,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::affine::{Fill, RandomAffine};
 use super::{ImageTransform, TransformError};
+use crate::target::Annotated;
 
 /// Zoom each axis by a factor uniform in `[1 - range, 1 + range]`, about the center (Keras `zoom_range`).
 ///
@@ -37,5 +38,9 @@ impl RandomZoom {
 impl ImageTransform for RandomZoom {
     fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
         self.0.apply(img, rng)
+    }
+
+    fn apply_annotated(&self, a: Annotated, rng: &mut ChaCha8Rng) -> Result<Annotated, TransformError> {
+        self.0.apply_annotated(a, rng)
     }
 }
