@@ -331,7 +331,8 @@ impl Backbone for ConvNext {
 
     /// timm's pre-logits features: global average pool, then `head.norm`.
     fn forward_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.head_norm.forward(&global_avg_pool(&self.forward_features(x, train)?)?)
+        self.head_norm
+            .forward(&global_avg_pool(&self.forward_features(x, train)?)?)
     }
 
     fn has_classifier(&self) -> bool {

@@ -110,7 +110,12 @@ impl VitConfig {
     /// Rows of `pos_embed`.
     pub const fn pos_embed_len(&self) -> usize {
         let g = self.grid();
-        g * g + if self.no_embed_class { 0 } else { self.num_prefix_tokens() }
+        g * g
+            + if self.no_embed_class {
+                0
+            } else {
+                self.num_prefix_tokens()
+            }
     }
 
     /// MLP hidden width.
@@ -205,10 +210,15 @@ pub fn resample_abs_pos_embed(
     }
     let dev = pos.device();
     let matrix = |input: usize, output: usize| -> Result<Tensor> {
-        let w: Vec<f32> = bicubic_aa_weights(input, output).into_iter().map(|v| v as f32).collect();
+        let w: Vec<f32> = bicubic_aa_weights(input, output)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
         Ok(Tensor::from_vec(w, (output, input), dev)?.to_dtype(pos.dtype())?)
     };
-    let grid = pos.narrow(1, num_prefix_tokens, old.0 * old.1)?.reshape((old.0, old.1, c))?;
+    let grid = pos
+        .narrow(1, num_prefix_tokens, old.0 * old.1)?
+        .reshape((old.0, old.1, c))?;
     // Width first, then height (as PyTorch's separable pass); linear either way.
     let wide = matrix(old.1, new.1)?.broadcast_matmul(&grid)?; // old_h × new_w × C
     let tall = matrix(old.0, new.0)?.matmul(&wide.reshape((old.0, new.1 * c))?)?; // new_h × new_w·C
@@ -349,7 +359,10 @@ impl Vit {
                 bias: !cfg.pre_norm,
             },
         )?;
-        let cls_token = cfg.class_token.then(|| store.param("cls_token", (1, 1, c))).transpose()?;
+        let cls_token = cfg
+            .class_token
+            .then(|| store.param("cls_token", (1, 1, c)))
+            .transpose()?;
         let reg_token = (cfg.reg_tokens > 0)
             .then(|| store.param("reg_token", (1, cfg.reg_tokens, c)))
             .transpose()?;
@@ -515,10 +528,7 @@ impl Backbone for Vit {
             } else {
                 format!("blocks.{}-{}", r.start, r.end - 1)
             };
-            stages.push(Stage {
-                name,
-                prefixes,
-            });
+            stages.push(Stage { name, prefixes });
         }
         stages.push(match self.cfg.global_pool {
             GlobalPool::Token => Stage::new("norm", &["norm"]),

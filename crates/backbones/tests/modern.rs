@@ -34,7 +34,11 @@ fn check_round2(name: &str, model: &dyn Backbone, store: &ParamStore, refs: &Has
     let input = &refs["input"];
     let t = std::time::Instant::now();
     let feats = model.forward_features(input, false).unwrap();
-    println!("{name}: forward_features of {:?} took {:.2?}", input.dims(), t.elapsed());
+    println!(
+        "{name}: forward_features of {:?} took {:.2?}",
+        input.dims(),
+        t.elapsed()
+    );
     assert_close(&format!("{name} forward_features"), &feats, &refs["forward_features"]);
     let pooled = model.forward_pooled(input, false).unwrap();
     assert_eq!(pooled.dims(), &[4, model.num_features()]);
@@ -237,10 +241,18 @@ fn check_gradients(what: &str, model: &dyn Backbone, x: &Tensor) -> usize {
                     .unwrap_or_else(|| panic!("{what}: no gradient for trainable {}", p.name()));
                 assert_eq!(g.dims(), v.dims());
                 let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(norm.is_finite() && norm > 0.0, "{what}: gradient of {} is {norm}", p.name());
+                assert!(
+                    norm.is_finite() && norm > 0.0,
+                    "{what}: gradient of {} is {norm}",
+                    p.name()
+                );
                 trainable += 1;
             }
-            None => assert!(grads.get(&p.tensor()).is_none(), "{what}: gradient for frozen {}", p.name()),
+            None => assert!(
+                grads.get(&p.tensor()).is_none(),
+                "{what}: gradient for frozen {}",
+                p.name()
+            ),
         }
     }
     trainable
@@ -254,7 +266,10 @@ fn convnext_trains_its_unfrozen_stages() {
     let n = check_gradients("convnext_atto", model.as_ref(), &x);
     // stages.3 (downsample 4, 2 blocks × 9 tensors) and head.norm (2).
     assert_eq!(n, 4 + 2 * 9 + 2);
-    assert!(store.trainable_vars().iter().all(|(k, _)| k.starts_with("stages.3") || k.starts_with("head.norm")));
+    assert!(store
+        .trainable_vars()
+        .iter()
+        .all(|(k, _)| k.starts_with("stages.3") || k.starts_with("head.norm")));
 }
 
 #[test]
@@ -298,7 +313,10 @@ fn fused_inference_path_equals_the_plain_path() {
         assert!(rel <= 1e-5, "{arch}: fused differs from plain by {rel}");
         // forward_features takes the fused path when frozen, the plain one as soon as anything trains.
         let auto = model.forward_features(&x, false).unwrap();
-        assert!(max_abs_diff(&auto, &fused) <= 1e-6 * max_abs(&fused), "{arch}: not the fused path");
+        assert!(
+            max_abs_diff(&auto, &fused) <= 1e-6 * max_abs(&fused),
+            "{arch}: not the fused path"
+        );
         backbones::freeze_all_but_last(model.as_ref(), 1).unwrap();
         assert!(!vit.uses_inference_path(&x, false));
     }
@@ -323,7 +341,13 @@ fn dinov2_runs_at_any_input_size() {
         assert_eq!(tokens.dims(), &[1, 1 + patches, 384], "{hw} px");
         let pooled = vit.forward_pooled(&x, false).unwrap();
         assert_eq!(pooled.dims(), &[1, 384]);
-        assert!(pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
+        assert!(pooled
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
         let g = hw / 14;
         let maps = vit.forward_multiscale(&x, false, &[3, 11]).unwrap();
         assert_eq!(maps[1].dims(), &[1, 384, g, g]);
@@ -358,7 +382,13 @@ fn multiscale_shapes_of_the_new_architectures() {
     }
     // The last block's patch tokens, before the final norm: not the normalised forward_features tokens.
     let tokens = m.forward_features(&x, false).unwrap();
-    let normed = tokens.narrow(1, 1, 16).unwrap().transpose(1, 2).unwrap().reshape((1, 192, 4, 4)).unwrap();
+    let normed = tokens
+        .narrow(1, 1, 16)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((1, 192, 4, 4))
+        .unwrap();
     assert!(max_abs_diff(&maps[2], &normed) > 1e-3);
 
     for (arch, c, r) in [
@@ -400,11 +430,20 @@ fn stages_partition_the_parameters_and_match_the_registry() {
         for p in store.params() {
             let owners = stages
                 .iter()
-                .filter(|s| s.prefixes.iter().any(|pre| backbones::params::name_has_prefix(p.name(), pre)))
+                .filter(|s| {
+                    s.prefixes
+                        .iter()
+                        .any(|pre| backbones::params::name_has_prefix(p.name(), pre))
+                })
                 .count();
             // ConvNeXt's `head.fc`, ViT's `head`; ConvNeXt's `head.norm` is the `head` stage.
             let classifier = p.name().starts_with("head.") && !p.name().starts_with("head.norm");
-            assert_eq!(owners, usize::from(!classifier), "{arch}: {} in {owners} stages", p.name());
+            assert_eq!(
+                owners,
+                usize::from(!classifier),
+                "{arch}: {} in {owners} stages",
+                p.name()
+            );
         }
     }
     // Fewer blocks than four stages: one stage per block.

@@ -221,14 +221,32 @@ fn round2_models_match_their_index() {
         assert_eq!(entry["hf_hub_id"].as_str(), Some(m.hub.repo.as_str()), "{name}");
         assert_eq!(entry["num_features"].as_u64(), Some(m.num_features as u64), "{name}");
         let p = &entry["preprocess"];
-        let input: Vec<u64> = p["input_size"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        assert_eq!(input[1..], [m.preprocess.input_size[0] as u64, m.preprocess.input_size[1] as u64], "{name}");
+        let input: Vec<u64> = p["input_size"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            input[1..],
+            [m.preprocess.input_size[0] as u64, m.preprocess.input_size[1] as u64],
+            "{name}"
+        );
         let interp: data::Interpolation = p["interpolation"].as_str().unwrap().parse().unwrap();
         assert_eq!(m.preprocess.interpolation, interp, "{name}");
-        assert!((m.preprocess.crop_pct as f64 - p["crop_pct"].as_f64().unwrap()).abs() < 1e-6, "{name}");
+        assert!(
+            (m.preprocess.crop_pct as f64 - p["crop_pct"].as_f64().unwrap()).abs() < 1e-6,
+            "{name}"
+        );
         for c in 0..3 {
-            assert!((m.preprocess.mean[c] as f64 - p["mean"][c].as_f64().unwrap()).abs() < 1e-6, "{name}");
-            assert!((m.preprocess.std[c] as f64 - p["std"][c].as_f64().unwrap()).abs() < 1e-6, "{name}");
+            assert!(
+                (m.preprocess.mean[c] as f64 - p["mean"][c].as_f64().unwrap()).abs() < 1e-6,
+                "{name}"
+            );
+            assert!(
+                (m.preprocess.std[c] as f64 - p["std"][c].as_f64().unwrap()).abs() < 1e-6,
+                "{name}"
+            );
         }
         let full = entry["create_kwargs"].as_object().is_some_and(|o| o.is_empty());
         if full {

@@ -62,13 +62,13 @@ impl CustomOp1 for FusedAttention {
             gemm(n, hd, n, out, false, scores, (n, 1), v, (c3, 1), inner);
         };
         if inner == 1 {
-            per_head
-                .par_chunks_mut(n * hd)
-                .enumerate()
-                .for_each_init(Vec::new, run);
+            per_head.par_chunks_mut(n * hd).enumerate().for_each_init(Vec::new, run);
         } else {
             let mut scores = Vec::new();
-            per_head.chunks_mut(n * hd).enumerate().for_each(|job| run(&mut scores, job));
+            per_head
+                .chunks_mut(n * hd)
+                .enumerate()
+                .for_each(|job| run(&mut scores, job));
         }
         let mut out = vec![0f32; b * n * c];
         out.par_chunks_mut(n * c).enumerate().for_each(|(bi, ob)| {

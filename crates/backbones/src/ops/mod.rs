@@ -101,7 +101,11 @@ pub fn max_pool2d(
 /// anything that trains uses the plain composition of tensor ops instead.
 pub fn fused_attention(qkv: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
     if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
-        candle_core::bail!("fused_attention: CPU f32 only, got {:?} on {:?}", qkv.dtype(), qkv.device());
+        candle_core::bail!(
+            "fused_attention: CPU f32 only, got {:?} on {:?}",
+            qkv.dtype(),
+            qkv.device()
+        );
     }
     qkv.contiguous()?.apply_op1(attention::FusedAttention {
         heads,
