@@ -101,7 +101,7 @@ impl Stage {
     }
 }
 
-/// A pretrained CNN: feature map, pooled features, ImageNet logits when the classifier is present.
+/// A pretrained backbone (CNN or ViT): feature map, pooled features, ImageNet logits when the classifier is present.
 pub trait Backbone: Send + Sync {
     /// Architecture name as in the registry (`resnet18`, `tf_efficientnet_lite0`, …).
     fn name(&self) -> &str;
@@ -115,7 +115,7 @@ pub trait Backbone: Send + Sync {
     /// The store holding every parameter and buffer.
     fn store(&self) -> &ParamStore;
 
-    /// The last feature map, N×C×h×w, for input N×3×H×W.
+    /// The last feature map, N×C×h×w, for input N×3×H×W (Vision Transformers: every token, N×T×C, as timm).
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 
     /// The feature maps [`Backbone::forward_multiscale`] can return, input to output (timm's `feature_info`).

@@ -290,3 +290,81 @@ impl Activation {
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean(D::Minus1)?.mean(D::Minus1)?)
 }
+
+/// LayerNorm with timm's names `{prefix}.weight` and `{prefix}.bias`, built from plain tensor ops that all have a
+/// backward (candle's fused `layer_norm` records no gradient; [`LayerNorm::forward_fused`] uses it for inference).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale (gamma), `dim`.
+    pub weight: Param,
+    /// Shift (beta), `dim`.
+    pub bias: Param,
+    /// Epsilon added to the variance (timm: 1e-6).
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Take the parameters under `prefix` from `store`.
+    pub fn new(store: &ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: store.param_ones(&format!("{prefix}.weight"), dim)?,
+            bias: store.param(&format!("{prefix}.bias"), dim)?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension (`F.layer_norm`: biased variance).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(y.broadcast_mul(&self.weight.tensor())?
+            .broadcast_add(&self.bias.tensor())?)
+    }
+
+    /// [`LayerNorm::forward`] with candle's single-kernel layer norm: no gradient, for inference only.
+    pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight.tensor(),
+            &self.bias.tensor(),
+            self.eps as f32,
+        )?)
+    }
+
+    /// Normalise N×C×H×W over its channels (timm's `LayerNorm2d`).
+    pub fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let mean = x.mean_keepdim(1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(y.broadcast_mul(&self.weight.tensor().reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.bias.tensor().reshape((1, c, 1, 1))?)?)
+    }
+}
+
+/// Softmax over the last dimension from plain ops with a backward (candle's `softmax_last_dim` records none).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    // The maximum only stabilises the exponent; the result does not depend on it, so it carries no gradient.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// GELU with the exact error function (PyTorch's `nn.GELU()`), which has a backward in candle.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+/// `x · Wᵀ + b` for `x` of any rank ≥ 2 (leading dimensions flattened into rows).
+pub fn linear_nd(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (lead, k) = dims.split_at(dims.len() - 1);
+    let rows: usize = lead.iter().product();
+    let y = linear.forward(&x.reshape((rows, k[0]))?)?;
+    let mut out = lead.to_vec();
+    out.push(y.dim(1)?);
+    Ok(y.reshape(out)?)
+}

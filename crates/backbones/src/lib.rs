@@ -1,4 +1,4 @@
-//! Pretrained CNN backbones with timm's parameter names, weights resolution and freezing by stage.
+//! Pretrained CNN and Vision Transformer backbones with timm's parameter names, weights resolution and freezing by stage.
 //!
 //! Every architecture is our own implementation (train/eval BatchNorm, per-stage freezing), naming its parameters
 //! exactly as timm's checkpoints do, so loading a Hub checkpoint is a path lookup.
@@ -6,6 +6,7 @@
 pub mod backbone;
 pub mod blocks;
 pub mod conv;
+pub mod convnext;
 pub mod device;
 pub mod efficientnet;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod pth;
 pub mod registry;
 pub mod resnet;
 pub mod vgg;
+pub mod vit;
 pub mod weights;
 pub mod zoo;
 

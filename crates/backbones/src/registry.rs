@@ -39,7 +39,7 @@ pub struct ModelSpec {
     pub license: String,
     /// Width of the pooled features.
     pub num_features: usize,
-    /// Classes of the pretrained classifier (1000 for ImageNet-1k).
+    /// Classes of the pretrained classifier (1000 for ImageNet-1k; 0 when the checkpoint has none, as DINOv2).
     pub num_classes: usize,
     /// Approximate parameter count in millions.
     pub params_m: f32,
@@ -51,6 +51,8 @@ pub struct ModelSpec {
 
 /// The registry files, `(file stem, TOML text)`, embedded at build time from `models/`.
 pub const SOURCES: &[(&str, &str)] = &[
+    ("convnext_atto", include_str!("../../../models/convnext_atto.toml")),
+    ("convnext_tiny", include_str!("../../../models/convnext_tiny.toml")),
     ("efficientnet_b0", include_str!("../../../models/efficientnet_b0.toml")),
     (
         "mobilenetv3_large_100",
@@ -64,6 +66,22 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../models/tf_efficientnet_lite0.toml"),
     ),
     ("vgg16", include_str!("../../../models/vgg16.toml")),
+    (
+        "vit_base_patch14_dinov2",
+        include_str!("../../../models/vit_base_patch14_dinov2.toml"),
+    ),
+    (
+        "vit_small_patch14_dinov2",
+        include_str!("../../../models/vit_small_patch14_dinov2.toml"),
+    ),
+    (
+        "vit_small_patch16_224",
+        include_str!("../../../models/vit_small_patch16_224.toml"),
+    ),
+    (
+        "vit_tiny_patch16_224",
+        include_str!("../../../models/vit_tiny_patch16_224.toml"),
+    ),
 ];
 
 impl ModelSpec {

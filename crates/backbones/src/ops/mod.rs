@@ -1,8 +1,10 @@
-//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward.
+//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward,
+//! and a fused self-attention for inference.
 //!
 //! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
 //! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
 
+mod attention;
 mod depthwise;
 mod fold;
 mod maxpool;
@@ -91,4 +93,22 @@ pub fn max_pool2d(
         x.clone()
     };
     x.max_pool2d_with_stride(kernel, stride)
+}
+
+/// Multi-head self-attention from timm's `qkv` projection: B×N×3C → B×N×C, `softmax(scale · q·kᵀ) · v` per head.
+///
+/// One fused pass on the CPU in f32 for inference; it records no gradient (a backward through it is an error), so
+/// anything that trains uses the plain composition of tensor ops instead.
+pub fn fused_attention(qkv: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
+    if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
+        candle_core::bail!(
+            "fused_attention: CPU f32 only, got {:?} on {:?}",
+            qkv.dtype(),
+            qkv.device()
+        );
+    }
+    qkv.contiguous()?.apply_op1(attention::FusedAttention {
+        heads,
+        scale: scale as f32,
+    })
 }

@@ -1,0 +1,345 @@
+//! ConvNeXt (Liu et al., 2022, "A ConvNet for the 2020s") with timm's parameter names: `convnext_atto`,
+//! `convnext_tiny`.
+//!
+//! Stem: `stem.0` 4×4/4 patchify convolution + `stem.1` LayerNorm over channels. Then `stages.0..3`; stages 1–3
+//! open with a `downsample` (LayerNorm + 2×2/2 convolution). Each block: depthwise 7×7 `conv_dw` → `norm` →
+//! `mlp.fc1` (4× wider) → GELU → `mlp.fc2` → layer scale `gamma` → + input. Head (pre-logits): global average
+//! pool → `head.norm`; classifier `head.fc`.
+
+use candle_core::Tensor;
+
+use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
+use crate::error::{Error, Result};
+use crate::layers::{gelu, global_avg_pool, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
+use crate::params::{Param, ParamStore};
+
+/// One ConvNeXt variant: timm's `ConvNeXt` arguments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvNextConfig {
+    /// timm architecture name.
+    pub name: &'static str,
+    /// Blocks in `stages.0..3`.
+    pub depths: [usize; 4],
+    /// Channels of `stages.0..3`.
+    pub dims: [usize; 4],
+    /// Stem patch size (stride 4 overall at `stages.0`).
+    pub patch_size: usize,
+    /// Depthwise kernel of every block.
+    pub kernel_size: usize,
+    /// MLP hidden width / block width.
+    pub mlp_ratio: f64,
+    /// Layer-scale init value: `Some` when blocks have `gamma` (timm: 1e-6).
+    pub ls_init_value: Option<f64>,
+    /// timm's `conv_mlp`: the MLP is stored as 1×1 convolutions (`out × in × 1 × 1`) instead of linear layers.
+    pub conv_mlp: bool,
+    /// Classes of the pretrained classifier `head.fc`.
+    pub num_classes: usize,
+    /// LayerNorm epsilon (timm: 1e-6).
+    pub eps: f64,
+}
+
+impl ConvNextConfig {
+    /// A ConvNeXt with timm's defaults (patch 4, kernel 7, MLP ×4, layer scale 1e-6, ImageNet-1k classifier).
+    pub const fn new(name: &'static str, depths: [usize; 4], dims: [usize; 4], conv_mlp: bool) -> Self {
+        Self {
+            name,
+            depths,
+            dims,
+            patch_size: 4,
+            kernel_size: 7,
+            mlp_ratio: 4.0,
+            ls_init_value: Some(1e-6),
+            conv_mlp,
+            num_classes: 1000,
+            eps: 1e-6,
+        }
+    }
+}
+
+/// Every supported ConvNeXt (timm's `convnext_atto` is a timm original with 1×1-convolution MLPs).
+pub const CONFIGS: &[ConvNextConfig] = &[
+    ConvNextConfig::new("convnext_atto", [2, 2, 6, 2], [40, 80, 160, 320], true),
+    ConvNextConfig::new("convnext_tiny", [3, 3, 9, 3], [96, 192, 384, 768], false),
+];
+
+/// The configuration of the timm architecture `name`, if it is a supported ConvNeXt.
+pub fn config(name: &str) -> Option<&'static ConvNextConfig> {
+    CONFIGS.iter().find(|c| c.name == name)
+}
+
+/// A pointwise layer stored either as a linear layer (`out × in`) or a 1×1 convolution (`out × in × 1 × 1`).
+#[derive(Debug, Clone)]
+struct Pointwise {
+    weight: Param,
+    bias: Param,
+    dims: (usize, usize),
+}
+
+impl Pointwise {
+    fn new(store: &ParamStore, prefix: &str, (i, o): (usize, usize), conv: bool) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = if conv {
+            store.param(&name, (o, i, 1, 1))?
+        } else {
+            store.param(&name, (o, i))?
+        };
+        Ok(Self {
+            weight,
+            bias: store.param(&format!("{prefix}.bias"), o)?,
+            dims: (i, o),
+        })
+    }
+
+    /// `x` (rows × in) → rows × out.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (i, o) = self.dims;
+        let w = self.weight.tensor().reshape((o, i))?;
+        Ok(x.matmul(&w.t()?)?.broadcast_add(&self.bias.tensor())?)
+    }
+}
+
+/// One ConvNeXt block.
+#[derive(Debug, Clone)]
+struct Block {
+    conv_dw: Conv2d,
+    norm: LayerNorm,
+    fc1: Pointwise,
+    fc2: Pointwise,
+    gamma: Option<Param>,
+}
+
+impl Block {
+    fn new(store: &ParamStore, prefix: &str, cfg: &ConvNextConfig, c: usize) -> Result<Self> {
+        let hidden = (c as f64 * cfg.mlp_ratio) as usize;
+        let k = cfg.kernel_size;
+        Ok(Self {
+            conv_dw: Conv2d::new(
+                store,
+                &format!("{prefix}.conv_dw"),
+                ConvConfig {
+                    in_channels: c,
+                    out_channels: c,
+                    kernel: k,
+                    stride: 1,
+                    padding: Padding::Symmetric(k / 2),
+                    groups: c,
+                    bias: true,
+                },
+            )?,
+            norm: LayerNorm::new(store, &format!("{prefix}.norm"), c, cfg.eps)?,
+            fc1: Pointwise::new(store, &format!("{prefix}.mlp.fc1"), (c, hidden), cfg.conv_mlp)?,
+            fc2: Pointwise::new(store, &format!("{prefix}.mlp.fc2"), (hidden, c), cfg.conv_mlp)?,
+            gamma: cfg
+                .ls_init_value
+                .map(|_| store.param_ones(&format!("{prefix}.gamma"), c))
+                .transpose()?,
+        })
+    }
+
+    /// `x` N×C×H×W; the norm and MLP run channels-last (timm's two layouts compute the same function).
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let y = self.conv_dw.forward(x)?.permute((0, 2, 3, 1))?.contiguous()?;
+        let y = y.reshape((n * h * w, c))?;
+        let y = if fused {
+            self.norm.forward_fused(&y)?
+        } else {
+            self.norm.forward(&y)?
+        };
+        let y = self.fc2.forward(&gelu(&self.fc1.forward(&y)?)?)?;
+        let y = match &self.gamma {
+            Some(g) => y.broadcast_mul(&g.tensor())?,
+            None => y,
+        };
+        let y = y.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?;
+        Ok((x + y)?)
+    }
+}
+
+/// One stage: optional `downsample` (LayerNorm + strided convolution), then its blocks.
+#[derive(Debug, Clone)]
+struct StageLayers {
+    downsample: Option<(LayerNorm, Conv2d)>,
+    blocks: Vec<Block>,
+}
+
+impl StageLayers {
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let mut x = match &self.downsample {
+            Some((norm, conv)) => conv.forward(&norm.forward_nchw(x)?)?,
+            None => x.clone(),
+        };
+        for b in &self.blocks {
+            x = b.forward(&x, fused)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A ConvNeXt backbone (parameters frozen when built).
+#[derive(Debug, Clone)]
+pub struct ConvNext {
+    cfg: ConvNextConfig,
+    store: ParamStore,
+    stem_conv: Conv2d,
+    stem_norm: LayerNorm,
+    stages: Vec<StageLayers>,
+    head_norm: LayerNorm,
+    head_fc: Option<Linear>,
+}
+
+impl ConvNext {
+    /// Build `cfg` from `store`; the classifier `head.fc` only when the store can provide `head.fc.weight`.
+    pub fn new(cfg: &ConvNextConfig, store: &ParamStore) -> Result<Self> {
+        let d = cfg.dims;
+        let stem_conv = Conv2d::new(
+            store,
+            "stem.0",
+            ConvConfig {
+                in_channels: 3,
+                out_channels: d[0],
+                kernel: cfg.patch_size,
+                stride: cfg.patch_size,
+                padding: Padding::Symmetric(0),
+                groups: 1,
+                bias: true,
+            },
+        )?;
+        let stem_norm = LayerNorm::new(store, "stem.1", d[0], cfg.eps)?;
+        let mut stages = Vec::with_capacity(4);
+        for i in 0..4 {
+            let downsample = if i == 0 {
+                None
+            } else {
+                let norm = LayerNorm::new(store, &format!("stages.{i}.downsample.0"), d[i - 1], cfg.eps)?;
+                let conv = Conv2d::new(
+                    store,
+                    &format!("stages.{i}.downsample.1"),
+                    ConvConfig {
+                        in_channels: d[i - 1],
+                        out_channels: d[i],
+                        kernel: 2,
+                        stride: 2,
+                        padding: Padding::Symmetric(0),
+                        groups: 1,
+                        bias: true,
+                    },
+                )?;
+                Some((norm, conv))
+            };
+            let blocks = (0..cfg.depths[i])
+                .map(|j| Block::new(store, &format!("stages.{i}.blocks.{j}"), cfg, d[i]))
+                .collect::<Result<Vec<_>>>()?;
+            stages.push(StageLayers { downsample, blocks });
+        }
+        let head_norm = LayerNorm::new(store, "head.norm", d[3], cfg.eps)?;
+        let head_fc = if cfg.num_classes > 0 && store.contains("head.fc.weight") {
+            Some(Linear::new(store, "head.fc", d[3], cfg.num_classes, true)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: *cfg,
+            store: store.clone(),
+            stem_conv,
+            stem_norm,
+            stages,
+            head_norm,
+            head_fc,
+        })
+    }
+
+    /// Build the timm architecture `name` (`convnext_atto`, `convnext_tiny`).
+    pub fn from_name(name: &str, store: &ParamStore) -> Result<Self> {
+        let cfg = config(name).ok_or_else(|| Error::UnknownModel {
+            name: name.to_string(),
+            suggestion: None,
+        })?;
+        Self::new(cfg, store)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConvNextConfig {
+        &self.cfg
+    }
+
+    /// Whether a forward pass may use candle's fused LayerNorm (eval, CPU f32, nothing trainable).
+    pub fn uses_inference_path(&self, x: &Tensor, train: bool) -> bool {
+        crate::infer::eligible(&self.store, x, train) && !x.track_op()
+    }
+
+    fn stem(&self, x: &Tensor) -> Result<Tensor> {
+        self.stem_norm.forward_nchw(&self.stem_conv.forward(x)?)
+    }
+}
+
+impl Backbone for ConvNext {
+    fn name(&self) -> &str {
+        self.cfg.name
+    }
+
+    fn num_features(&self) -> usize {
+        self.cfg.dims[3]
+    }
+
+    /// `stem`, `stages.0` … `stages.3`, `head` (= `head.norm`, part of the pre-logits features).
+    fn stages(&self) -> Vec<Stage> {
+        let mut stages = vec![Stage::new("stem", &["stem"])];
+        stages.extend((0..4).map(|i| {
+            let name = format!("stages.{i}");
+            Stage::new(&name, &[name.as_str()])
+        }));
+        stages.push(Stage::new("head", &["head.norm"]));
+        stages
+    }
+
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// The last stage's map, N×C×h×w, before the head norm (timm's `forward_features`).
+    fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fused = self.uses_inference_path(x, train);
+        let mut x = self.stem(x)?;
+        for s in &self.stages {
+            x = s.forward(&x, fused)?;
+        }
+        Ok(x)
+    }
+
+    /// The output of each of `stages.0..3` (1/4 … 1/32), as timm.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        (0..4)
+            .map(|i| FeatureInfo::new(format!("stages.{i}"), 4 << i, self.cfg.dims[i]))
+            .collect()
+    }
+
+    fn forward_multiscale(&self, x: &Tensor, train: bool, out_indices: &[usize]) -> Result<Vec<Tensor>> {
+        check_out_indices(self.cfg.name, 4, out_indices)?;
+        let fused = self.uses_inference_path(x, train);
+        let mut taps = Taps::new(out_indices);
+        let mut x = self.stem(x)?;
+        for (i, s) in self.stages.iter().enumerate() {
+            if taps.done() {
+                break;
+            }
+            x = s.forward(&x, fused)?;
+            taps.keep(i, &x);
+        }
+        Ok(taps.finish())
+    }
+
+    /// timm's pre-logits features: global average pool, then `head.norm`.
+    fn forward_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.head_norm
+            .forward(&global_avg_pool(&self.forward_features(x, train)?)?)
+    }
+
+    fn has_classifier(&self) -> bool {
+        self.head_fc.is_some()
+    }
+
+    fn classify(&self, pooled: &Tensor) -> Result<Option<Tensor>> {
+        self.head_fc.as_ref().map(|fc| fc.forward(pooled)).transpose()
+    }
+}
