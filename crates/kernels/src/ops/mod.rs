@@ -1,14 +1,11 @@
-//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward.
+//! Tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward.
 //!
 //! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
 //! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
 
 mod depthwise;
-mod fold;
 mod maxpool;
-mod plane;
-
-pub use fold::fold_bn;
+pub(crate) mod plane;
 
 use candle_core::{DType, Tensor};
 

@@ -1,6 +1,6 @@
 //! The CPU max-pool against candle's forward/backward and finite differences.
 
-use backbones::ops::max_pool2d;
+use kernels::ops::max_pool2d;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
