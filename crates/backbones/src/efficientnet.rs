@@ -118,7 +118,8 @@ impl EfficientNet {
             self.plan.release_stale(&self.store);
             return Ok(None);
         }
-        self.plan.get(&self.store, || build_plan(&self.stem, &self.blocks, Some(&self.head)))
+        self.plan
+            .get(&self.store, || build_plan(&self.stem, &self.blocks, Some(&self.head)))
     }
 }
 

@@ -101,7 +101,8 @@ impl MobileNetV3 {
             self.plan.release_stale(&self.store);
             return Ok(None);
         }
-        self.plan.get(&self.store, || build_plan(&self.stem, &self.blocks, None))
+        self.plan
+            .get(&self.store, || build_plan(&self.stem, &self.blocks, None))
     }
 }
 

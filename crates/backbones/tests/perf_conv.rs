@@ -87,4 +87,3 @@ fn folded_conv_bn_matches_unfolded_in_eval_and_trains_in_train_mode() {
     let wv = conv.weight.var().unwrap();
     assert!(max_abs_diff(gf.get(wv.as_tensor()).unwrap(), gu.get(wv.as_tensor()).unwrap()) < 1e-3);
 }
-

@@ -75,9 +75,7 @@ impl Window {
         let (hp, wp) = (h + pad[0] + pad[1], w + pad[2] + pad[3]);
         let extent = (k - 1) * dilation + 1;
         if hp < extent || wp < extent {
-            return err(format!(
-                "padded input {hp}×{wp} is smaller than the {k}×{k} kernel"
-            ));
+            return err(format!("padded input {hp}×{wp} is smaller than the {k}×{k} kernel"));
         }
         Ok(Self {
             h,
