@@ -10,6 +10,8 @@
 //!
 //! On other devices or dtypes the tensor-level functions fall back to candle's own operations.
 
+#![warn(missing_docs)]
+
 pub mod conv;
 pub mod error;
 pub mod fold;
