@@ -59,6 +59,12 @@ fn check_cache(arch: &str, model: &dyn Backbone, store: &ParamStore, builds: &dy
         .find(|p| p.name() == format!("{last_bn}.bias"))
         .unwrap();
     shift.set(&(shift.tensor() + 0.5).unwrap()).unwrap();
+    let t = std::time::Instant::now();
+    assert!(model.uses_inference_path(&x, false).unwrap());
+    println!("{arch}: building the plan took {:.2?}", t.elapsed());
+    let t = std::time::Instant::now();
+    assert!(model.uses_inference_path(&x, false).unwrap());
+    println!("{arch}: finding the cached plan took {:.2?}", t.elapsed());
     let after_set = model.forward_features(&x, false).unwrap();
     assert_eq!(builds(), 2, "{arch}: Param::set invalidates the plan");
     assert!(
