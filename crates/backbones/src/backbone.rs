@@ -115,6 +115,13 @@ pub trait Backbone: Send + Sync {
     /// The store holding every parameter and buffer.
     fn store(&self) -> &ParamStore;
 
+    /// Whether [`Backbone::forward_features`] of `x` would take a dedicated inference path (a folded, frozen copy
+    /// of the network) instead of the general autograd path; `false` for architectures that have none.
+    fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
+        let _ = (x, train);
+        Ok(false)
+    }
+
     /// The last feature map, N×C×h×w, for input N×3×H×W (Vision Transformers: every token, N×T×C, as timm).
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 

@@ -1,7 +1,10 @@
 //! EfficientNet-B0 (Tan & Le, 2019) and EfficientNet-Lite0, as timm's `efficientnet_b0` and
 //! `tf_efficientnet_lite0`: stem 3×3/2 → seven MBConv stages → 1×1 head conv to 1280 → pool → classifier.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
+use kernels::plan::MobilePlan;
 
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage};
 use crate::blocks::{
@@ -9,7 +12,7 @@ use crate::blocks::{
     Block, BlockArgs, ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
-use crate::infer::MobilePlan;
+use crate::infer::{build_plan, PlanCache};
 use crate::layers::{Activation, Linear};
 use crate::params::ParamStore;
 
@@ -54,6 +57,7 @@ pub struct EfficientNet {
     blocks: Vec<Vec<Block>>,
     head: ConvNormAct,
     classifier: Option<Linear>,
+    plan: PlanCache,
 }
 
 impl EfficientNet {
@@ -100,19 +104,22 @@ impl EfficientNet {
             blocks,
             head,
             classifier,
+            plan: PlanCache::default(),
         })
     }
 
-    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
-    pub fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
-        Ok(self.inference_plan(x, train)?.is_some())
+    /// How many inference plans this model has built: one is reused until a parameter or buffer changes.
+    pub fn plan_builds(&self) -> usize {
+        self.plan.builds()
     }
 
-    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<MobilePlan>> {
+    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
         if !crate::infer::eligible(&self.store, x, train) {
+            self.plan.release_stale(&self.store);
             return Ok(None);
         }
-        MobilePlan::build(&self.stem, &self.blocks, Some(&self.head))
+        self.plan
+            .get(&self.store, || build_plan(&self.stem, &self.blocks, Some(&self.head)))
     }
 }
 
@@ -133,9 +140,14 @@ impl Backbone for EfficientNet {
         &self.store
     }
 
+    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
+    fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
+        Ok(self.inference_plan(x, train)?.is_some())
+    }
+
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let Some(plan) = self.inference_plan(x, train)? {
-            return plan.forward(x);
+            return Ok(plan.forward(x)?);
         }
         let x = self.stem.forward(x, train)?;
         let x = forward_stages(&self.blocks, &x, train)?;

@@ -48,5 +48,14 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+impl From<kernels::Error> for Error {
+    fn from(e: kernels::Error) -> Self {
+        match e {
+            kernels::Error::Candle(e) => Error::Candle(e),
+            other => Error::Msg(other.to_string()),
+        }
+    }
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -10,33 +10,7 @@ use candle_core::{Tensor, D};
 use crate::error::Result;
 use crate::params::{Buffer, Param, ParamStore};
 
-/// How a convolution pads its input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Padding {
-    /// The same number of zeros on every side (PyTorch's `padding=p`).
-    Symmetric(usize),
-    /// TensorFlow's "SAME": output = ceil(input / stride), extra padding at the bottom/right.
-    TfSame,
-}
-
-impl Padding {
-    /// Padding `[top, bottom, left, right]` for an input of `h × w`.
-    pub fn amounts(&self, h: usize, w: usize, k: usize, stride: usize, dilation: usize) -> [usize; 4] {
-        match *self {
-            Padding::Symmetric(p) => [p, p, p, p],
-            Padding::TfSame => {
-                let same = |n: usize| {
-                    let out = n.div_ceil(stride);
-                    let need = ((out - 1) * stride + (k - 1) * dilation + 1).saturating_sub(n);
-                    (need / 2, need - need / 2)
-                };
-                let (t, b) = same(h);
-                let (l, r) = same(w);
-                [t, b, l, r]
-            }
-        }
-    }
-}
+pub use kernels::Padding;
 
 /// Configuration of a [`Conv2d`].
 #[derive(Debug, Clone, Copy)]
@@ -168,14 +142,20 @@ impl BatchNorm2d {
         train && self.train_enabled.load(Ordering::Relaxed) && self.weight.is_trainable()
     }
 
+    /// The current scale, shift, running statistics and epsilon, for folding (`kernels::fold_bn`).
+    pub fn stats(&self) -> kernels::BatchNormStats {
+        kernels::BatchNormStats {
+            gamma: self.weight.tensor(),
+            beta: self.bias.tensor(),
+            mean: self.running_mean.tensor(),
+            var: self.running_var.tensor(),
+            eps: self.eps,
+        }
+    }
+
     /// The per-channel affine `(scale, shift)` equivalent to eval-mode normalisation.
     pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
-        let scale = self
-            .weight
-            .tensor()
-            .broadcast_div(&(self.running_var.tensor() + self.eps)?.sqrt()?)?;
-        let shift = (self.bias.tensor() - self.running_mean.tensor().broadcast_mul(&scale)?)?;
-        Ok((scale, shift))
+        Ok(self.stats().scale_shift()?)
     }
 
     /// Normalise `x` (N×C×H×W).
@@ -269,6 +249,20 @@ pub enum Activation {
     HardSigmoid,
     /// 1 / (1 + exp(-x)).
     Sigmoid,
+}
+
+impl From<Activation> for kernels::Activation {
+    fn from(a: Activation) -> Self {
+        match a {
+            Activation::None => Self::None,
+            Activation::Relu => Self::Relu,
+            Activation::Relu6 => Self::Relu6,
+            Activation::Silu => Self::Silu,
+            Activation::HardSwish => Self::HardSwish,
+            Activation::HardSigmoid => Self::HardSigmoid,
+            Activation::Sigmoid => Self::Sigmoid,
+        }
+    }
 }
 
 impl Activation {

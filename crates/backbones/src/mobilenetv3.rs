@@ -1,7 +1,10 @@
 //! MobileNetV3-Large 1.0 (Howard et al., 2019), as timm's `mobilenetv3_large_100`: stem 3×3/2 16ch hard-swish →
 //! seven stages of bottlenecks → 1×1 conv to 960 → pool → 1×1 conv (bias) to 1280 → hard-swish → classifier.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
+use kernels::plan::MobilePlan;
 
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage};
 use crate::blocks::{
@@ -9,7 +12,7 @@ use crate::blocks::{
     Block, BlockArgs, ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
-use crate::infer::MobilePlan;
+use crate::infer::{build_plan, PlanCache};
 use crate::layers::{global_avg_pool, Activation, Conv2d, ConvConfig, Linear};
 use crate::params::ParamStore;
 
@@ -50,6 +53,7 @@ pub struct MobileNetV3 {
     blocks: Vec<Vec<Block>>,
     conv_head: Conv2d,
     classifier: Option<Linear>,
+    plan: PlanCache,
 }
 
 impl MobileNetV3 {
@@ -83,19 +87,22 @@ impl MobileNetV3 {
             blocks,
             conv_head,
             classifier,
+            plan: PlanCache::default(),
         })
     }
 
-    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
-    pub fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
-        Ok(self.inference_plan(x, train)?.is_some())
+    /// How many inference plans this model has built: one is reused until a parameter or buffer changes.
+    pub fn plan_builds(&self) -> usize {
+        self.plan.builds()
     }
 
-    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<MobilePlan>> {
+    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
         if !crate::infer::eligible(&self.store, x, train) {
+            self.plan.release_stale(&self.store);
             return Ok(None);
         }
-        MobilePlan::build(&self.stem, &self.blocks, None)
+        self.plan
+            .get(&self.store, || build_plan(&self.stem, &self.blocks, None))
     }
 }
 
@@ -116,10 +123,15 @@ impl Backbone for MobileNetV3 {
         &self.store
     }
 
+    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
+    fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
+        Ok(self.inference_plan(x, train)?.is_some())
+    }
+
     /// The last feature map before the head: N×960×h×w.
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let Some(plan) = self.inference_plan(x, train)? {
-            return plan.forward(x);
+            return Ok(plan.forward(x)?);
         }
         let x = self.stem.forward(x, train)?;
         forward_stages(&self.blocks, &x, train)

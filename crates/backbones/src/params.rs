@@ -3,10 +3,12 @@
 //! Layers hold [`Param`] and [`Buffer`] handles into a [`ParamStore`]. Freezing or unfreezing a parameter swaps the
 //! handle's content between a constant tensor and a `Var`, so the model never needs rebuilding and frozen parameters
 //! cost no gradient memory. Running statistics (BatchNorm) are [`Buffer`]s: never trained, updated in place.
+//! Every change of a value or of a trainable state bumps the store's [`ParamStore::version`], so anything derived
+//! from the weights (the inference plan of a frozen network) knows when to rebuild.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -24,6 +26,15 @@ enum Slot {
 pub struct Param {
     name: Arc<str>,
     slot: Arc<RwLock<Slot>>,
+    version: Version,
+}
+
+/// The version counter shared by a store and every handle it created.
+type Version = Arc<AtomicU64>;
+
+/// Record a change of some parameter or buffer.
+fn bump(version: &Version) {
+    version.fetch_add(1, Ordering::AcqRel);
 }
 
 impl Param {
@@ -62,6 +73,8 @@ impl Param {
             _ => return Ok(()),
         };
         *slot = next;
+        drop(slot);
+        bump(&self.version);
         Ok(())
     }
 
@@ -78,6 +91,8 @@ impl Param {
                 v.set(&value.to_dtype(v.dtype())?.to_device(v.device())?)?;
             }
         }
+        drop(slot);
+        bump(&self.version);
         Ok(())
     }
 }
@@ -87,6 +102,7 @@ impl Param {
 pub struct Buffer {
     name: Arc<str>,
     value: Arc<RwLock<Tensor>>,
+    version: Version,
 }
 
 impl Buffer {
@@ -105,6 +121,8 @@ impl Buffer {
         let mut cur = self.value.write().expect("buffer lock");
         check_shape(&self.name, cur.shape(), value.shape())?;
         *cur = value.to_dtype(cur.dtype())?.detach();
+        drop(cur);
+        bump(&self.version);
         Ok(())
     }
 }
@@ -140,6 +158,8 @@ pub struct ParamStore {
     allow_missing: bool,
     /// Whether BatchNorm layers may use batch statistics in training (false: BN stays in eval mode).
     bn_train: Arc<AtomicBool>,
+    /// Bumped whenever a parameter or buffer is set or loaded, or a parameter's trainable state changes.
+    version: Version,
 }
 
 impl ParamStore {
@@ -152,6 +172,7 @@ impl ParamStore {
             dtype,
             allow_missing: false,
             bn_train: Arc::new(AtomicBool::new(true)),
+            version: Version::default(),
         }
     }
 
@@ -180,6 +201,12 @@ impl ParamStore {
     /// The shared flag read by BatchNorm layers (see [`ParamStore::set_batchnorm_train`]).
     pub fn batchnorm_train_flag(&self) -> Arc<AtomicBool> {
         self.bn_train.clone()
+    }
+
+    /// A counter that changes whenever any parameter or buffer of the store is set or loaded, or a parameter's
+    /// trainable state changes (values equal to the last one read mean nothing changed in between).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// The compute device.
@@ -229,6 +256,7 @@ impl ParamStore {
         let p = Param {
             name: Arc::from(name),
             slot: Arc::new(RwLock::new(Slot::Frozen(t))),
+            version: self.version.clone(),
         };
         self.inner
             .write()
@@ -248,6 +276,7 @@ impl ParamStore {
         let b = Buffer {
             name: Arc::from(name),
             value: Arc::new(RwLock::new(t)),
+            version: self.version.clone(),
         };
         self.inner
             .write()

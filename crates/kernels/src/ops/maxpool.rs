@@ -4,7 +4,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::plane::{contiguous, Geom};
+use super::plane::contiguous;
+use crate::window::Window;
 
 const NAME: &str = "max_pool2d";
 
@@ -21,7 +22,7 @@ pub(crate) struct MaxPool {
 
 impl MaxPool {
     /// Shapes `(planes, geometry)` for an input of `dims`.
-    fn geometry(&self, dims: &[usize]) -> Result<(usize, usize, Geom)> {
+    fn geometry(&self, dims: &[usize]) -> Result<(usize, usize, Window)> {
         let &[n, c, h, w] = dims else {
             bail!("{NAME}: input must be N×C×H×W, got {dims:?}");
         };
@@ -35,7 +36,7 @@ impl MaxPool {
         Ok((
             n,
             c,
-            Geom::new(NAME, h, w, self.kernel, self.stride, [self.padding; 4])?,
+            Window::new(NAME, h, w, self.kernel, self.stride, [self.padding; 4])?,
         ))
     }
 }
@@ -48,7 +49,7 @@ fn wins<T: WithDType>(v: T, m: T) -> bool {
     v > m || nan
 }
 
-fn fwd<T: WithDType>(x: &[T], g: &Geom) -> Vec<T> {
+fn fwd<T: WithDType>(x: &[T], g: &Window) -> Vec<T> {
     let neg_inf = T::from_f64(f64::NEG_INFINITY);
     let mut out = vec![neg_inf; x.len() / g.in_len() * g.out_len()];
     out.par_chunks_mut(g.out_len()).enumerate().for_each_init(
@@ -71,7 +72,7 @@ fn fwd<T: WithDType>(x: &[T], g: &Geom) -> Vec<T> {
 }
 
 /// Route each output gradient to the first maximum of its window (over input cells only); overlaps accumulate.
-fn bwd<T: WithDType>(x: &[T], gy: &[T], g: &Geom) -> Vec<T> {
+fn bwd<T: WithDType>(x: &[T], gy: &[T], g: &Window) -> Vec<T> {
     let neg_inf = T::from_f64(f64::NEG_INFINITY);
     let (s, p) = (g.stride, g.pad[0]);
     let mut dx = vec![T::zero(); x.len()];

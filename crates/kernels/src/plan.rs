@@ -1,37 +1,25 @@
-//! Inference path for frozen mobile networks (EfficientNet, MobileNetV3) on the CPU.
+//! The inference plan of a frozen mobile network (EfficientNet, MobileNetV3) and its runner on the CPU.
 //!
 //! When no parameter is trainable and BatchNorm uses running statistics, a network is a fixed function: every
-//! BatchNorm is folded into its convolution, and each image runs through the whole network in NHWC on one thread
-//! (images in parallel), with intermediate maps in reused per-thread buffers, depthwise convolutions vectorised over
-//! channels, pointwise convolutions as blocked GEMMs whose epilogue adds bias, activation and the residual. Exact up
-//! to rounding; the general (autograd) path is used whenever anything could need a gradient.
-
-mod kernels;
+//! BatchNorm is folded into its convolution once, when the plan is built, and each image runs through the whole
+//! network in NHWC on one thread (images in parallel), with intermediate maps in reused per-thread buffers,
+//! depthwise convolutions vectorised over channels and pointwise convolutions as blocked GEMMs whose epilogue adds
+//! bias, activation and the residual ([`crate::nhwc`]). Exact up to rounding.
 
 use std::cell::RefCell;
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::blocks::{Block, ConvNormAct, SqueezeExcite};
-use crate::error::Result;
-use crate::layers::{Activation, BatchNorm2d, Conv2d, Padding};
-use crate::params::ParamStore;
-use kernels::Window;
+use crate::error::{Error, Result};
+use crate::fold::{fold_bn, BatchNormStats};
+use crate::nhwc::{self, Activation};
+use crate::window::{Padding, Window};
 
-/// Whether the inference path applies: eval, CPU, f32, and no trainable parameter in `store`.
-pub(crate) fn eligible(store: &ParamStore, x: &Tensor, train: bool) -> bool {
-    !train
-        && matches!(x.device(), Device::Cpu)
-        && x.dtype() == DType::F32
-        && store.dtype() == DType::F32
-        && x.rank() == 4
-        && store.params().iter().all(|p| !p.is_trainable())
-}
-
-/// A convolution with its BatchNorm folded in: weight `co × ci·k·k` (depthwise: `k·k × c`, tap-major), bias.
+/// A convolution with its BatchNorm folded in, laid out for the NHWC kernels.
 #[derive(Debug)]
-struct Folded {
+pub struct FoldedConv {
+    /// Dense: `co × ci·k·k`; depthwise: `k·k × c` (tap-major).
     w: Vec<f32>,
     bias: Vec<f32>,
     ci: usize,
@@ -39,44 +27,73 @@ struct Folded {
     stride: usize,
     padding: Padding,
     act: Activation,
+    depthwise: bool,
 }
 
-impl Folded {
-    fn new(conv: &Conv2d, bn: &BatchNorm2d, act: Activation) -> Result<Self> {
-        let (scale, shift) = bn.eval_affine()?;
-        let scale = values(&scale)?;
-        let mut bias = values(&shift)?;
-        let mut w = values(&conv.weight.tensor())?;
-        let cfg = &conv.cfg;
-        let per = w.len() / cfg.out_channels;
-        for (o, chunk) in w.chunks_mut(per).enumerate() {
-            chunk.iter_mut().for_each(|v| *v *= scale[o]);
+impl FoldedConv {
+    /// A dense (groups = 1) convolution, weight `co × ci × k × k`, with `bn` folded in and `act` after it.
+    pub fn dense(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        bn: &BatchNormStats,
+        stride: usize,
+        padding: Padding,
+        act: Activation,
+    ) -> Result<Self> {
+        let (co, ci, k, k2) = weight.dims4()?;
+        if k != k2 {
+            return Err(Error::Unsupported(format!("a {k}×{k2} kernel is not square")));
         }
-        if let Some(b) = &conv.bias {
-            for ((out, b), s) in bias.iter_mut().zip(values(&b.tensor())?).zip(&scale) {
-                *out += b * s;
-            }
+        let (w, b) = fold_bn(weight, bias, bn)?;
+        let bias = values(&b)?;
+        debug_assert_eq!(bias.len(), co);
+        Ok(Self {
+            w: values(&w)?,
+            bias,
+            ci,
+            k,
+            stride,
+            padding,
+            act,
+            depthwise: false,
+        })
+    }
+
+    /// A depthwise convolution, weight `c × 1 × k × k`, with `bn` folded in and `act` after it.
+    pub fn depthwise(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        bn: &BatchNormStats,
+        stride: usize,
+        padding: Padding,
+        act: Activation,
+    ) -> Result<Self> {
+        let (c, one, k, k2) = weight.dims4()?;
+        if one != 1 || k != k2 {
+            return Err(Error::Unsupported(format!(
+                "depthwise weight {:?} is not C×1×k×k",
+                weight.dims()
+            )));
         }
-        if conv.is_depthwise() {
-            // c × k·k → k·k × c, so a tap's weights for consecutive channels are contiguous.
-            let kk = cfg.kernel * cfg.kernel;
-            let c = cfg.out_channels;
-            let mut t = vec![0f32; w.len()];
-            for ch in 0..c {
-                for tap in 0..kk {
-                    t[tap * c + ch] = w[ch * kk + tap];
-                }
+        let (w, b) = fold_bn(weight, bias, bn)?;
+        let w = values(&w)?;
+        // c × k·k → k·k × c, so a tap's weights for consecutive channels are contiguous.
+        let kk = k * k;
+        let mut t = vec![0f32; w.len()];
+        for ch in 0..c {
+            for tap in 0..kk {
+                t[tap * c + ch] = w[ch * kk + tap];
             }
-            w = t;
         }
         Ok(Self {
-            w,
-            bias,
-            ci: cfg.in_channels,
-            k: cfg.kernel,
-            stride: cfg.stride,
-            padding: cfg.padding,
+            w: t,
+            bias: values(&b)?,
+            ci: c,
+            k,
+            stride,
+            padding,
             act,
+            depthwise: true,
         })
     }
 
@@ -85,34 +102,55 @@ impl Folded {
     }
 
     fn window(&self, h: usize, w: usize) -> Result<Window> {
-        let pad = self.padding.amounts(h, w, self.k, self.stride, 1);
-        Window::new(h, w, self.k, self.stride, pad)
-            .ok_or_else(|| crate::Error::Msg(format!("input {h}×{w} is smaller than a {}×{} kernel", self.k, self.k)))
+        Window::padded("inference path", h, w, self.k, self.stride, self.padding)
     }
 
     fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1
+        !self.depthwise && self.k == 1 && self.stride == 1
+    }
+
+    /// An [`Error::Unsupported`] naming `role` unless `ok`.
+    fn require(&self, ok: bool, role: &str) -> Result<()> {
+        if ok {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "the {role} must be {} (got {} {k}×{k}/{s})",
+            if role.contains("depthwise") {
+                "a depthwise convolution"
+            } else {
+                "a 1×1 stride-1 dense convolution"
+            },
+            if self.depthwise { "depthwise" } else { "dense" },
+            k = self.k,
+            s = self.stride,
+        )))
     }
 }
 
-/// Squeeze-excite weights.
+/// Squeeze-excite: mean over pixels, 1×1 reduce + bias, act, 1×1 expand + bias, gate, channel-wise scale.
 #[derive(Debug)]
-struct Se {
+pub struct SqueezeExcite {
     reduce: (Vec<f32>, Vec<f32>),
     expand: (Vec<f32>, Vec<f32>),
     act: Activation,
     gate: Activation,
 }
 
-impl Se {
-    fn new(se: &SqueezeExcite) -> Result<Self> {
-        let (reduce, expand, act, gate) = se.parts();
-        let wb = |c: &Conv2d| -> Result<(Vec<f32>, Vec<f32>)> {
-            let b = match &c.bias {
-                Some(b) => values(&b.tensor())?,
-                None => vec![0.0; c.cfg.out_channels],
+impl SqueezeExcite {
+    /// From the reduce (`r × c × 1 × 1`) and expand (`c × r × 1 × 1`) convolutions and their optional biases.
+    pub fn new(
+        reduce: (&Tensor, Option<&Tensor>),
+        act: Activation,
+        expand: (&Tensor, Option<&Tensor>),
+        gate: Activation,
+    ) -> Result<Self> {
+        let wb = |(w, b): (&Tensor, Option<&Tensor>)| -> Result<(Vec<f32>, Vec<f32>)> {
+            let b = match b {
+                Some(b) => values(b)?,
+                None => vec![0.0; w.dim(0)?],
             };
-            Ok((values(&c.weight.tensor())?, b))
+            Ok((values(w)?, b))
         };
         Ok(Self {
             reduce: wb(reduce)?,
@@ -123,7 +161,7 @@ impl Se {
     }
 
     fn apply(&self, x: &mut [f32], c: usize) {
-        kernels::squeeze_excite(
+        nhwc::squeeze_excite(
             x,
             c,
             (&self.reduce.0, &self.reduce.1),
@@ -134,34 +172,43 @@ impl Se {
     }
 }
 
-/// One block of the network.
+/// One block of a mobile network.
 #[derive(Debug)]
-enum Step {
+pub enum Step {
     /// Depthwise, [SE], pointwise (+ residual).
     Separable {
-        dw: Folded,
-        se: Option<Se>,
-        pw: Folded,
+        /// Depthwise convolution (with its activation).
+        dw: FoldedConv,
+        /// Optional squeeze-excite.
+        se: Option<SqueezeExcite>,
+        /// Pointwise projection.
+        pw: FoldedConv,
+        /// Residual connection.
         skip: bool,
     },
     /// Pointwise expansion, depthwise, [SE], pointwise projection (+ residual).
     Inverted {
-        pw: Folded,
-        dw: Folded,
-        se: Option<Se>,
-        pwl: Folded,
+        /// Pointwise expansion.
+        pw: FoldedConv,
+        /// Depthwise convolution.
+        dw: FoldedConv,
+        /// Optional squeeze-excite.
+        se: Option<SqueezeExcite>,
+        /// Pointwise projection.
+        pwl: FoldedConv,
+        /// Residual connection.
         skip: bool,
     },
     /// A 1×1 convolution with activation.
-    Pointwise(Folded),
+    Pointwise(FoldedConv),
 }
 
 /// A frozen mobile network, folded and laid out for the inference path.
 #[derive(Debug)]
-pub(crate) struct MobilePlan {
-    stem: Folded,
+pub struct MobilePlan {
+    stem: FoldedConv,
     steps: Vec<Step>,
-    head: Option<Folded>,
+    head: Option<FoldedConv>,
 }
 
 /// Output geometry of every windowed layer for one input size.
@@ -193,64 +240,28 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 impl MobilePlan {
-    /// Fold a network's stem, blocks and optional head; `None` when a layer is not supported here.
-    pub fn build(stem: &ConvNormAct, stages: &[Vec<Block>], head: Option<&ConvNormAct>) -> Result<Option<Self>> {
-        let dense = |c: &ConvNormAct| Folded::new(&c.conv, &c.bn, c.act);
-        if stem.conv.cfg.groups != 1 {
-            return Ok(None);
+    /// A plan from a dense stem, the blocks and an optional 1×1 head; [`Error::Unsupported`] when a layer has a
+    /// shape the kernels do not run (a depthwise layer that is not depthwise, a projection that is not 1×1, …).
+    pub fn new(stem: FoldedConv, steps: Vec<Step>, head: Option<FoldedConv>) -> Result<Self> {
+        stem.require(!stem.depthwise, "stem (dense)")?;
+        for step in &steps {
+            match step {
+                Step::Separable { dw, pw, .. } => {
+                    dw.require(dw.depthwise, "depthwise layer")?;
+                    pw.require(pw.is_pointwise(), "projection")?;
+                }
+                Step::Inverted { pw, dw, pwl, .. } => {
+                    pw.require(pw.is_pointwise(), "expansion")?;
+                    dw.require(dw.depthwise, "depthwise layer")?;
+                    pwl.require(pwl.is_pointwise(), "projection")?;
+                }
+                Step::Pointwise(f) => f.require(f.is_pointwise(), "conv-bn-act block")?,
+            }
         }
-        let mut steps = Vec::new();
-        for block in stages.iter().flatten() {
-            let se = |se: &Option<SqueezeExcite>| se.as_ref().map(Se::new).transpose();
-            steps.push(match block {
-                Block::DepthwiseSeparable {
-                    conv_dw,
-                    bn1,
-                    se: s,
-                    conv_pw,
-                    bn2,
-                    act,
-                    skip,
-                } => Step::Separable {
-                    dw: Folded::new(conv_dw, bn1, *act)?,
-                    se: se(s)?,
-                    pw: Folded::new(conv_pw, bn2, Activation::None)?,
-                    skip: *skip,
-                },
-                Block::InvertedResidual {
-                    conv_pw,
-                    bn1,
-                    conv_dw,
-                    bn2,
-                    se: s,
-                    conv_pwl,
-                    bn3,
-                    act,
-                    skip,
-                } => Step::Inverted {
-                    pw: Folded::new(conv_pw, bn1, *act)?,
-                    dw: Folded::new(conv_dw, bn2, *act)?,
-                    se: se(s)?,
-                    pwl: Folded::new(conv_pwl, bn3, Activation::None)?,
-                    skip: *skip,
-                },
-                Block::ConvBnAct { conv, bn1, act } => Step::Pointwise(Folded::new(conv, bn1, *act)?),
-            });
+        if let Some(h) = &head {
+            h.require(h.is_pointwise(), "head")?;
         }
-        let supported = steps.iter().all(|s| match s {
-            Step::Separable { dw, pw, .. } => dw.ci == dw.co() && pw.is_pointwise(),
-            Step::Inverted { pw, dw, pwl, .. } => pw.is_pointwise() && dw.ci == dw.co() && pwl.is_pointwise(),
-            Step::Pointwise(f) => f.is_pointwise(),
-        });
-        let head = head.map(dense).transpose()?;
-        if !supported || head.as_ref().is_some_and(|h| !h.is_pointwise()) {
-            return Ok(None);
-        }
-        Ok(Some(Self {
-            stem: dense(stem)?,
-            steps,
-            head,
-        }))
+        Ok(Self { stem, steps, head })
     }
 
     fn shapes(&self, h: usize, w: usize) -> Result<Shapes> {
@@ -277,11 +288,11 @@ impl MobilePlan {
         })
     }
 
-    /// The last feature map (N×C×h×w) of `x` (N×3×H×W).
+    /// The last feature map (N×C×h×w) of `x` (N×3×H×W, f32 on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, ci, h, w) = x.dims4()?;
         if ci != self.stem.ci {
-            return Err(crate::Error::Msg(format!(
+            return Err(Error::Msg(format!(
                 "input has {ci} channels, the network expects {}",
                 self.stem.ci
             )));
@@ -290,7 +301,7 @@ impl MobilePlan {
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(crate::Error::Msg("the inference path runs on CPU tensors".into()));
+            return Err(Error::Msg("the inference path runs on CPU tensors".into()));
         };
         let xs = crate::conv::cpu_slice(cpu, layout, "inference path: input")?;
         let (ho, wo, co) = shapes.out;
@@ -320,7 +331,7 @@ impl MobilePlan {
         let mut c = self.stem.co();
         let mut rows = g.ho * g.wo;
         let stem = &self.stem;
-        kernels::dense_from_nchw(
+        nhwc::dense_from_nchw(
             x,
             stem.ci,
             g,
@@ -338,37 +349,37 @@ impl MobilePlan {
                     let g = dws.next().expect("a window per depthwise layer");
                     let orows = g.ho * g.wo;
                     let mid = sized(&mut s.mid, orows * c);
-                    kernels::depthwise(&s.cur[..rows * c], c, g, &dw.w, &dw.bias, dw.act, mid);
+                    nhwc::depthwise(&s.cur[..rows * c], c, g, &dw.w, &dw.bias, dw.act, mid);
                     if let Some(se) = se {
                         se.apply(mid, c);
                     }
                     let co = pw.co();
                     let skip = skip.then_some(&s.cur[..rows * c]);
                     let next = sized(&mut s.next, orows * co);
-                    kernels::pointwise(mid, orows, c, &pw.w, &pw.bias, pw.act, skip, next, threads);
+                    nhwc::pointwise(mid, orows, c, &pw.w, &pw.bias, pw.act, skip, next, threads);
                     (rows, c) = (orows, co);
                 }
                 Step::Inverted { pw, dw, se, pwl, skip } => {
                     let g = dws.next().expect("a window per depthwise layer");
                     let e = pw.co();
                     let mid = sized(&mut s.mid, rows * e);
-                    kernels::pointwise(&s.cur[..rows * c], rows, c, &pw.w, &pw.bias, pw.act, None, mid, threads);
+                    nhwc::pointwise(&s.cur[..rows * c], rows, c, &pw.w, &pw.bias, pw.act, None, mid, threads);
                     let orows = g.ho * g.wo;
                     let mid2 = sized(&mut s.mid2, orows * e);
-                    kernels::depthwise(mid, e, g, &dw.w, &dw.bias, dw.act, mid2);
+                    nhwc::depthwise(mid, e, g, &dw.w, &dw.bias, dw.act, mid2);
                     if let Some(se) = se {
                         se.apply(mid2, e);
                     }
                     let co = pwl.co();
                     let skip = skip.then_some(&s.cur[..rows * c]);
                     let next = sized(&mut s.next, orows * co);
-                    kernels::pointwise(mid2, orows, e, &pwl.w, &pwl.bias, pwl.act, skip, next, threads);
+                    nhwc::pointwise(mid2, orows, e, &pwl.w, &pwl.bias, pwl.act, skip, next, threads);
                     (rows, c) = (orows, co);
                 }
                 Step::Pointwise(f) => {
                     let co = f.co();
                     let next = sized(&mut s.next, rows * co);
-                    kernels::pointwise(&s.cur[..rows * c], rows, c, &f.w, &f.bias, f.act, None, next, threads);
+                    nhwc::pointwise(&s.cur[..rows * c], rows, c, &f.w, &f.bias, f.act, None, next, threads);
                     c = co;
                 }
             }
@@ -377,7 +388,7 @@ impl MobilePlan {
         if let Some(f) = &self.head {
             let co = f.co();
             let next = sized(&mut s.next, rows * co);
-            kernels::pointwise(&s.cur[..rows * c], rows, c, &f.w, &f.bias, f.act, None, next, threads);
+            nhwc::pointwise(&s.cur[..rows * c], rows, c, &f.w, &f.bias, f.act, None, next, threads);
             c = co;
             std::mem::swap(&mut s.cur, &mut s.next);
         }

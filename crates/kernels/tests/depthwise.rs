@@ -1,8 +1,8 @@
 //! The CPU depthwise convolution against candle's grouped convolution (forward and backward) and finite differences.
 
-use backbones::layers::Padding;
-use backbones::ops::depthwise_conv2d;
 use candle_core::{DType, Device, Tensor, Var};
+use kernels::ops::depthwise_conv2d;
+use kernels::Padding;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -14,6 +14,8 @@ pub use bn::batch_norm_train;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::window::Window;
+
 /// Activation applied in the fused epilogue of [`conv2d_bias_act`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Epilogue {
@@ -25,23 +27,16 @@ pub enum Epilogue {
     Relu6,
 }
 
-/// Geometry of one convolution.
+/// The tensor dimensions of one convolution around its [`Window`]: batch, input and output channels.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
+struct ConvDims {
     n: usize,
     c: usize,
-    h: usize,
-    w: usize,
     co: usize,
-    k: usize,
-    stride: usize,
-    pad_top: usize,
-    pad_left: usize,
-    ho: usize,
-    wo: usize,
+    win: Window,
 }
 
-impl Geom {
+impl ConvDims {
     fn new(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> candle_core::Result<Self> {
         let (&[n, c, h, wd], &[co, ci, kh, kw]) = (x, w) else {
             candle_core::bail!("conv2d expects 4-D input and weight, got {x:?} and {w:?}")
@@ -49,74 +44,46 @@ impl Geom {
         if ci != c || kh != kw || stride == 0 {
             candle_core::bail!("conv2d: input {x:?} does not match weight {w:?} (stride {stride})")
         }
-        let (hp, wp) = (h + pad[0] + pad[1], wd + pad[2] + pad[3]);
-        if hp < kh || wp < kw {
-            candle_core::bail!("conv2d: input {x:?} smaller than kernel {w:?}")
-        }
-        Ok(Self {
-            n,
-            c,
-            h,
-            w: wd,
-            co,
-            k: kh,
-            stride,
-            pad_top: pad[0],
-            pad_left: pad[2],
-            ho: (hp - kh) / stride + 1,
-            wo: (wp - kw) / stride + 1,
-        })
+        let win = Window::new("conv2d", h, wd, kh, stride, pad)?;
+        Ok(Self { n, c, co, win })
     }
 
     /// Rows of the im2col matrix (`c · k · k`).
     fn kdim(&self) -> usize {
-        self.c * self.k * self.k
+        self.c * self.win.k * self.win.k
     }
 
     /// Output pixels per image.
     fn hw_out(&self) -> usize {
-        self.ho * self.wo
+        self.win.out_len()
     }
 
     /// Whether the image itself is the im2col matrix (1×1, stride 1, no padding).
     fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0 && self.ho == self.h
-    }
-
-    /// For output column `kw`: the range of `ox` whose input column lies inside the image, and its first input column.
-    fn valid_x(&self, kw: usize) -> (usize, usize) {
-        let s = self.stride as isize;
-        let off = kw as isize - self.pad_left as isize;
-        // ix = ox·s + off must satisfy 0 <= ix < w.
-        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-        let hi = if (self.w as isize) - off <= 0 {
-            0
-        } else {
-            ((self.w as isize - off + s - 1) / s).min(self.wo as isize)
-        };
-        (lo as usize, hi.max(lo) as usize)
+        self.win.is_identity()
     }
 
     /// Fill `col` (`kdim × hw_out`) from one image `x` (`c × h × w`).
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
-        let (k, s, hw, wo) = (self.k, self.stride, self.hw_out(), self.wo);
+        let g = &self.win;
+        let (k, s, hw, wo) = (g.k, g.stride, g.out_len(), g.wo);
         for c in 0..self.c {
-            let xc = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
             for kh in 0..k {
                 for kw in 0..k {
                     let row = &mut col[((c * k + kh) * k + kw) * hw..][..hw];
-                    let (lo, hi) = self.valid_x(kw);
-                    for oy in 0..self.ho {
+                    let (lo, hi) = g.valid_cols(kw);
+                    for oy in 0..g.ho {
                         let out = &mut row[oy * wo..(oy + 1) * wo];
-                        let iy = (oy * s + kh) as isize - self.pad_top as isize;
-                        if iy < 0 || iy >= self.h as isize || lo >= hi {
+                        let iy = (oy * s + kh) as isize - g.pad[0] as isize;
+                        if iy < 0 || iy >= g.h as isize || lo >= hi {
                             out.fill(0.0);
                             continue;
                         }
-                        let xr = &xc[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        let xr = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
                         out[..lo].fill(0.0);
                         out[hi..].fill(0.0);
-                        let ix0 = (lo * s + kw) - self.pad_left;
+                        let ix0 = (lo * s + kw) - g.pad[2];
                         if s == 1 {
                             out[lo..hi].copy_from_slice(&xr[ix0..ix0 + (hi - lo)]);
                         } else {
@@ -132,24 +99,25 @@ impl Geom {
 
     /// Accumulate `col` (`kdim × hw_out`) back into one image gradient `dx` (`c × h × w`), the adjoint of im2col.
     fn col2im(&self, col: &[f32], dx: &mut [f32]) {
-        let (k, s, hw, wo) = (self.k, self.stride, self.hw_out(), self.wo);
+        let g = &self.win;
+        let (k, s, hw, wo) = (g.k, g.stride, g.out_len(), g.wo);
         for c in 0..self.c {
-            let dxc = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let dxc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
             for kh in 0..k {
                 for kw in 0..k {
                     let row = &col[((c * k + kh) * k + kw) * hw..][..hw];
-                    let (lo, hi) = self.valid_x(kw);
+                    let (lo, hi) = g.valid_cols(kw);
                     if lo >= hi {
                         continue;
                     }
-                    for oy in 0..self.ho {
-                        let iy = (oy * s + kh) as isize - self.pad_top as isize;
-                        if iy < 0 || iy >= self.h as isize {
+                    for oy in 0..g.ho {
+                        let iy = (oy * s + kh) as isize - g.pad[0] as isize;
+                        if iy < 0 || iy >= g.h as isize {
                             continue;
                         }
                         let src = &row[oy * wo + lo..oy * wo + hi];
-                        let dr = &mut dxc[iy as usize * self.w..(iy as usize + 1) * self.w];
-                        let ix0 = (lo * s + kw) - self.pad_left;
+                        let dr = &mut dxc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        let ix0 = (lo * s + kw) - g.pad[2];
                         for (j, v) in src.iter().enumerate() {
                             dr[ix0 + j * s] += v;
                         }
@@ -162,7 +130,7 @@ impl Geom {
 
 /// Row-major GEMM `dst (m×n) = [dst +] a (m×k, strides ars/acs) · b (k×n, strides brs/bcs)`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
+pub fn gemm(
     m: usize,
     n: usize,
     k: usize,
@@ -214,7 +182,7 @@ fn pool_threads() -> usize {
 }
 
 /// The f32 values of a contiguous CPU tensor; `what` names it in the error (`"conv2d: input"`).
-pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -223,9 +191,9 @@ pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle
 }
 
 /// Forward for every image: `out[b] = act(W · im2col(x[b]) + bias)`.
-fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+fn forward(g: &ConvDims, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
     let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
-    let img = g.c * g.h * g.w;
+    let img = g.c * g.win.in_len();
     let mut out = vec![0f32; g.n * co * hw];
     let threads = pool_threads();
     // Parallel over images when there are enough of them; else one image at a time with a parallel GEMM.
@@ -287,7 +255,7 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let g = ConvDims::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let out = forward(
             &g,
             cpu_slice(s1, l1, "conv2d: input")?,
@@ -295,7 +263,7 @@ impl CustomOp2 for ConvOp {
             None,
             self.act,
         );
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.ho, g.wo))))
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.win.ho, g.win.wo))))
     }
 
     fn bwd(
@@ -312,7 +280,7 @@ impl CustomOp2 for ConvOp {
         if !need_dx && !need_dw {
             return Ok((None, None));
         }
-        let g = Geom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let g = ConvDims::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let grad = grad.contiguous()?;
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         let (gs, gl) = grad.storage_and_layout();
@@ -325,7 +293,7 @@ impl CustomOp2 for ConvOp {
         let xd = cpu_slice(xs, xl, "conv2d: input")?;
         let wd = cpu_slice(ws, wl, "conv2d: weight")?;
         let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
-        let img = g.c * g.h * g.w;
+        let img = g.c * g.win.in_len();
         let threads = pool_threads();
         let per = g.n.div_ceil(threads);
 
@@ -398,7 +366,7 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let g = ConvDims::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let bias = cpu_slice(s3, l3, "conv2d: bias")?;
         if bias.len() != g.co {
             candle_core::bail!("conv2d: bias has {} values for {} output channels", bias.len(), g.co)
@@ -410,7 +378,7 @@ impl CustomOp3 for ConvOp {
             Some(bias),
             self.act,
         );
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.ho, g.wo))))
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.win.ho, g.win.wo))))
     }
 }
 

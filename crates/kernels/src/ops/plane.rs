@@ -1,4 +1,4 @@
-//! Geometry of a padded, strided window over one H×W plane, and its phase-split scratch layout.
+//! The phase-split scratch layout of a padded plane, and the slice loops shared by the NCHW plane kernels.
 //!
 //! A padded plane (Hp×Wp) is stored as `stride` column phases per row: phase `p` of padded row `r` holds the columns
 //! `p, p + s, p + 2s, …`. The input cells a kernel column `kx` meets along an output row are then one contiguous
@@ -6,64 +6,17 @@
 
 use candle_core::{bail, Result, WithDType};
 
-/// Window geometry over one plane: input size, square kernel, stride, padding `[top, bottom, left, right]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Geom {
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: [usize; 4],
-    pub ho: usize,
-    pub wo: usize,
-    /// Padded rows.
-    hp: usize,
-    /// Length of one phase row: ceil(Wp / stride).
-    wq: usize,
-}
+use crate::window::Window;
 
-impl Geom {
-    /// Check the geometry and derive the (floor) output size.
-    pub fn new(op: &str, h: usize, w: usize, k: usize, stride: usize, pad: [usize; 4]) -> Result<Self> {
-        if stride == 0 || k == 0 {
-            bail!("{op}: kernel ({k}) and stride ({stride}) must be at least 1");
-        }
-        let hp = h + pad[0] + pad[1];
-        let wp = w + pad[2] + pad[3];
-        if hp < k || wp < k {
-            bail!("{op}: padded input {hp}×{wp} is smaller than the {k}×{k} kernel");
-        }
-        Ok(Self {
-            h,
-            w,
-            k,
-            stride,
-            pad,
-            ho: (hp - k) / stride + 1,
-            wo: (wp - k) / stride + 1,
-            hp,
-            wq: wp.div_ceil(stride),
-        })
-    }
-
-    /// Elements of an input plane.
-    pub fn in_len(&self) -> usize {
-        self.h * self.w
-    }
-
-    /// Elements of an output plane.
-    pub fn out_len(&self) -> usize {
-        self.ho * self.wo
-    }
-
+impl Window {
     /// Elements of the phase-split scratch plane.
-    pub fn scratch_len(&self) -> usize {
+    pub(crate) fn scratch_len(&self) -> usize {
         self.hp * self.stride * self.wq
     }
 
     /// Offset in the scratch of the contiguous run met by kernel cell `(ky, kx)` along output row `oy`.
     #[inline]
-    pub fn run(&self, oy: usize, ky: usize, kx: usize) -> usize {
+    pub(crate) fn run(&self, oy: usize, ky: usize, kx: usize) -> usize {
         let r = oy * self.stride + ky;
         (r * self.stride + kx % self.stride) * self.wq + kx / self.stride
     }
@@ -87,7 +40,7 @@ impl Geom {
     }
 
     /// Write `plane` (H×W) into `scratch`, padding cells set to `fill`.
-    pub fn fill<T: WithDType>(&self, plane: &[T], scratch: &mut [T], fill: T) {
+    pub(crate) fn fill<T: WithDType>(&self, plane: &[T], scratch: &mut [T], fill: T) {
         scratch.fill(fill);
         if self.stride == 1 {
             for iy in 0..self.h {
@@ -100,7 +53,7 @@ impl Geom {
     }
 
     /// Read the input cells of `scratch` back into `plane` (H×W), dropping the padding.
-    pub fn unfill<T: WithDType>(&self, scratch: &[T], plane: &mut [T]) {
+    pub(crate) fn unfill<T: WithDType>(&self, scratch: &[T], plane: &mut [T]) {
         if self.stride == 1 {
             for iy in 0..self.h {
                 let at = (iy + self.pad[0]) * self.wq + self.pad[2];

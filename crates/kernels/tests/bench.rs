@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use backbones::ops::{depthwise_conv2d, max_pool2d};
 use candle_core::{DType, Device, Tensor, Var};
+use kernels::ops::{depthwise_conv2d, max_pool2d};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

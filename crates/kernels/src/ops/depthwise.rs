@@ -4,7 +4,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::plane::{axpy, contiguous, mul_add, sum, Geom};
+use super::plane::{axpy, contiguous, mul_add, sum};
+use crate::window::Window;
 
 const NAME: &str = "depthwise_conv2d";
 
@@ -18,7 +19,7 @@ pub(crate) struct DepthwiseConv {
 }
 
 /// Shapes `(n, c, geometry)` of a depthwise convolution from the input dims and the weight dims.
-fn geometry(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> Result<(usize, usize, Geom)> {
+fn geometry(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> Result<(usize, usize, Window)> {
     let &[n, c, h, wd] = x else {
         bail!("{NAME}: input must be N×C×H×W, got {x:?}");
     };
@@ -28,10 +29,10 @@ fn geometry(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> Result<
     if wc != c || k != k2 {
         bail!("{NAME}: weight {w:?} does not match {c} input channels with a square kernel");
     }
-    Ok((n, c, Geom::new(NAME, h, wd, k, stride, pad)?))
+    Ok((n, c, Window::new(NAME, h, wd, k, stride, pad)?))
 }
 
-fn fwd<T: WithDType>(x: &[T], w: &[T], c: usize, g: &Geom) -> Vec<T> {
+fn fwd<T: WithDType>(x: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
     let kk = g.k * g.k;
     let mut out = vec![T::zero(); x.len() / g.in_len() * g.out_len()];
     out.par_chunks_mut(g.out_len()).enumerate().for_each_init(
@@ -53,7 +54,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], c: usize, g: &Geom) -> Vec<T> {
 }
 
 /// Gradient for the input: the transposed depthwise convolution of the output gradient.
-fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Geom) -> Vec<T> {
+fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
     let kk = g.k * g.k;
     let mut dx = vec![T::zero(); gy.len() / g.out_len() * g.in_len()];
     dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
@@ -81,7 +82,7 @@ fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Geom) -> Vec<T> {
 /// Gradient for the weight: per-channel correlation of input and output gradient, summed over the batch.
 ///
 /// Each kernel cell keeps a row of partial sums (element-wise multiply-adds, which vectorise), reduced at the end.
-fn bwd_weight<T: WithDType>(x: &[T], gy: &[T], n: usize, c: usize, g: &Geom) -> Vec<T> {
+fn bwd_weight<T: WithDType>(x: &[T], gy: &[T], n: usize, c: usize, g: &Window) -> Vec<T> {
     let kk = g.k * g.k;
     let mut dw = vec![T::zero(); c * kk];
     dw.par_chunks_mut(kk).enumerate().for_each_init(

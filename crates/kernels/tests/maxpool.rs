@@ -1,7 +1,7 @@
 //! The CPU max-pool against candle's forward/backward and finite differences.
 
-use backbones::ops::max_pool2d;
 use candle_core::{DType, Device, Tensor, Var};
+use kernels::ops::max_pool2d;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

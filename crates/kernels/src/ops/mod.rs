@@ -6,11 +6,8 @@
 
 mod attention;
 mod depthwise;
-mod fold;
 mod maxpool;
-mod plane;
-
-pub use fold::fold_bn;
+pub(crate) mod plane;
 
 use candle_core::{DType, Tensor};
 

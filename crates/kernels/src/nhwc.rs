@@ -5,7 +5,7 @@
 //! loops are compiled twice (AVX2+FMA, chosen at run time, and the portable baseline).
 
 use crate::conv::gemm;
-use crate::layers::Activation;
+use crate::window::Window;
 
 /// Define `fn $name(args)` running `$body(args)` compiled for AVX2+FMA when the CPU has them, else the portable build.
 macro_rules! multiversion {
@@ -35,6 +35,25 @@ const SINGLE_BLOCK: usize = 4096;
 /// Channels whose accumulators a depthwise pass keeps in registers.
 const LANES: usize = 16;
 
+/// The activations of the NHWC kernels' epilogues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// max(x, 0).
+    Relu,
+    /// min(max(x, 0), 6).
+    Relu6,
+    /// x · sigmoid(x) (Swish).
+    Silu,
+    /// x · relu6(x + 3) / 6.
+    HardSwish,
+    /// relu6(x + 3) / 6.
+    HardSigmoid,
+    /// 1 / (1 + exp(-x)).
+    Sigmoid,
+}
+
 /// Apply `act` to every value of `v`.
 #[inline(always)]
 pub fn activate(v: &mut [f32], act: Activation) {
@@ -46,53 +65,6 @@ pub fn activate(v: &mut [f32], act: Activation) {
         Activation::HardSwish => v.iter_mut().for_each(|x| *x *= (*x + 3.0).clamp(0.0, 6.0) / 6.0),
         Activation::HardSigmoid => v.iter_mut().for_each(|x| *x = (*x + 3.0).clamp(0.0, 6.0) / 6.0),
         Activation::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
-    }
-}
-
-/// Geometry of a window over an `h × w` image: kernel, stride, padding `[top, bottom, left, right]`, output size.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Square kernel.
-    pub k: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Top padding.
-    pub top: usize,
-    /// Left padding.
-    pub left: usize,
-    /// Output height.
-    pub ho: usize,
-    /// Output width.
-    pub wo: usize,
-}
-
-impl Window {
-    /// The window of a `k × k`/`stride` convolution with padding `pad` over `h × w`.
-    pub fn new(h: usize, w: usize, k: usize, stride: usize, pad: [usize; 4]) -> Option<Self> {
-        let (hp, wp) = (h + pad[0] + pad[1], w + pad[2] + pad[3]);
-        (stride > 0 && hp >= k && wp >= k).then(|| Self {
-            h,
-            w,
-            k,
-            stride,
-            top: pad[0],
-            left: pad[2],
-            ho: (hp - k) / stride + 1,
-            wo: (wp - k) / stride + 1,
-        })
-    }
-
-    /// Kernel offsets `lo..hi` along one axis whose input index `o·stride + t − pad` lies in `0..n`.
-    #[inline(always)]
-    fn taps(&self, o: usize, pad: usize, n: usize) -> (usize, usize) {
-        let start = (o * self.stride) as isize - pad as isize;
-        let lo = (-start).clamp(0, self.k as isize) as usize;
-        let hi = (n as isize - start).clamp(0, self.k as isize) as usize;
-        (lo, hi.max(lo))
     }
 }
 
@@ -163,11 +135,11 @@ multiversion! {
 fn depthwise_body(x: &[f32], c: usize, g: &Window, wk: &[f32], bias: &[f32], act: Activation, out: &mut [f32]) {
     let full = c - c % LANES;
     for oy in 0..g.ho {
-        let (ky0, ky1) = g.taps(oy, g.top, g.h);
-        let iy0 = oy * g.stride + ky0 - g.top;
+        let (ky0, ky1) = g.row_taps(oy);
+        let iy0 = oy * g.stride + ky0 - g.pad[0];
         for ox in 0..g.wo {
-            let (kx0, kx1) = g.taps(ox, g.left, g.w);
-            let ix0 = ox * g.stride + kx0 - g.left;
+            let (kx0, kx1) = g.col_taps(ox);
+            let ix0 = ox * g.stride + kx0 - g.pad[2];
             let o = &mut out[(oy * g.wo + ox) * c..][..c];
             for c0 in (0..full).step_by(LANES) {
                 let mut acc: [f32; LANES] = bias[c0..c0 + LANES].try_into().expect("LANES channels");
@@ -258,9 +230,9 @@ pub fn dense_from_nchw(
         col.resize(hw * kd, 0.0);
     }
     for oy in 0..g.ho {
-        let (ky0, ky1) = g.taps(oy, g.top, g.h);
+        let (ky0, ky1) = g.row_taps(oy);
         for ox in 0..g.wo {
-            let (kx0, kx1) = g.taps(ox, g.left, g.w);
+            let (kx0, kx1) = g.col_taps(ox);
             let row = &mut col[(oy * g.wo + ox) * kd..][..kd];
             let interior = ky0 == 0 && ky1 == k && kx0 == 0 && kx1 == k;
             if !interior {
@@ -268,8 +240,8 @@ pub fn dense_from_nchw(
             }
             for c in 0..ci {
                 for ky in ky0..ky1 {
-                    let iy = oy * g.stride + ky - g.top;
-                    let ix = ox * g.stride + kx0 - g.left;
+                    let iy = oy * g.stride + ky - g.pad[0];
+                    let ix = ox * g.stride + kx0 - g.pad[2];
                     let src = &x[(c * g.h + iy) * g.w + ix..][..kx1 - kx0];
                     row[(c * k + ky) * k + kx0..(c * k + ky) * k + kx1].copy_from_slice(src);
                 }

@@ -1,0 +1,163 @@
+//! The inference path of frozen mobile networks (EfficientNet, MobileNetV3) on the CPU: when it applies, how a
+//! network's blocks become a `kernels::plan::MobilePlan`, and the per-model cache that keeps one plan until a
+//! parameter or buffer of the store changes.
+//!
+//! The plan folds every BatchNorm and copies every weight into the NHWC layout, so it is built once and reused
+//! for as long as [`ParamStore::version`] stays the same; anything that could need a gradient takes the general
+//! (autograd) path.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use kernels::plan::{FoldedConv, MobilePlan, SqueezeExcite as SePlan, Step};
+
+use crate::blocks::{Block, ConvNormAct, SqueezeExcite};
+use crate::error::Result;
+use crate::layers::{Activation, BatchNorm2d, Conv2d};
+use crate::params::ParamStore;
+
+/// Whether the inference path applies: eval, CPU, f32, and no trainable parameter in `store`.
+pub(crate) fn eligible(store: &ParamStore, x: &Tensor, train: bool) -> bool {
+    !train
+        && matches!(x.device(), Device::Cpu)
+        && x.dtype() == DType::F32
+        && store.dtype() == DType::F32
+        && x.rank() == 4
+        && store.params().iter().all(|p| !p.is_trainable())
+}
+
+/// `conv` with `bn` folded in and `act` after it, for the plan.
+fn folded(conv: &Conv2d, bn: &BatchNorm2d, act: Activation) -> kernels::Result<FoldedConv> {
+    let cfg = &conv.cfg;
+    let (w, b) = (conv.weight.tensor(), conv.bias.as_ref().map(|b| b.tensor()));
+    let (stats, act) = (bn.stats(), act.into());
+    if conv.is_depthwise() {
+        FoldedConv::depthwise(&w, b.as_ref(), &stats, cfg.stride, cfg.padding, act)
+    } else if cfg.groups == 1 {
+        FoldedConv::dense(&w, b.as_ref(), &stats, cfg.stride, cfg.padding, act)
+    } else {
+        Err(kernels::Error::Unsupported(format!(
+            "a grouped convolution ({} groups)",
+            cfg.groups
+        )))
+    }
+}
+
+fn squeeze_excite(se: &Option<SqueezeExcite>) -> kernels::Result<Option<SePlan>> {
+    let Some(se) = se else { return Ok(None) };
+    let (reduce, expand, act, gate) = se.parts();
+    let wb = |c: &Conv2d| (c.weight.tensor(), c.bias.as_ref().map(|b| b.tensor()));
+    let (rw, rb) = wb(reduce);
+    let (ew, eb) = wb(expand);
+    SePlan::new((&rw, rb.as_ref()), act.into(), (&ew, eb.as_ref()), gate.into()).map(Some)
+}
+
+/// One block as a plan step. The `match` is exhaustive on purpose: a new block kind does not compile until the
+/// inference path knows it.
+fn step(block: &Block) -> kernels::Result<Step> {
+    Ok(match block {
+        Block::DepthwiseSeparable {
+            conv_dw,
+            bn1,
+            se,
+            conv_pw,
+            bn2,
+            act,
+            skip,
+        } => Step::Separable {
+            dw: folded(conv_dw, bn1, *act)?,
+            se: squeeze_excite(se)?,
+            pw: folded(conv_pw, bn2, Activation::None)?,
+            skip: *skip,
+        },
+        Block::InvertedResidual {
+            conv_pw,
+            bn1,
+            conv_dw,
+            bn2,
+            se,
+            conv_pwl,
+            bn3,
+            act,
+            skip,
+        } => Step::Inverted {
+            pw: folded(conv_pw, bn1, *act)?,
+            dw: folded(conv_dw, bn2, *act)?,
+            se: squeeze_excite(se)?,
+            pwl: folded(conv_pwl, bn3, Activation::None)?,
+            skip: *skip,
+        },
+        Block::ConvBnAct { conv, bn1, act } => Step::Pointwise(folded(conv, bn1, *act)?),
+    })
+}
+
+/// Fold a network's stem, blocks and optional head into a plan; `None` when a layer has a shape the plan's
+/// kernels do not run (the architecture tests require every registered mobile network to have a plan).
+pub(crate) fn build_plan(
+    stem: &ConvNormAct,
+    stages: &[Vec<Block>],
+    head: Option<&ConvNormAct>,
+) -> Result<Option<MobilePlan>> {
+    let plan = (|| {
+        let stem = folded(&stem.conv, &stem.bn, stem.act)?;
+        let steps = stages.iter().flatten().map(step).collect::<kernels::Result<Vec<_>>>()?;
+        let head = head.map(|h| folded(&h.conv, &h.bn, h.act)).transpose()?;
+        MobilePlan::new(stem, steps, head)
+    })();
+    match plan {
+        Ok(plan) => Ok(Some(plan)),
+        Err(kernels::Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A model's inference plan, kept until the store's version changes (`None` cached too: no plan for this model).
+#[derive(Default)]
+pub(crate) struct PlanCache {
+    slot: Mutex<Option<(u64, Option<Arc<MobilePlan>>)>>,
+    builds: AtomicUsize,
+}
+
+impl PlanCache {
+    /// The plan for the store's current version, built with `build` when there is none for it.
+    pub fn get(
+        &self,
+        store: &ParamStore,
+        build: impl FnOnce() -> Result<Option<MobilePlan>>,
+    ) -> Result<Option<Arc<MobilePlan>>> {
+        // Read the version before building: a change during the build leaves a plan keyed by the older version,
+        // so the next call rebuilds.
+        let version = store.version();
+        let mut slot = self.slot.lock().expect("plan cache lock");
+        if let Some((v, plan)) = &*slot {
+            if *v == version {
+                return Ok(plan.clone());
+            }
+        }
+        *slot = None;
+        let plan = build()?.map(Arc::new);
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        *slot = Some((version, plan.clone()));
+        Ok(plan)
+    }
+
+    /// Drop a plan built for an older version of the store (its copy of the weights is stale).
+    pub fn release_stale(&self, store: &ParamStore) {
+        let mut slot = self.slot.lock().expect("plan cache lock");
+        if slot.as_ref().is_some_and(|(v, _)| *v != store.version()) {
+            *slot = None;
+        }
+    }
+
+    /// How many plans have been built (each build folds and copies every weight).
+    pub fn builds(&self) -> usize {
+        self.builds.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for PlanCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanCache").field("builds", &self.builds()).finish()
+    }
+}
