@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use backbones::hub::{download_many, DownloadOptions};
+use backbones::registry::{self, ModelSpec};
 use backbones::WeightsSource;
 use candle_core::Device;
-use backbones::registry::{self, ModelSpec};
 
 /// Arguments of `download-weights`.
 #[derive(Debug, clap::Args)]

@@ -40,7 +40,10 @@ fn an_explicit_file_builds_the_registry_model_in_eval_mode() {
     assert_eq!(conv1(&p), expected);
     assert_eq!(p.backbone.num_features(), 512);
     let flag = p.backbone.store().batchnorm_train_flag();
-    assert!(!flag.load(std::sync::atomic::Ordering::Relaxed), "BatchNorm in eval mode");
+    assert!(
+        !flag.load(std::sync::atomic::Ordering::Relaxed),
+        "BatchNorm in eval mode"
+    );
     assert!(p.backbone.store().params().iter().all(|q| !q.is_trainable()));
     let x = Tensor::ones((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(p.backbone.forward_pooled(&x, false).unwrap().dims(), [1, 512]);
@@ -50,17 +53,26 @@ fn an_explicit_file_builds_the_registry_model_in_eval_mode() {
 fn unknown_names_missing_files_and_misfit_weights_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let e = pretrained("resnet19", &WeightsSource::hub(), &Device::Cpu).unwrap_err();
-    assert!(matches!(e, Error::UnknownModel { .. }) && e.to_string().contains("resnet18"), "{e}");
+    assert!(
+        matches!(e, Error::UnknownModel { .. }) && e.to_string().contains("resnet18"),
+        "{e}"
+    );
     let missing = dir.path().join("none.safetensors");
     let e = pretrained("resnet18", &WeightsSource::File(missing), &Device::Cpu).unwrap_err();
-    assert!(matches!(e, Error::Weights { .. }) && e.to_string().contains("none.safetensors"), "{e}");
+    assert!(
+        matches!(e, Error::Weights { .. }) && e.to_string().contains("none.safetensors"),
+        "{e}"
+    );
     // resnet18's weights do not fit resnet34: one line naming the file and the model.
     let path = dir.path().join("r18.safetensors");
     write_resnet18(&path);
     let e = pretrained("resnet34", &WeightsSource::File(path), &Device::Cpu)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("r18.safetensors") && e.contains("resnet34") && !e.contains('\n'), "{e}");
+    assert!(
+        e.contains("r18.safetensors") && e.contains("resnet34") && !e.contains('\n'),
+        "{e}"
+    );
 }
 
 #[test]

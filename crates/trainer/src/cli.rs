@@ -363,11 +363,21 @@ mod tests {
         let Some(Command::LrFind(a)) = cli.command else {
             panic!("not lr-find")
         };
-        assert_eq!((a.optimizer, a.momentum, a.weight_decay), (OptimizerKind::Sgd, 0.8, 1e-4));
-        let Some(Command::LrFind(d)) = Cli::try_parse_from(["trainer", "lr-find", "--data", "d"]).unwrap().command else {
+        assert_eq!(
+            (a.optimizer, a.momentum, a.weight_decay),
+            (OptimizerKind::Sgd, 0.8, 1e-4)
+        );
+        let Some(Command::LrFind(d)) = Cli::try_parse_from(["trainer", "lr-find", "--data", "d"])
+            .unwrap()
+            .command
+        else {
             panic!("not lr-find")
         };
-        assert_eq!((d.optimizer, d.weight_decay), (OptimizerKind::AdamW, 0.0), "train's defaults");
+        assert_eq!(
+            (d.optimizer, d.weight_decay),
+            (OptimizerKind::AdamW, 0.0),
+            "train's defaults"
+        );
     }
 
     #[test]

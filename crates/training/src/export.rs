@@ -102,7 +102,11 @@ impl ExportedModel {
         let (h, w) = pipeline.output_hw;
         let pixels = pipeline.apply(img, &mut ChaCha8Rng::seed_from_u64(0));
         let x = Tensor::from_vec(pixels, (1, 3, h, w), self.head.device())?;
-        Ok(self.probabilities(&x)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?.remove(0))
+        Ok(self
+            .probabilities(&x)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?
+            .remove(0))
     }
 }
 
@@ -204,12 +208,8 @@ pub fn load(path: &Path, device: &Device) -> Result<ExportedModel> {
             .ok_or_else(|| Error::io(path, "has neither backbone tensors nor a weights file"))?;
         backbones::weights::load_tensors(&check_weights(w)?)?
     };
-    let backbone = backbones::pretrained::build(&meta.architecture, backbone_t, device).map_err(|e| {
-        Error::io(
-            path,
-            format!("backbone tensors do not fit {}: {e}", meta.architecture),
-        )
-    })?;
+    let backbone = backbones::pretrained::build(&meta.architecture, backbone_t, device)
+        .map_err(|e| Error::io(path, format!("backbone tensors do not fit {}: {e}", meta.architecture)))?;
     let head = restore_head(&meta.head, &head_t, device).map_err(|e| Error::io(path, e))?;
     Ok(ExportedModel { meta, backbone, head })
 }

@@ -364,7 +364,9 @@ where
             first_epoch: 0,
             schedule,
             seed: cfg.fit.seed,
-            checkpoint_dir: dir.as_ref().map(|d| if phase1_dir { d.join("phase1") } else { d.clone() }),
+            checkpoint_dir: dir
+                .as_ref()
+                .map(|d| if phase1_dir { d.join("phase1") } else { d.clone() }),
         };
         fit_phase(
             m1,

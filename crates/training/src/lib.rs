@@ -28,7 +28,7 @@ pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, Cached
 pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
 pub use export::{ExportedModel, ModelMeta, WeightsRef};
 pub use finetune::{
-    discriminative_groups, fine_tune, fine_tune_observed, fit_phase, set_trainable, Batches, FineTuneConfig, FitObserver,
-    Phase, PhaseData, Recipe, Unfreeze,
+    discriminative_groups, fine_tune, fine_tune_observed, fit_phase, set_trainable, Batches, FineTuneConfig,
+    FitObserver, Phase, PhaseData, Recipe, Unfreeze,
 };
 pub use fit::{batch_loss, fit, fit_observed, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model};

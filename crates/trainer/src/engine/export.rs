@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use candle_core::{Device, Tensor};
 
-use training::export;
 use super::train::best_path;
 use crate::error::UsageError;
+use training::export;
 
 /// Write the run's best model, with its backbone tensors, to `out`.
 pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use heads::{Head, HeadConfig, Task};
 use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use training::{LossConfig, LrFinderResult, Optimizer, ParamGroup};
+use training::{LossConfig, LrFinderResult, ParamGroup};
 
 use super::inputs::{self, FeatureSpec};
 use super::train::{device_of, optimizer, pretrained};

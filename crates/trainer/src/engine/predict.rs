@@ -8,11 +8,11 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use training::export::{self, ExportedModel};
 use super::train::best_path;
 use crate::backend::ModelSource;
 use crate::error::UsageError;
 use crate::predict_out::{ClassProb, FilePrediction};
+use training::export::{self, ExportedModel};
 
 /// Load the model `source` names.
 pub fn load_source(source: &ModelSource, device: &Device) -> anyhow::Result<ExportedModel> {

@@ -269,7 +269,9 @@ impl PhaseData for RunData<'_> {
     }
     fn steps_per_epoch(&self, phase: u8) -> usize {
         match phase {
-            1 => self.train_features.map_or(0, |f| f.x.dims()[0].div_ceil(self.batch_size)),
+            1 => self
+                .train_features
+                .map_or(0, |f| f.x.dims()[0].div_ceil(self.batch_size)),
             _ => self.train_loader.map_or(0, |l| l.num_batches()),
         }
     }
