@@ -1,4 +1,5 @@
-//! `cargo xtask download-weights`: wires the command line to `backbones::hub::download_many`.
+//! `cargo xtask download-weights`: wires the command line to `backbones::hub::download_many`, then checks that each
+//! file builds its backbone with `backbones::pretrained`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -6,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use backbones::hub::{download_many, DownloadOptions};
 use backbones::registry::{self, ModelSpec};
+use backbones::WeightsSource;
+use candle_core::Device;
 
 /// Arguments of `download-weights`.
 #[derive(Debug, clap::Args)]
@@ -44,10 +47,15 @@ pub fn run(args: &Args) -> Result<()> {
     let mut failed = Vec::new();
     for (spec, result) in specs.iter().zip(results) {
         match result {
-            Ok(d) if d.was_cached => {
-                println!("{}: already cached at {}", spec.name, d.path.display())
-            }
-            Ok(d) => println!("{}: downloaded to {}", spec.name, d.path.display()),
+            // The file must also build its backbone: the same call the CLI and library users make.
+            Ok(d) => match backbones::pretrained(&spec.name, &WeightsSource::File(d.path.clone()), &Device::Cpu) {
+                Ok(_) if d.was_cached => println!("{}: already cached at {}", spec.name, d.path.display()),
+                Ok(_) => println!("{}: downloaded to {}", spec.name, d.path.display()),
+                Err(e) => {
+                    eprintln!("{}: FAILED: {} does not load: {e}", spec.name, d.path.display());
+                    failed.push(spec.name.clone());
+                }
+            },
             Err(e) => {
                 eprintln!("{}: FAILED: {e}", spec.name);
                 failed.push(spec.name.clone());

@@ -8,29 +8,12 @@ use crate::predict_out::FilePrediction;
 use crate::spec::DeviceSpec;
 use crate::summary::{EpochRow, EvalSummary, TrainOutcome, WrongExample};
 
-/// Running figures of the epoch after a training batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatchStats {
-    /// Epoch number, from 1.
-    pub epoch: usize,
-    /// Batch number within the epoch, from 1.
-    pub batch: usize,
-    /// Batches in this epoch.
-    pub batches: usize,
-    /// Mean loss per sample over the epoch so far.
-    pub loss: f64,
-    /// Accuracy over the epoch so far.
-    pub accuracy: f64,
-    /// Samples trained on so far in this epoch.
-    pub samples: usize,
-}
-
 /// Receives progress while training; the CLI prints it and rewrites `metrics.csv` after every epoch.
 pub trait TrainObserver {
     /// An epoch of `batches` batches begins.
     fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize);
-    /// A training batch finished.
-    fn batch(&mut self, stats: &BatchStats);
+    /// A training batch of an epoch of `batches` finished (the library's figures; epochs and batches from 0).
+    fn batch(&mut self, progress: &training::BatchProgress, batches: usize);
     /// `done` of `total` images of a long task (e.g. `extracting features (train)`) are processed; called with
     /// `done == 0` when it starts and `done == total` when it ends.
     fn progress(&mut self, _task: &str, _done: usize, _total: usize) {}
@@ -93,8 +76,8 @@ pub trait Backend {
     fn export(&self, run_dir: &Path, out: &Path) -> anyhow::Result<()>;
     /// Scan a dataset.
     fn inspect(&self, data: &Path, strict: bool) -> anyhow::Result<DatasetReport>;
-    /// `(lr, loss)` for each step of an exponential learning-rate sweep.
-    fn lr_find(&self, ctx: Context, args: &crate::cli::LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>>;
+    /// An exponential learning-rate sweep: each step's rate and loss, and the suggestion.
+    fn lr_find(&self, ctx: Context, args: &crate::cli::LrFindArgs) -> anyhow::Result<training::LrFinderResult>;
 }
 
 /// The backend of a build without the libraries wired in: every command says so.
@@ -128,7 +111,7 @@ impl Backend for Unwired {
     fn inspect(&self, _: &Path, _: bool) -> anyhow::Result<DatasetReport> {
         unwired("data inspect")
     }
-    fn lr_find(&self, _: Context, _: &crate::cli::LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>> {
+    fn lr_find(&self, _: Context, _: &crate::cli::LrFindArgs) -> anyhow::Result<training::LrFinderResult> {
         unwired("lr-find")
     }
 }

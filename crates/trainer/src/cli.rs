@@ -285,6 +285,15 @@ pub struct LrFindArgs {
     /// Write the loss-vs-LR curve here (PNG).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Optimizer of the sweep's steps (as `train --optimizer`).
+    #[arg(long, value_name = "NAME", default_value = "adamw")]
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    #[arg(long, value_name = "X", default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay (L2 for sgd/adam, decoupled for adamw).
+    #[arg(long, value_name = "X", default_value_t = 0.0)]
+    pub weight_decay: f64,
 }
 
 #[cfg(test)]
@@ -334,6 +343,41 @@ mod tests {
         };
         assert_eq!(t.head, Some(HeadSpec::Mlp(vec![128, 64])));
         assert_eq!(t.unfreeze, Some(Unfreeze::All));
+    }
+
+    #[test]
+    fn lr_find_takes_the_optimizer_and_its_settings() {
+        let cli = Cli::try_parse_from([
+            "trainer",
+            "lr-find",
+            "--data",
+            "d",
+            "--optimizer",
+            "sgd",
+            "--momentum",
+            "0.8",
+            "--weight-decay",
+            "1e-4",
+        ])
+        .unwrap();
+        let Some(Command::LrFind(a)) = cli.command else {
+            panic!("not lr-find")
+        };
+        assert_eq!(
+            (a.optimizer, a.momentum, a.weight_decay),
+            (OptimizerKind::Sgd, 0.8, 1e-4)
+        );
+        let Some(Command::LrFind(d)) = Cli::try_parse_from(["trainer", "lr-find", "--data", "d"])
+            .unwrap()
+            .command
+        else {
+            panic!("not lr-find")
+        };
+        assert_eq!(
+            (d.optimizer, d.weight_decay),
+            (OptimizerKind::AdamW, 0.0),
+            "train's defaults"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 
 use crate::atomic::write_atomic;
-use crate::backend::{Backend, BatchStats, Context, ModelSource, TrainObserver};
+use crate::backend::{Backend, Context, ModelSource, TrainObserver};
 use crate::cli::{Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs, PredictArgs, TrainArgs};
 use crate::config::{non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig};
 use crate::error::UsageError;
@@ -147,15 +147,8 @@ impl TrainObserver for RunObserver<'_> {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize) {
         self.reporter.emit(Event::EpochStarted { epoch, epochs, batches });
     }
-    fn batch(&mut self, s: &BatchStats) {
-        self.reporter.emit(Event::Batch {
-            epoch: s.epoch,
-            batch: s.batch,
-            batches: s.batches,
-            loss: s.loss,
-            accuracy: s.accuracy,
-            samples: s.samples,
-        });
+    fn batch(&mut self, p: &training::BatchProgress, batches: usize) {
+        self.reporter.emit(Event::batch(p, batches));
     }
     fn progress(&mut self, task: &str, done: usize, total: usize) {
         self.reporter.emit(Event::Progress {
@@ -520,12 +513,20 @@ fn lr_find_cmd(ctx: Context, args: &LrFindArgs, backend: &dyn Backend, reporter:
     if args.steps < 5 {
         return Err(UsageError("--steps must be at least 5".into()).into());
     }
+    if !(0.0..1.0).contains(&args.momentum) {
+        return Err(UsageError(format!("--momentum must be in [0, 1), got {}", args.momentum)).into());
+    }
+    if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
+        return Err(UsageError(format!("--weight-decay must be >= 0, got {}", args.weight_decay)).into());
+    }
     require_exists(&args.data, "--data")?;
     models::check(&args.model, &models::names()).map_err(UsageError)?;
-    let points = backend.lr_find(ctx, args)?;
-    let suggestion = lr_find::suggest_lr(&points);
+    let sweep = backend.lr_find(ctx, args)?;
+    let points = &sweep.raw;
+    // The steepest descent of the library's rule; none when the loss never fell.
+    let suggestion = sweep.steepest;
     if let Some(path) = &args.plot {
-        let png = encode_png(&lr_find::render_lr_curve(&points, suggestion, 800, 450)?)?;
+        let png = encode_png(&lr_find::render_lr_curve(points, suggestion, 800, 450)?)?;
         write_atomic(path, &png)?;
         reporter.emit(Event::Artifact { path: path.clone() });
     }
@@ -591,15 +592,19 @@ mod tests {
                     anyhow::bail!("--data: cannot decode d/ants/broken.jpg");
                 }
                 obs.epoch_started(row.epoch, cfg.epochs, 2);
-                for batch in 1..=2 {
-                    obs.batch(&BatchStats {
-                        epoch: row.epoch,
-                        batch,
-                        batches: 2,
-                        loss: 0.7,
-                        accuracy: 0.5,
-                        samples: 4 * batch,
-                    });
+                for batch in 0..2 {
+                    obs.batch(
+                        &training::BatchProgress {
+                            epoch: row.epoch - 1,
+                            batch,
+                            steps: 2 * (row.epoch - 1) + batch + 1,
+                            loss: 0.7,
+                            mean_loss: 0.7,
+                            accuracy: 0.5,
+                            samples: 4 * (batch + 1),
+                        },
+                        2,
+                    );
                 }
                 obs.epoch_ended(row)?;
                 let csv = std::fs::read_to_string(run_dir.join("metrics.csv"))?;
@@ -642,7 +647,7 @@ mod tests {
         fn inspect(&self, _: &Path, _: bool) -> anyhow::Result<DatasetReport> {
             unimplemented!()
         }
-        fn lr_find(&self, _: Context, _: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>> {
+        fn lr_find(&self, _: Context, _: &LrFindArgs) -> anyhow::Result<training::LrFinderResult> {
             unimplemented!()
         }
     }

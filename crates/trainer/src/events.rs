@@ -87,6 +87,21 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The `batch` event of the library's progress within an epoch of `batches` (epoch and batch from 1; `loss`
+    /// is the epoch's running mean).
+    pub fn batch(p: &training::BatchProgress, batches: usize) -> Self {
+        Event::Batch {
+            epoch: p.epoch + 1,
+            batch: p.batch + 1,
+            batches,
+            loss: p.mean_loss,
+            accuracy: p.accuracy,
+            samples: p.samples,
+        }
+    }
+}
+
 /// Makes the draw target of each new progress bar.
 type TargetFactory = Box<dyn Fn() -> ProgressDrawTarget + Send>;
 

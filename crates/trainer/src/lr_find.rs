@@ -1,40 +1,9 @@
-//! The learning-rate finder's analysis: pick a rate from a sweep and plot the curve.
+//! The learning-rate finder's plot (the sweep and its suggestion are `training::lr_find`'s).
 
 use image::RgbImage;
 use plotters::prelude::*;
 
 use crate::plots::PlotError;
-
-/// The rate where the smoothed loss falls fastest (per log-lr), before it diverges; `None` if it never falls.
-///
-/// Losses are smoothed with a bias-corrected exponential moving average (β = 0.9); the sweep is cut where the
-/// smoothed loss exceeds four times its minimum so far. As fastai's plot, the first tenth of the sweep is skipped:
-/// there the average still rests on a handful of noisy steps.
-pub fn suggest_lr(points: &[(f64, f64)]) -> Option<f64> {
-    let beta = 0.9;
-    let mut avg = 0.0;
-    let mut smooth: Vec<(f64, f64)> = Vec::new();
-    let mut best = f64::INFINITY;
-    for (i, &(lr, loss)) in points.iter().enumerate() {
-        if !(lr > 0.0 && loss.is_finite()) {
-            break;
-        }
-        avg = beta * avg + (1.0 - beta) * loss;
-        let s = avg / (1.0 - beta.powi(i as i32 + 1));
-        if s > 4.0 * best {
-            break;
-        }
-        best = best.min(s);
-        smooth.push((lr.ln(), s));
-    }
-    let skip = (points.len() / 10).min(smooth.len().saturating_sub(2));
-    smooth[skip..]
-        .windows(2)
-        .map(|w| ((w[1].1 - w[0].1) / (w[1].0 - w[0].0), w[0].0))
-        .filter(|(slope, _)| slope.is_finite() && *slope < 0.0)
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, log_lr)| log_lr.exp())
-}
 
 /// Loss against learning rate (log axis), with the suggestion marked.
 pub fn render_lr_curve(
@@ -108,25 +77,9 @@ mod tests {
     }
 
     #[test]
-    fn suggests_near_the_steepest_descent() {
-        for target in [-4.0, -2.5] {
-            let lr = suggest_lr(&sweep(target)).unwrap();
-            assert!((lr.log10() - target).abs() < 0.7, "suggested {lr:e} for 1e{target}");
-        }
-        // A wild first batch must not pull the suggestion to the start of the sweep.
-        let mut noisy = sweep(-3.0);
-        noisy[0].1 = 6.0;
-        let lr = suggest_lr(&noisy).unwrap();
-        assert!((lr.log10() + 3.0).abs() < 0.7, "suggested {lr:e} with a noisy start");
-        let rising: Vec<(f64, f64)> = (1..50).map(|i| (i as f64 * 1e-5, i as f64)).collect();
-        assert_eq!(suggest_lr(&rising), None);
-        assert_eq!(suggest_lr(&[]), None);
-    }
-
-    #[test]
     fn renders_the_curve() {
         let pts = sweep(-3.0);
-        let img = render_lr_curve(&pts, suggest_lr(&pts), 640, 360).unwrap();
+        let img = render_lr_curve(&pts, Some(1e-3), 640, 360).unwrap();
         assert_eq!(img.dimensions(), (640, 360));
         let blue = img.pixels().filter(|p| p.0 == [0, 0, 255]).count();
         let red = img.pixels().filter(|p| p.0 == [255, 0, 0]).count();

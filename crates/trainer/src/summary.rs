@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use training::{ClassificationReport, EpochRecord};
 
 use crate::atomic::write_atomic;
 
@@ -23,6 +24,21 @@ pub struct EpochRow {
     pub lr: f64,
     /// Wall-clock seconds of the epoch.
     pub seconds: f64,
+}
+
+impl EpochRow {
+    /// The row of the library's record (epochs from 1; no validation figures without validation data).
+    pub fn from_record(r: &EpochRecord, has_val: bool) -> Self {
+        Self {
+            epoch: r.epoch + 1,
+            train_loss: r.train_loss,
+            train_acc: r.train_acc,
+            val_loss: has_val.then_some(r.val_loss),
+            val_acc: has_val.then_some(r.val_acc),
+            lr: r.lr,
+            seconds: r.seconds,
+        }
+    }
 }
 
 /// Precision, recall, F1 and support of one class.
@@ -57,38 +73,51 @@ pub struct EvalSummary {
 }
 
 impl EvalSummary {
-    /// Accuracy and per-class metrics from a square confusion matrix (`confusion[true][pred]`).
+    /// Accuracy and per-class metrics (`training::metrics`) from a square confusion matrix (`confusion[true][pred]`).
     pub fn from_confusion(classes: Vec<String>, confusion: Vec<Vec<u64>>, loss: Option<f64>) -> Self {
-        let n = confusion.len();
-        let total: u64 = confusion.iter().flatten().sum();
-        let correct: u64 = (0..n).map(|i| confusion[i].get(i).copied().unwrap_or(0)).sum();
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let per_class = (0..n)
-            .map(|c| {
-                let tp = confusion[c].get(c).copied().unwrap_or(0);
-                let support: u64 = confusion[c].iter().sum();
-                let predicted: u64 = confusion.iter().map(|row| row.get(c).copied().unwrap_or(0)).sum();
-                let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
-                let f1 = if precision + recall > 0.0 {
-                    2.0 * precision * recall / (precision + recall)
-                } else {
-                    0.0
-                };
-                ClassMetrics {
-                    precision,
-                    recall,
-                    f1,
-                    support,
-                }
-            })
+        let counts: Vec<Vec<usize>> = confusion
+            .iter()
+            .map(|r| r.iter().map(|&c| c as usize).collect())
             .collect();
+        let total: u64 = confusion.iter().flatten().sum();
+        let correct: u64 = (0..confusion.len())
+            .map(|i| confusion[i].get(i).copied().unwrap_or(0))
+            .sum();
+        let per_class = training::metrics::per_class_metrics(&counts, &classes);
         Self {
-            accuracy: ratio(correct, total),
+            accuracy: if total == 0 { 0.0 } else { correct as f64 / total as f64 },
             loss,
             classes,
             confusion,
-            per_class,
+            per_class: per_class.iter().map(ClassMetrics::from).collect(),
             roc_auc: None,
+        }
+    }
+
+    /// The CLI's record of the library's report.
+    pub fn from_report(classes: Vec<String>, report: &ClassificationReport, loss: Option<f64>) -> Self {
+        Self {
+            accuracy: report.accuracy,
+            loss,
+            classes,
+            confusion: report
+                .confusion
+                .iter()
+                .map(|r| r.iter().map(|&c| c as u64).collect())
+                .collect(),
+            per_class: report.per_class.iter().map(ClassMetrics::from).collect(),
+            roc_auc: report.roc_auc,
+        }
+    }
+}
+
+impl From<&training::ClassMetrics> for ClassMetrics {
+    fn from(m: &training::ClassMetrics) -> Self {
+        Self {
+            precision: m.precision,
+            recall: m.recall,
+            f1: m.f1,
+            support: m.support as u64,
         }
     }
 }

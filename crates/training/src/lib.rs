@@ -1,6 +1,10 @@
 //! Training for transfer learning: optimizers, schedules, losses, metrics, the fit loop, feature caching and
 //! checkpoints. Every random choice draws from a seeded host RNG, so a seed reproduces a run.
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod error;
 pub mod loss;
 pub mod lr_finder;
@@ -22,12 +26,17 @@ pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdCon
 pub use schedule::{LrSchedule, Schedule};
 pub mod cache;
 pub mod checkpoint;
+pub mod export;
 pub mod finetune;
 pub mod fit;
 
 pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, CachedFeatures};
 pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
-pub use finetune::{discriminative_groups, fine_tune, set_trainable, FineTuneConfig, Unfreeze};
+pub use export::{ExportedModel, ModelMeta, WeightsRef};
+pub use finetune::{
+    discriminative_groups, fine_tune, fine_tune_observed, fit_phase, set_trainable, Batches, FineTuneConfig,
+    FitObserver, Phase, PhaseData, Recipe, Unfreeze,
+};
 pub use fit::{
     batch_loss, fit, fit_observed, fit_task, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model,
 };

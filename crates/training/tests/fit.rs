@@ -561,3 +561,136 @@ fn early_stopping_on_a_binary_task_with_class_weights() {
     let acc = if z >= 0.0 { 0.75 } else { 0.25 };
     assert_eq!(res.history[0].val_acc, acc);
 }
+
+/// Phase data over in-memory images (both phases) for `fine_tune_observed`.
+struct Images {
+    x: Tensor,
+    y: Vec<u32>,
+    vx: Tensor,
+    vy: Vec<u32>,
+}
+
+impl training::PhaseData for Images {
+    fn steps_per_epoch(&self, _: u8) -> usize {
+        self.y.len().div_ceil(4)
+    }
+    fn train(&self, _: u8, epoch: usize) -> training::Batches<'_> {
+        Box::new(batches(&self.x, &self.y, 4, Some((3, epoch))).into_iter())
+    }
+    fn val(&self, _: u8, _: usize) -> training::Batches<'_> {
+        Box::new(batches(&self.vx, &self.vy, 6, None).into_iter())
+    }
+}
+
+/// Every callback, epochs as the library numbers them (run-wide, from 0).
+#[derive(Default, Debug, PartialEq)]
+struct Seen {
+    started: Vec<(usize, usize)>,
+    batches: Vec<(usize, usize)>,
+    ended: Vec<(u8, usize)>,
+}
+
+impl training::FitObserver for Seen {
+    fn epoch_started(&mut self, epoch: usize, steps: usize) {
+        self.started.push((epoch, steps));
+    }
+    fn batch(&mut self, p: &training::BatchProgress) {
+        self.batches.push((p.epoch, p.batch));
+    }
+    fn epoch_ended(&mut self, phase: u8, r: &training::EpochRecord) -> training::Result<()> {
+        self.ended.push((phase, r.epoch));
+        Ok(())
+    }
+}
+
+fn run_fine_tune(
+    dir: &std::path::Path,
+    recipe: &training::Recipe,
+    freeze_epochs: usize,
+    epochs: usize,
+    resume: bool,
+) -> (Seen, Vec<f32>) {
+    let (x, y) = images(2, 12, 7);
+    let (vx, vy) = images(2, 6, 8);
+    let data = Images { x, y, vx, vy };
+    let bb = Tiny::new(2);
+    let head = head_for(2, 0.0);
+    let model = Model {
+        backbone: Some(&bb),
+        head: &head,
+    };
+    let cfg = FineTuneConfig {
+        freeze_epochs,
+        epochs,
+        base_lr: 0.01,
+        lr_mult: 10.0,
+        unfreeze: Unfreeze::All,
+        train_bn: false,
+        steps_per_epoch: 0,
+        fit: FitConfig {
+            seed: 1,
+            checkpoint_dir: Some(dir.to_path_buf()),
+            resume,
+            ..Default::default()
+        },
+    };
+    let mut seen = Seen::default();
+    let mut names = Vec::new();
+    training::fine_tune_observed(
+        model,
+        &cfg,
+        recipe,
+        |groups| {
+            names.push(groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>());
+            Ok(Box::new(Adam::new(groups, AdamConfig::adamw())?) as Box<dyn Optimizer>)
+        },
+        &data,
+        &mut seen,
+    )
+    .unwrap();
+    if !resume && epochs > 0 {
+        assert_eq!(names.last().unwrap(), &["backbone.stem", "backbone.stage1", "head"]);
+    }
+    assert!(
+        bb.store().params().iter().all(|p| !p.is_trainable()),
+        "the backbone is frozen again at the end"
+    );
+    let mut state = head_values(&head);
+    state.extend(
+        bb.store().state_dict()["conv2.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+    );
+    (seen, state)
+}
+
+#[test]
+fn fine_tune_observed_numbers_epochs_over_the_run_checkpoints_per_phase_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, state) = run_fine_tune(dir.path(), &training::Recipe::TwoPhase, 1, 2, false);
+    // 24 images in batches of 4: 6 steps per epoch.
+    assert_eq!(seen.started, [(0, 6), (1, 6), (2, 6)]);
+    assert_eq!(seen.ended, [(1, 0), (2, 1), (2, 2)]);
+    assert_eq!(seen.batches.len(), 18);
+    assert_eq!(seen.batches[6..9], [(1, 0), (1, 1), (1, 2)]);
+    // The run folder's layout: phase 1 in phase1/, the final phase in the folder itself.
+    assert!(dir.path().join("phase1/last.json").is_file());
+    assert!(dir.path().join("last.json").is_file() && !dir.path().join("phase2").exists());
+    let p1 = training::finetune::checkpointed_history(&dir.path().join("phase1"));
+    assert_eq!(p1.len(), 1);
+    assert_eq!(training::finetune::checkpointed_history(dir.path()).len(), 2);
+
+    // Resuming a finished run replays its epochs to the observer, trains nothing and restores the same weights.
+    let (again, resumed) = run_fine_tune(dir.path(), &training::Recipe::TwoPhase, 1, 2, true);
+    assert_eq!(again.ended, seen.ended);
+    assert!(again.started.is_empty() && again.batches.is_empty(), "{again:?}");
+    assert_eq!(resumed, state);
+
+    // A plain fit with one phase checkpoints in the folder itself.
+    let plain = tempfile::tempdir().unwrap();
+    let (seen, _) = run_fine_tune(plain.path(), &training::Recipe::Plain(Schedule::Constant), 2, 0, false);
+    assert_eq!(seen.ended, [(1, 0), (1, 1)]);
+    assert!(plain.path().join("last.json").is_file() && !plain.path().join("phase1").exists());
+}

@@ -100,17 +100,22 @@ fn weights_path(model: &str) -> Option<PathBuf> {
 }
 
 fn load_model(model: &str) -> anyhow::Result<(Box<dyn Backbone>, String)> {
-    let (store, note) = match weights_path(model) {
-        Some(p) => (
-            ParamStore::from_safetensors(&p, DType::F32, &Device::Cpu)?,
-            format!("weights {}", p.display()),
-        ),
-        None => (
-            ParamStore::empty(DType::F32, &Device::Cpu),
-            "no weights file: default-initialised".to_string(),
-        ),
+    let (b, note) = match weights_path(model) {
+        Some(p) => {
+            let source = backbones::WeightsSource::File(p.clone());
+            let b = backbones::pretrained(model, &source, &Device::Cpu)
+                .with_context(|| format!("cannot build {model}"))?
+                .backbone;
+            (b, format!("weights {}", p.display()))
+        }
+        None => {
+            let store = ParamStore::empty(DType::F32, &Device::Cpu);
+            let b = backbones::zoo::build(model, &store).with_context(|| format!("cannot build {model}"))?;
+            (b, "no weights file: default-initialised".to_string())
+        }
     };
-    let b = backbones::zoo::build(model, &store).with_context(|| format!("cannot build {model}"))?;
+    // Training steps measure BatchNorm with batch statistics, as a fresh store has it.
+    b.store().set_batchnorm_train(true);
     Ok((b, note))
 }
 

@@ -10,7 +10,6 @@ use heads::Head;
 use training::{ClassificationReport, Model};
 
 use super::inputs::{self, FeatureSpec, Features};
-use super::model::load_model;
 use super::train::best_path;
 use crate::error::UsageError;
 use crate::summary::{EvalSummary, WrongExample};
@@ -64,7 +63,7 @@ impl Scored {
         for batch in loader.epoch(0) {
             let b = batch?;
             let backbone = model.backbone.context("scoring images needs a backbone")?;
-            let features = super::model::head_input(backbone, model.head, &b.images)?;
+            let features = training::export::head_input(backbone, model.head, &b.images)?;
             let p = model.head.predict_proba(&features)?;
             out.scores.extend(p.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
             for &i in &b.indices {
@@ -79,22 +78,9 @@ impl Scored {
 /// The evaluation summary and the most confidently wrong images (most confident first).
 pub fn summarize(s: &Scored, classes: &[String]) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
     let report = ClassificationReport::from_scores(&s.scores, &s.labels, classes);
-    let confusion = report
-        .confusion
-        .iter()
-        .map(|r| r.iter().map(|&c| c as u64).collect())
-        .collect();
     // Mean negative log-likelihood of the true class (cross-entropy; for one sigmoid output, BCE).
-    let n = s.labels.len().max(1) as f64;
-    let loss = s
-        .scores
-        .iter()
-        .zip(&s.labels)
-        .map(|(p, &l)| -(p[l].max(1e-12) as f64).ln())
-        .sum::<f64>()
-        / n;
-    let mut eval = EvalSummary::from_confusion(classes.to_vec(), confusion, Some(loss));
-    eval.roc_auc = report.roc_auc;
+    let loss = training::metrics::log_loss(&s.scores, &s.labels);
+    let eval = EvalSummary::from_report(classes.to_vec(), &report, Some(loss));
     let mut wrong: Vec<WrongExample> = s
         .scores
         .iter()
@@ -130,7 +116,7 @@ pub fn evaluate(
         ))
         .into());
     }
-    let model = load_model(&best, device)?;
+    let model = training::export::load(&best, device)?;
     let classes = model.meta.classes.clone();
     let dataset = data::open(data_path).map_err(|e| UsageError(format!("--data: {e}")))?;
     let (dataset, dropped) = dataset

@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use candle_core::{Device, Tensor};
 
-use super::model::{read_model_file, write_model_file};
 use super::train::best_path;
 use crate::error::UsageError;
+use training::export;
 
 /// Write the run's best model, with its backbone tensors, to `out`.
 pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
@@ -29,7 +29,7 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
             .into());
         }
     }
-    let (mut meta, tensors) = read_model_file(&best, &Device::Cpu)?;
+    let (mut meta, tensors) = export::read(&best, &Device::Cpu)?;
     let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
     if !meta.backbone_included {
         let w = meta
@@ -37,7 +37,7 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
             .as_ref()
             .with_context(|| format!("{} records no backbone weights", best.display()))?;
         // Loading checks the recorded sha256 and that the tensors fit the architecture.
-        let model = super::model::load_model(&best, &Device::Cpu).with_context(|| {
+        let model = export::load(&best, &Device::Cpu).with_context(|| {
             format!(
                 "cannot rebuild the model of {} (weights {})",
                 run_dir.display(),
@@ -50,5 +50,5 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
         meta.backbone_included = true;
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    write_model_file(out, &meta, tensors).map_err(|e| UsageError(format!("--out {}: {e:#}", out.display())).into())
+    export::write(out, &meta, tensors).map_err(|e| UsageError(format!("--out {}: {e}", out.display())).into())
 }

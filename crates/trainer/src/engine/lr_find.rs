@@ -5,27 +5,27 @@ use heads::{Head, HeadConfig, Task};
 use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use training::{LossConfig, Optimizer, ParamGroup};
+use training::{LossConfig, LrFinderResult, ParamGroup};
 
 use super::inputs::{self, FeatureSpec};
-use super::train::{device_of, model_spec, resolve_weights};
+use super::train::{device_of, optimizer, pretrained};
 use crate::backend::Context;
 use crate::cli::LrFindArgs;
 use crate::error::UsageError;
 
-/// `(lr, loss)` of each step of the sweep (raw batch losses).
-pub fn lr_find(ctx: Context, args: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>> {
+/// The sweep (`training::lr_find`) with the chosen optimizer: each step's rate and raw batch loss, and the
+/// library's suggestion.
+pub fn lr_find(ctx: Context, args: &LrFindArgs) -> anyhow::Result<LrFinderResult> {
     if args.batch_size == 0 {
         return Err(UsageError("--batch-size must be at least 1".into()).into());
     }
-    let spec = model_spec(&args.model)?;
     let device = device_of(ctx.device)?;
     let dataset = data::open(&args.data).map_err(|e| UsageError(format!("--data: {e}")))?;
     dataset
         .check_trainable()
         .map_err(|e| UsageError(format!("--data: {e}")))?;
-    let weights = resolve_weights(&spec, args.weights.as_deref())?;
-    let backbone = super::model::load_pretrained(&spec, &weights.path, &device)?;
+    let (pretrained, weights) = pretrained(&args.model, args.weights.as_deref(), &device)?;
+    let (spec, backbone) = (pretrained.spec, pretrained.backbone);
     let cfg = HeadConfig::linear(Task::MultiClass, dataset.classes.clone(), backbone.num_features());
     let f = inputs::features(
         &inputs::cache_dir(),
@@ -48,14 +48,15 @@ pub fn lr_find(ctx: Context, args: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)
         &mut |_, _, _| {},
     )?;
     let head = Head::seeded(cfg, &device, ctx.seed)?;
-    let mut opt = training::Adam::new(
+    let mut opt = optimizer(
+        args.optimizer,
+        args.momentum,
+        args.weight_decay,
         vec![ParamGroup::new("head", head.vars(), 1.0)],
-        training::AdamConfig::adamw(),
     )?;
     let n = f.x.dim(0)?;
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
     let mut order: Vec<u32> = Vec::new();
-    let mut points = Vec::new();
     let sweep = training::LrFinderConfig {
         start_lr: args.start_lr,
         end_lr: args.end_lr,
@@ -77,8 +78,7 @@ pub fn lr_find(ctx: Context, args: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)
         let (loss, _, _) = training::batch_loss(Task::MultiClass, &logits, &y, &loss_cfg)?;
         let l = loss.to_scalar::<f32>()?;
         opt.step(&loss.backward()?)?;
-        points.push((lr, l as f64));
         Ok(l)
-    })?;
-    Ok(points)
+    })
+    .map_err(Into::into)
 }

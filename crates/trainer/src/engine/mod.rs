@@ -4,7 +4,6 @@ pub mod evaluate;
 pub mod export;
 pub mod inputs;
 pub mod lr_find;
-pub mod model;
 pub mod predict;
 pub mod train;
 
@@ -75,7 +74,7 @@ impl Backend for Graft {
         })
     }
 
-    fn lr_find(&self, ctx: Context, args: &LrFindArgs) -> anyhow::Result<Vec<(f64, f64)>> {
+    fn lr_find(&self, ctx: Context, args: &LrFindArgs) -> anyhow::Result<training::LrFinderResult> {
         lr_find::lr_find(ctx, args)
     }
 }

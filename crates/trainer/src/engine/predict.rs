@@ -8,14 +8,14 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::model::{load_model, LoadedModel};
 use super::train::best_path;
 use crate::backend::ModelSource;
 use crate::error::UsageError;
 use crate::predict_out::{ClassProb, FilePrediction};
+use training::export::{self, ExportedModel};
 
 /// Load the model `source` names.
-pub fn load_source(source: &ModelSource, device: &Device) -> anyhow::Result<LoadedModel> {
+pub fn load_source(source: &ModelSource, device: &Device) -> anyhow::Result<ExportedModel> {
     match source {
         ModelSource::Run(dir) => {
             let best = best_path(dir);
@@ -26,9 +26,9 @@ pub fn load_source(source: &ModelSource, device: &Device) -> anyhow::Result<Load
                 ))
                 .into());
             }
-            load_model(&best, device)
+            Ok(export::load(&best, device)?)
         }
-        ModelSource::File(f) => load_model(f, device).map_err(|e| UsageError(format!("--model: {e:#}")).into()),
+        ModelSource::File(f) => export::load(f, device).map_err(|e| UsageError(format!("--model: {e}")).into()),
     }
 }
 
@@ -45,7 +45,7 @@ fn prepare(path: &std::path::Path, pipeline: &Pipeline, tta: bool) -> Result<Vec
 
 /// Top-`top_k` predictions for each file, in order; unreadable files get their error.
 pub fn predict(
-    model: &LoadedModel,
+    model: &ExportedModel,
     device: &Device,
     files: &[PathBuf],
     top_k: usize,
@@ -110,7 +110,35 @@ pub fn predict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::tests::tiny_model;
+    use backbones::ParamStore;
+    use candle_core::DType;
+    use heads::{Head, HeadConfig, Task};
+    use training::export::ModelMeta;
+
+    /// A resnet18 with zero weights except a random first conv, and a seeded 3-class linear head.
+    fn tiny_model() -> ExportedModel {
+        let dev = Device::Cpu;
+        let store = ParamStore::empty(DType::F32, &dev);
+        let backbone = backbones::zoo::build("resnet18", &store).unwrap();
+        let conv = store.params().into_iter().find(|p| p.name() == "conv1.weight").unwrap();
+        conv.set(&Tensor::randn(0f32, 0.1, conv.tensor().dims(), &dev).unwrap())
+            .unwrap();
+        let spec = backbones::registry::get("resnet18").unwrap();
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let head_cfg = HeadConfig::linear(Task::MultiClass, classes.clone(), backbone.num_features());
+        let head = Head::seeded(head_cfg.clone(), &dev, 7).unwrap();
+        let meta = ModelMeta {
+            model: spec.name.clone(),
+            architecture: spec.architecture.clone(),
+            classes,
+            preprocess: spec.preprocess.clone(),
+            head: head_cfg,
+            mode: "fine-tune".into(),
+            weights: None,
+            backbone_included: true,
+        };
+        ExportedModel { meta, backbone, head }
+    }
 
     #[test]
     fn unreadable_files_are_reported_and_the_others_predicted() {

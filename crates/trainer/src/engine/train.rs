@@ -1,12 +1,12 @@
 //! `trainer train`: the head on cached features of the frozen backbone (feature extraction), or fine-tuning
 //! (fastai's two phases by default: the head on frozen features, then unfrozen stages at lower rates), with
-//! per-epoch atomic checkpoints and exact resume.
+//! per-epoch atomic checkpoints and exact resume — all through `training::fine_tune_observed`.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
+use backbones::pretrained::{Pretrained, WeightsSource};
 use backbones::{Backbone, ModelSpec};
 use candle_core::{Device, Tensor};
 use heads::{Head, HeadConfig, InputKind, Task};
@@ -14,12 +14,15 @@ use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use training::{EpochRecord, FitConfig, FitResult, LossConfig, Model, Optimizer, ParamGroup, Schedule};
+use training::export::{ModelMeta, WeightsRef};
+use training::{
+    BatchProgress, Batches, EpochRecord, FineTuneConfig, FitConfig, FitObserver, LossConfig, Model, Optimizer,
+    ParamGroup, PhaseData, Recipe, Schedule,
+};
 
 use super::evaluate::{summarize, Scored};
 use super::inputs::{self, FeatureSpec, Features, Sets};
-use super::model::{save_model, ModelMeta, WeightsRef};
-use crate::backend::{BatchStats, TrainObserver};
+use crate::backend::TrainObserver;
 use crate::config::TrainConfig;
 use crate::error::UsageError;
 use crate::spec::{Augment, HeadSpec, Mode, OptimizerKind, Pooling, SchedulerSpec, Unfreeze};
@@ -53,19 +56,34 @@ pub fn model_spec(name: &str) -> anyhow::Result<ModelSpec> {
     backbones::registry::get(name).map_err(|e| UsageError(format!("--model: {e}")).into())
 }
 
+/// A backbones error about the `--weights` file the user named is a usage error.
+fn weights_error(explicit: Option<&Path>, e: backbones::Error) -> anyhow::Error {
+    match (explicit, &e) {
+        (Some(_), backbones::Error::Weights { .. }) => UsageError(format!("--weights: {e}")).into(),
+        _ => e.into(),
+    }
+}
+
 /// Resolve the pretrained weights (explicit file, Hub cache or download) and hash them.
 pub fn resolve_weights(spec: &ModelSpec, explicit: Option<&Path>) -> anyhow::Result<WeightsRef> {
-    let opts = backbones::hub::DownloadOptions::from_env();
-    let path = backbones::weights::resolve(spec, explicit, &opts).map_err(|e| -> anyhow::Error {
-        if explicit.is_some() {
-            UsageError(format!("--weights: {e}")).into()
-        } else {
-            e.into()
-        }
-    })?;
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let sha256 = backbones::weights::file_sha256(&path)?;
-    Ok(WeightsRef { path, sha256 })
+    let w = backbones::pretrained::resolve(spec, &WeightsSource::file_or_hub(explicit))
+        .map_err(|e| weights_error(explicit, e))?;
+    Ok(WeightsRef {
+        path: w.path,
+        sha256: w.sha256,
+    })
+}
+
+/// `--model` built from `--weights` (or the Hub) on `device`: one call to `backbones::pretrained`.
+pub fn pretrained(name: &str, explicit: Option<&Path>, device: &Device) -> anyhow::Result<(Pretrained, WeightsRef)> {
+    model_spec(name)?;
+    let p = backbones::pretrained(name, &WeightsSource::file_or_hub(explicit), device)
+        .map_err(|e| weights_error(explicit, e))?;
+    let w = WeightsRef {
+        path: p.weights.clone(),
+        sha256: p.sha256.clone(),
+    };
+    Ok((p, w))
 }
 
 /// The device of `cfg`.
@@ -74,32 +92,42 @@ pub fn device_of(spec: crate::spec::DeviceSpec) -> anyhow::Result<Device> {
         .map_err(|e| UsageError(format!("--device {spec}: {}", crate::config::one_line(&e.to_string()))).into())
 }
 
-/// The optimizer `cfg` names over `groups`.
-pub fn make_optimizer(cfg: &TrainConfig, groups: Vec<ParamGroup>) -> training::Result<Box<dyn Optimizer>> {
-    Ok(match cfg.optimizer {
+/// The optimizer `kind` with its settings over `groups`.
+pub fn optimizer(
+    kind: OptimizerKind,
+    momentum: f64,
+    weight_decay: f64,
+    groups: Vec<ParamGroup>,
+) -> training::Result<Box<dyn Optimizer>> {
+    Ok(match kind {
         OptimizerKind::Sgd => Box::new(training::Sgd::new(
             groups,
             training::SgdConfig {
-                momentum: cfg.momentum,
+                momentum,
                 nesterov: false,
-                weight_decay: cfg.weight_decay,
+                weight_decay,
             },
         )?),
         OptimizerKind::Adam => Box::new(training::Adam::new(
             groups,
             training::AdamConfig {
-                weight_decay: cfg.weight_decay,
+                weight_decay,
                 ..training::AdamConfig::adam()
             },
         )?),
         OptimizerKind::AdamW => Box::new(training::Adam::new(
             groups,
             training::AdamConfig {
-                weight_decay: cfg.weight_decay,
+                weight_decay,
                 ..training::AdamConfig::adamw()
             },
         )?),
     })
+}
+
+/// The optimizer `cfg` names over `groups`.
+pub fn make_optimizer(cfg: &TrainConfig, groups: Vec<ParamGroup>) -> training::Result<Box<dyn Optimizer>> {
+    optimizer(cfg.optimizer, cfg.momentum, cfg.weight_decay, groups)
 }
 
 /// The schedule `spec` over `epochs` epochs of `steps` optimizer steps.
@@ -210,113 +238,83 @@ fn feature_batches(
         .collect()
 }
 
-fn row(r: &EpochRecord, offset: usize, has_val: bool) -> EpochRow {
-    EpochRow {
-        epoch: r.epoch + 1 + offset,
-        train_loss: r.train_loss,
-        train_acc: r.train_acc,
-        val_loss: has_val.then_some(r.val_loss),
-        val_acc: has_val.then_some(r.val_acc),
-        lr: r.lr,
-        seconds: r.seconds,
+/// The run's batches: cached features in phase 1, images from the loaders in phase 2.
+struct RunData<'a> {
+    train_features: Option<&'a Features>,
+    val_features: Option<&'a Features>,
+    train_loader: Option<&'a data::Loader>,
+    val_loader: Option<&'a data::Loader>,
+    batch_size: usize,
+    seed: u64,
+}
+
+fn boxed<'a>(batches: training::Result<Vec<(Tensor, Tensor)>>) -> Batches<'a> {
+    match batches {
+        Ok(v) => Box::new(v.into_iter().map(Ok)),
+        Err(e) => Box::new(std::iter::once(Err(e))),
     }
 }
 
-/// Epochs already recorded by the checkpoint in `dir` (for replaying them to the observer on resume).
-fn checkpointed_history(dir: &Path) -> Vec<EpochRecord> {
-    std::fs::read(training::checkpoint::meta_path(dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<training::CheckpointMeta>(&b).ok())
-        .map(|m| m.history)
-        .unwrap_or_default()
+fn loader_batches(loader: Option<&data::Loader>, epoch: u64) -> Batches<'_> {
+    let to_pair = |b: data::Result<data::Batch>| {
+        b.map(|b| (b.images, b.labels))
+            .map_err(|e| training::Error::Config(e.to_string()))
+    };
+    Box::new(loader.into_iter().flat_map(move |l| l.epoch(epoch)).map(to_pair))
 }
 
-/// Everything a phase of training shares.
-struct Job<'a> {
-    cfg: &'a TrainConfig,
-    has_val: bool,
-    total_epochs: usize,
-    observer: RefCell<&'a mut dyn TrainObserver>,
-    rows: RefCell<Vec<EpochRow>>,
-}
-
-impl Job<'_> {
-    fn info(&self, message: &str) {
-        self.observer.borrow_mut().info(message);
+impl PhaseData for RunData<'_> {
+    fn phase1_features(&self) -> bool {
+        true
     }
-
-    /// Run `fit` for a phase whose epochs are numbered from `offset + 1`, checkpointing in `dir`.
-    #[allow(clippy::too_many_arguments)]
-    fn fit_phase<TB, TI, VB, VI>(
-        &self,
-        model: Model<'_>,
-        optimizer: &mut dyn Optimizer,
-        schedule: &Schedule,
-        epochs: usize,
-        offset: usize,
-        seed: u64,
-        dir: PathBuf,
-        loss: &LossConfig,
-        batches_per_epoch: usize,
-        mut train: TB,
-        val: VB,
-    ) -> anyhow::Result<FitResult>
-    where
-        TB: FnMut(usize) -> TI,
-        TI: IntoIterator<Item = training::Result<(Tensor, Tensor)>>,
-        VB: FnMut(usize) -> VI,
-        VI: IntoIterator<Item = training::Result<(Tensor, Tensor)>>,
-    {
-        let resume = self.cfg.resume.is_some();
-        if resume {
-            for r in checkpointed_history(&dir) {
-                let row = row(&r, offset, self.has_val);
-                self.rows.borrow_mut().push(row.clone());
-                self.observer.borrow_mut().epoch_ended(&row)?;
-            }
+    fn steps_per_epoch(&self, phase: u8) -> usize {
+        match phase {
+            1 => self
+                .train_features
+                .map_or(0, |f| f.x.dims()[0].div_ceil(self.batch_size)),
+            _ => self.train_loader.map_or(0, |l| l.num_batches()),
         }
-        let fit_cfg = FitConfig {
-            epochs,
-            patience: self.cfg.patience,
-            seed,
-            checkpoint_dir: Some(dir),
-            resume,
-            loss: loss.clone(),
-            restore_best: true,
-        };
-        let total = self.total_epochs;
-        let result = training::fit_observed(
-            model,
-            optimizer,
-            schedule,
-            &fit_cfg,
-            |epoch| {
-                self.observer
-                    .borrow_mut()
-                    .epoch_started(epoch + 1 + offset, total, batches_per_epoch);
-                train(epoch)
-            },
-            val,
-            |r| {
-                let row = row(r, offset, self.has_val);
-                self.rows.borrow_mut().push(row.clone());
-                self.observer
-                    .borrow_mut()
-                    .epoch_ended(&row)
-                    .map_err(|e| training::Error::Config(format!("{e:#}")))
-            },
-            &mut |p| {
-                self.observer.borrow_mut().batch(&BatchStats {
-                    epoch: p.epoch + 1 + offset,
-                    batch: p.batch + 1,
-                    batches: batches_per_epoch,
-                    loss: p.mean_loss,
-                    accuracy: p.accuracy,
-                    samples: p.samples,
-                })
-            },
-        )?;
-        Ok(result)
+    }
+    fn train(&self, phase: u8, epoch: usize) -> Batches<'_> {
+        match (phase, self.train_features) {
+            (1, Some(f)) => boxed(feature_batches(f, self.batch_size, Some((self.seed, epoch)))),
+            (1, None) => Box::new(std::iter::empty()),
+            _ => loader_batches(self.train_loader, epoch as u64),
+        }
+    }
+    fn val(&self, phase: u8, _epoch: usize) -> Batches<'_> {
+        match (phase, self.val_features) {
+            (1, Some(f)) => boxed(feature_batches(f, self.batch_size, None)),
+            (1, None) => Box::new(std::iter::empty()),
+            _ => loader_batches(self.val_loader, 0),
+        }
+    }
+}
+
+/// The library's progress as the CLI's: epochs and batches from 1, rows without validation figures when there is
+/// no validation data, `metrics.csv` rows kept for the outcome.
+struct Progress<'a> {
+    observer: &'a mut dyn TrainObserver,
+    epochs: usize,
+    has_val: bool,
+    batches: usize,
+    rows: Vec<EpochRow>,
+}
+
+impl FitObserver for Progress<'_> {
+    fn epoch_started(&mut self, epoch: usize, steps: usize) {
+        self.batches = steps;
+        self.observer.epoch_started(epoch + 1, self.epochs, steps);
+    }
+    fn batch(&mut self, p: &BatchProgress) {
+        self.observer.batch(p, self.batches);
+    }
+    fn epoch_ended(&mut self, _phase: u8, r: &EpochRecord) -> training::Result<()> {
+        let row = EpochRow::from_record(r, self.has_val);
+        self.rows.push(row.clone());
+        self.observer
+            .epoch_ended(&row)
+            .map_err(|e| training::Error::Config(format!("{e:#}")))
     }
 }
 
@@ -325,7 +323,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     let spec = model_spec(&cfg.model)?;
     let device = device_of(cfg.device)?;
     let Sets { train, val } = inputs::open_sets(cfg)?;
-    let weights = resolve_weights(&spec, cfg.weights.as_deref())?;
+    let (pretrained, weights) = pretrained(&cfg.model, cfg.weights.as_deref(), &device)?;
     let info = RunInfo {
         model: spec.name.clone(),
         weights: weights.clone(),
@@ -355,10 +353,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     }
     crate::atomic::write_atomic(&info_path, serde_json::to_string_pretty(&info)?.as_bytes())?;
 
-    let backbone = super::model::load_pretrained(&spec, &weights.path, &device)?;
+    let backbone = pretrained.backbone;
     let head_cfg = head_config(cfg, &spec, backbone.as_ref(), &train.classes, &weights, &device)?;
     let head = Head::seeded(head_cfg.clone(), &device, cfg.seed)?;
-    let loss = loss_config(cfg, &train);
     let has_val = val.is_some();
     // Fine-tuning's `epochs` include the head-only ones (phase 1); the rest train unfrozen (phase 2).
     let freeze_epochs = match cfg.mode {
@@ -366,21 +363,22 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         Mode::FineTune => cfg.freeze_epochs.min(cfg.epochs),
     };
     let unfrozen_epochs = cfg.epochs - freeze_epochs;
-    let job = Job {
-        cfg,
-        has_val,
-        total_epochs: cfg.epochs,
-        observer: RefCell::new(observer),
-        rows: RefCell::new(Vec::new()),
+    let fine_tuned = cfg.mode == Mode::FineTune && unfrozen_epochs > 0;
+    let unfreeze = match (cfg.mode, cfg.unfreeze) {
+        (Mode::FeatureExtract, _) => training::Unfreeze::None,
+        (_, None | Some(Unfreeze::All)) => training::Unfreeze::All,
+        (_, Some(Unfreeze::Last(n))) => training::Unfreeze::Last(n),
     };
+    if fine_tuned {
+        // A bad --unfreeze is the user's mistake: say so before any work.
+        training::set_trainable(backbone.as_ref(), unfreeze, cfg.train_bn)
+            .map_err(|e| UsageError(format!("--unfreeze: {e}")))?;
+        training::set_trainable(backbone.as_ref(), training::Unfreeze::None, false)?;
+    }
     let cache = inputs::cache_dir();
-    let head_model = Model {
-        backbone: None,
-        head: &head,
-    };
 
-    // Phase 1 (or all of feature extraction): the head on cached features of the frozen backbone.
-    let mut val_features = None;
+    // Phase 1's data (or all of feature extraction's): cached features of the frozen backbone.
+    let (mut train_features, mut val_features) = (None, None);
     if freeze_epochs > 0 {
         let (name, pipeline, views) = match cfg.augment {
             Augment::None => (
@@ -408,8 +406,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             seed: cfg.seed,
         };
         let t0 = Instant::now();
-        let mut progress =
-            |task: &str, done: usize, total: usize| job.observer.borrow_mut().progress(task, done, total);
+        let mut progress = |task: &str, done: usize, total: usize| observer.progress(task, done, total);
         let tf = inputs::features(
             &cache,
             &train,
@@ -430,7 +427,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             None => None,
         };
         let hit = tf.hit && vf.as_ref().is_none_or(|v| v.hit);
-        job.info(&format!(
+        observer.info(&format!(
             "feature cache: {} ({} train rows, {} val rows, {:.1} s, {})",
             if hit { "hit" } else { "miss" },
             tf.x.dim(0)?,
@@ -438,74 +435,14 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             t0.elapsed().as_secs_f64(),
             cache.display()
         ));
-        let steps = tf.x.dim(0)?.div_ceil(cfg.batch_size);
-        let mut opt = make_optimizer(cfg, vec![ParamGroup::new("head", head.vars(), cfg.lr)])?;
-        let (sched, dir) = match cfg.mode {
-            Mode::FeatureExtract => (schedule(cfg.scheduler, cfg.epochs, steps), run_dir.to_path_buf()),
-            // fastai's phase 1: one cycle on the head (pct_start 0.99).
-            Mode::FineTune => (
-                Schedule::OneCycle {
-                    total_steps: (freeze_epochs * steps).max(1),
-                    pct_start: 0.99,
-                    div: 25.0,
-                    final_div: 1e5,
-                },
-                run_dir.join("phase1"),
-            ),
-        };
-        let (seed, bs) = (cfg.seed, cfg.batch_size);
-        job.fit_phase(
-            head_model,
-            opt.as_mut(),
-            &sched,
-            freeze_epochs,
-            0,
-            seed,
-            dir,
-            &loss,
-            steps,
-            |epoch| {
-                feature_batches(&tf, bs, Some((seed, epoch)))
-                    .map_or_else(|e| vec![Err(e)], |v| v.into_iter().map(Ok).collect())
-            },
-            |_| match &vf {
-                Some(vf) => {
-                    feature_batches(vf, bs, None).map_or_else(|e| vec![Err(e)], |v| v.into_iter().map(Ok).collect())
-                }
-                None => Vec::new(),
-            },
-        )?;
+        train_features = Some(tf);
         val_features = vf;
     }
 
-    // Phase 2 of fine-tuning: unfreeze and train on images.
-    let fine_tuned = cfg.mode == Mode::FineTune && unfrozen_epochs > 0;
-    let model = Model {
-        backbone: Some(backbone.as_ref()),
-        head: &head,
-    };
-    let mut scored = None;
+    // Phase 2's data: images.
+    let (mut train_loader, mut val_loader) = (None, None);
     if fine_tuned {
-        let unfreeze = match cfg.unfreeze {
-            None | Some(Unfreeze::All) => training::Unfreeze::All,
-            Some(Unfreeze::Last(n)) => training::Unfreeze::Last(n),
-        };
-        training::set_trainable(backbone.as_ref(), unfreeze, cfg.train_bn)
-            .map_err(|e| UsageError(format!("--unfreeze: {e}")))?;
-        let two_phase = freeze_epochs > 0;
-        let (head_lr, mult) = if two_phase {
-            (cfg.lr / 2.0, 100.0)
-        } else {
-            (cfg.lr, 1.0)
-        };
-        let mut groups = training::discriminative_groups(model, head_lr, mult);
-        // Stage names may clash with the head's group (EfficientNet has a `head` stage).
-        let last = groups.len() - 1;
-        for g in &mut groups[..last] {
-            g.name = format!("backbone.{}", g.name);
-        }
-        let mut opt = make_optimizer(cfg, groups)?;
-        let train_ld = inputs::loader(
+        train_loader = Some(inputs::loader(
             &train,
             inputs::train_pipeline(cfg.augment, &spec.preprocess),
             cfg.batch_size,
@@ -513,9 +450,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             cfg.seed,
             cfg.strict,
             &device,
-        )?;
-        let val_ld = match &val {
-            Some(v) => Some(inputs::loader(
+        )?);
+        if let Some(v) = &val {
+            val_loader = Some(inputs::loader(
                 v,
                 data::transforms::Pipeline::eval(&spec.preprocess),
                 cfg.batch_size,
@@ -523,46 +460,73 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
                 cfg.seed,
                 cfg.strict,
                 &device,
-            )?),
-            None => None,
-        };
-        let steps = train_ld.num_batches();
-        let sched = match (two_phase, cfg.scheduler) {
-            // fastai's phase 2: one cycle (pct_start 0.3, div 5).
-            (true, _) => Schedule::OneCycle {
-                total_steps: (unfrozen_epochs * steps).max(1),
-                pct_start: 0.3,
-                div: 5.0,
-                final_div: 1e5,
-            },
-            (false, s) => schedule(s, unfrozen_epochs, steps),
-        };
-        let offset = freeze_epochs;
-        let to_pair = |b: data::Result<data::Batch>| {
-            b.map(|b| (b.images, b.labels))
-                .map_err(|e| training::Error::Config(e.to_string()))
-        };
-        job.fit_phase(
-            model,
-            opt.as_mut(),
-            &sched,
-            unfrozen_epochs,
-            offset,
-            cfg.seed.wrapping_add(1),
-            run_dir.to_path_buf(),
-            &loss,
-            steps,
-            |epoch| train_ld.epoch((offset + epoch) as u64).map(to_pair),
-            |_| val_ld.iter().flat_map(|l| l.epoch(0)).map(to_pair).collect::<Vec<_>>(),
-        )?;
-        training::set_trainable(backbone.as_ref(), training::Unfreeze::None, false)?;
-        if let (Some(v), Some(ld)) = (&val, &val_ld) {
-            scored = Some(Scored::from_loader(model, ld, v)?);
+            )?);
         }
-    } else if let (Some(v), Some(vf)) = (&val, &val_features) {
-        scored = Some(Scored::from_features(&head, vf, v, cfg.batch_size)?);
     }
+    let run_data = RunData {
+        train_features: train_features.as_ref(),
+        val_features: val_features.as_ref(),
+        train_loader: train_loader.as_ref(),
+        val_loader: val_loader.as_ref(),
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+    };
+    // Feature extraction and fine-tuning without frozen epochs are plain fits with the chosen scheduler; otherwise
+    // fastai's two phases.
+    let (recipe, lr_mult) = match (cfg.mode, freeze_epochs) {
+        (Mode::FeatureExtract, _) => (
+            Recipe::Plain(schedule(cfg.scheduler, cfg.epochs, run_data.steps_per_epoch(1))),
+            1.0,
+        ),
+        (Mode::FineTune, 0) => (
+            Recipe::Plain(schedule(cfg.scheduler, unfrozen_epochs, run_data.steps_per_epoch(2))),
+            1.0,
+        ),
+        (Mode::FineTune, _) => (Recipe::TwoPhase, 100.0),
+    };
+    let ft = FineTuneConfig {
+        freeze_epochs,
+        epochs: unfrozen_epochs,
+        base_lr: cfg.lr,
+        lr_mult,
+        unfreeze,
+        train_bn: cfg.train_bn,
+        steps_per_epoch: 0,
+        fit: FitConfig {
+            epochs: cfg.epochs,
+            patience: cfg.patience,
+            seed: cfg.seed,
+            checkpoint_dir: Some(run_dir.to_path_buf()),
+            resume: cfg.resume.is_some(),
+            loss: loss_config(cfg, &train),
+            restore_best: true,
+        },
+    };
+    let mut progress = Progress {
+        observer,
+        epochs: cfg.epochs,
+        has_val,
+        batches: 0,
+        rows: Vec::new(),
+    };
+    let model = Model {
+        backbone: Some(backbone.as_ref()),
+        head: &head,
+    };
+    training::fine_tune_observed(
+        model,
+        &ft,
+        &recipe,
+        |groups| make_optimizer(cfg, groups),
+        &run_data,
+        &mut progress,
+    )?;
 
+    let scored = match (&val, &val_loader, &val_features) {
+        (Some(v), Some(ld), _) if fine_tuned => Some(Scored::from_loader(model, ld, v)?),
+        (Some(v), _, Some(vf)) => Some(Scored::from_features(&head, vf, v, cfg.batch_size)?),
+        _ => None,
+    };
     let meta = ModelMeta {
         model: spec.name.clone(),
         architecture: spec.architecture.clone(),
@@ -573,7 +537,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         weights: Some(weights),
         backbone_included: fine_tuned,
     };
-    save_model(
+    training::export::save(
         &best_path(run_dir),
         &meta,
         &head,
@@ -586,8 +550,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         }
         None => (None, Vec::new()),
     };
-    let history = job.rows.into_inner();
-    Ok(TrainOutcome { history, eval, wrong })
+    Ok(TrainOutcome {
+        history: progress.rows,
+        eval,
+        wrong,
+    })
 }
 
 #[cfg(test)]

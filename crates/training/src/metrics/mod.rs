@@ -84,6 +84,18 @@ pub fn roc_auc(scores: &[f32], positives: &[bool]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// Mean negative log-likelihood of the true class over rows of class probabilities (cross-entropy; for a
+/// binary task's two columns, BCE), probabilities floored at 1e-12; 0 when empty.
+pub fn log_loss(probabilities: &[Vec<f32>], labels: &[usize]) -> f64 {
+    let n = labels.len().max(1) as f64;
+    probabilities
+        .iter()
+        .zip(labels)
+        .map(|(p, &l)| -(p[l].max(1e-12) as f64).ln())
+        .sum::<f64>()
+        / n
+}
+
 /// Precision, recall and F1 of one class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
