@@ -2,17 +2,18 @@
 //!
 //! Depends on candle-core and image only, so it can be reused by any image-classification project.
 
-pub mod assets;
 pub mod config;
 pub mod csv;
 pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod folder;
+pub mod fsutil;
 pub mod inspect;
 pub mod loader;
 pub mod open;
 pub mod split;
+pub mod text;
 pub mod transforms;
 
 pub use crate::csv::CsvOptions;

@@ -24,6 +24,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A file could not be written.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

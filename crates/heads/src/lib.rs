@@ -10,4 +10,4 @@ pub mod head;
 
 pub use config::{HeadConfig, InputKind, Task};
 pub use error::{Error, Result};
-pub use head::{save_safetensors_atomic, write_atomic, Head};
+pub use head::{save_safetensors_atomic, Head};

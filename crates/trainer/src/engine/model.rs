@@ -130,7 +130,7 @@ pub fn write_model_file(path: &Path, meta: &ModelMeta, tensors: Vec<(String, Ten
     let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(meta)?)]);
     let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(info))
         .with_context(|| format!("cannot serialise {}", path.display()))?;
-    crate::atomic::write_atomic(path, &bytes)?;
+    data::fsutil::write_atomic(path, &bytes)?;
     Ok(())
 }
 

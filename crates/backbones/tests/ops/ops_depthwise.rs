@@ -3,17 +3,10 @@
 use backbones::layers::Padding;
 use backbones::ops::depthwise_conv2d;
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn randn(rng: &mut ChaCha8Rng, shape: &[usize], dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
+use crate::support::{max_diff, randn};
 
 /// candle's grouped convolution on an explicitly zero-padded input.
 fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> Tensor {
@@ -23,22 +16,6 @@ fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> Tensor {
         .pad_with_zeros(3, pad[2], pad[3])
         .unwrap()
         .conv2d(w, 0, stride, 1, c)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar()
         .unwrap()
 }
 

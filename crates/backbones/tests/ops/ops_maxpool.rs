@@ -3,17 +3,10 @@
 use backbones::ops::max_pool2d;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn randn(rng: &mut ChaCha8Rng, shape: &[usize], dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
+use crate::support::{max_diff, randn};
 
 /// Distinct values (a random permutation of 0..n, scaled): no ties, so the max-pool is differentiable.
 fn distinct(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
@@ -37,12 +30,6 @@ fn reference(x: &Tensor, k: usize, s: usize, p: usize) -> Tensor {
         x.clone()
     };
     xp.max_pool2d_with_stride(k, s).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    d.to_dtype(DType::F64).unwrap().to_scalar().unwrap()
 }
 
 #[test]

@@ -103,7 +103,7 @@ fn invalid_model_text_is_a_one_line_error_naming_the_file() {
 /// Preprocessing, feature width, classes and size agree with timm's manifest (for the same Hub id).
 #[test]
 fn registry_matches_timm_manifest() {
-    let Some(path) = data::assets::require("parity/timm_manifest.json") else {
+    let Some(path) = tests::assets::require("parity/timm_manifest.json") else {
         return;
     };
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -1,7 +1,6 @@
 //! The fast CPU convolution and the folded Conv+BN match candle's reference ops, forward and backward.
 
-mod support;
-
+use crate::support::max_abs_diff;
 use backbones::conv::{conv2d, conv2d_bias_act, Epilogue};
 use backbones::fused::conv_bn_act;
 use backbones::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Padding};
@@ -9,7 +8,6 @@ use backbones::ParamStore;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use support::max_abs_diff;
 
 fn rand_t(dims: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
     let n: usize = dims.iter().product();
