@@ -177,6 +177,57 @@ fn data_inspect_strict_fails_on_a_corrupt_image_naming_it() {
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
 }
 
+#[test]
+fn data_inspect_lists_every_problem_then_fails() {
+    use tests::fixtures::{problem_dataset, BAD_FILES, GOOD_FILES};
+    let tmp = tempfile::tempdir().unwrap();
+    problem_dataset(tmp.path()).unwrap();
+    let out = run(trainer().args(["data", "inspect"]).arg(tmp.path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Every unreadable file with its reason, the empty class and the counts, although a class is empty.
+    assert!(text.contains("3 classes, 9 images"), "{text}");
+    for (class, n) in [("bad", BAD_FILES.len()), ("empty_class", 0), ("good", GOOD_FILES.len())] {
+        assert!(
+            text.lines().any(|l| l.trim() == format!("{class}: {n}")),
+            "{class}: {n}\n{text}"
+        );
+    }
+    for name in BAD_FILES {
+        let line = text.lines().find(|l| l.contains("skipped") && l.contains(name));
+        let reason = line.and_then(|l| l.split(&format!("{name}: ")).nth(1));
+        assert!(
+            reason.is_some_and(|r| !r.trim().is_empty()),
+            "{name} with a reason:\n{text}"
+        );
+    }
+    for name in GOOD_FILES {
+        assert!(!text.contains(name), "{name} is readable:\n{text}");
+    }
+    assert!(
+        text.contains("problem: class `empty_class` has no image file"),
+        "{text}"
+    );
+    assert!(text.contains("problem: class `bad` has no readable image"), "{text}");
+    // Then one error line and a non-zero exit.
+    assert_clean_failure(&out, "is not usable for training");
+    assert!(stderr_of(&out).contains("empty_class"), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1));
+
+    // JSON: the same report, machine-readable.
+    let out = run(trainer()
+        .args(["--log-format", "json", "data", "inspect"])
+        .arg(tmp.path()));
+    assert!(!out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["skipped"].as_array().map(Vec::len), Some(BAD_FILES.len()), "{v}");
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(2), "{v}");
+}
+
 fn png(path: &std::path::Path, shade: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     image::RgbImage::from_pixel(8, 8, image::Rgb([shade, 20, 30]))

@@ -1,33 +1,99 @@
-//! Choosing the compute device from a user string (`cpu`, `cuda`, `cuda:N`, `metal`, `auto`).
+//! Choosing the compute device from a user string (`cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`, `auto`).
+//!
+//! [`DeviceSpec`] is the parsed, printable choice (the CLI's `--device` and the `device` of a run's `config.toml`);
+//! [`DeviceSpec::open`] turns it into a candle [`Device`].
+
+use std::fmt;
+use std::str::FromStr;
 
 use candle_core::Device;
 
 use crate::error::{Error, Result};
 
-/// The device named by `spec`: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`, or `auto` (CUDA, then Metal, then CPU).
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let s = spec.trim().to_ascii_lowercase();
-    let (kind, index) = match s.split_once(':') {
-        Some((k, i)) => {
-            let idx = i.parse::<usize>().map_err(|_| {
-                Error::Msg(format!(
-                    "invalid device `{spec}`: the index after `:` must be a number, e.g. cuda:0"
-                ))
-            })?;
-            (k, Some(idx))
+/// A device choice: what `--device` names, before the device is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// CUDA if available, else Metal if available, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU with this ordinal (`cuda`, `gpu`: 0).
+    Cuda(usize),
+    /// The Metal GPU with this ordinal (`metal`, `mps`: 0).
+    Metal(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    /// `cpu`, `cuda`, `cuda:N`, `gpu`, `metal`, `metal:N`, `mps` or `auto`, in any case.
+    fn from_str(spec: &str) -> Result<Self> {
+        let s = spec.trim().to_ascii_lowercase();
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => {
+                let idx = i.parse::<usize>().map_err(|_| {
+                    Error::Msg(format!(
+                        "invalid device `{spec}`: the index after `:` must be a number, e.g. cuda:0"
+                    ))
+                })?;
+                (k, Some(idx))
+            }
+            None => (s.as_str(), None),
+        };
+        match (kind, index) {
+            ("cpu", None) => Ok(Self::Cpu),
+            ("auto", None) => Ok(Self::Auto),
+            ("cuda" | "gpu", i) => Ok(Self::Cuda(i.unwrap_or(0))),
+            ("metal" | "mps", i) => Ok(Self::Metal(i.unwrap_or(0))),
+            ("cpu" | "auto", Some(_)) => Err(Error::Msg(format!("invalid device `{spec}`: `{kind}` takes no index"))),
+            _ => Err(Error::Msg(format!(
+                "invalid device `{spec}`: expected cpu, cuda, cuda:N, metal or auto"
+            ))),
         }
-        None => (s.as_str(), None),
-    };
-    match (kind, index) {
-        ("cpu", None) => Ok(Device::Cpu),
-        ("auto", None) => Ok(auto()),
-        ("cuda", i) => cuda(i.unwrap_or(0)),
-        ("metal", i) => metal(i.unwrap_or(0)),
-        ("cpu" | "auto", Some(_)) => Err(Error::Msg(format!("invalid device `{spec}`: `{kind}` takes no index"))),
-        _ => Err(Error::Msg(format!(
-            "invalid device `{spec}`: expected cpu, cuda, cuda:N, metal or auto"
-        ))),
     }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal(0) => f.write_str("metal"),
+            Self::Metal(n) => write!(f, "metal:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeviceSpec {
+    /// Open the device; `Auto` falls back to the CPU when no accelerator is compiled in, present and usable.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(auto()),
+            Self::Cuda(i) => cuda(i),
+            Self::Metal(i) => metal(i),
+        }
+    }
+}
+
+/// The device named by `spec` (see [`DeviceSpec`]), opened.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    spec.parse::<DeviceSpec>()?.open()
 }
 
 /// The best available device: CUDA, then Metal, then CPU.
@@ -45,21 +111,12 @@ pub fn auto() -> Device {
     Device::Cpu
 }
 
-/// A short name for a device (`cpu`, `cuda:0`, `metal:0`).
-pub fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
-
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device> {
     Device::new_cuda(index).map_err(|e| {
         Error::Msg(format!(
             "cannot open CUDA device {index}: {}",
-            crate::weights::one_line(&e.to_string())
+            data::text::one_line(&e.to_string())
         ))
     })
 }
@@ -76,7 +133,7 @@ fn metal(index: usize) -> Result<Device> {
     Device::new_metal(index).map_err(|e| {
         Error::Msg(format!(
             "cannot open Metal device {index}: {}",
-            crate::weights::one_line(&e.to_string())
+            data::text::one_line(&e.to_string())
         ))
     })
 }
@@ -103,12 +160,32 @@ mod tests {
     }
 
     #[test]
+    fn specs_parse_and_print_back() {
+        for (text, spec, printed) in [
+            ("auto", DeviceSpec::Auto, "auto"),
+            ("CPU", DeviceSpec::Cpu, "cpu"),
+            ("cuda", DeviceSpec::Cuda(0), "cuda:0"),
+            ("gpu", DeviceSpec::Cuda(0), "cuda:0"),
+            ("cuda:1", DeviceSpec::Cuda(1), "cuda:1"),
+            ("mps", DeviceSpec::Metal(0), "metal"),
+            ("metal:2", DeviceSpec::Metal(2), "metal:2"),
+        ] {
+            let parsed: DeviceSpec = text.parse().unwrap();
+            assert_eq!(parsed, spec, "{text}");
+            assert_eq!(parsed.to_string(), printed);
+            assert_eq!(printed.parse::<DeviceSpec>().unwrap(), spec);
+        }
+        assert_eq!(DeviceSpec::default(), DeviceSpec::Auto);
+    }
+
+    #[test]
     fn bad_specs_are_one_line_errors() {
-        for bad in ["gpu", "cuda:x", "cpu:1", "", "cuda:-1", "tpu:0"] {
-            let e = parse_device(bad).unwrap_err().to_string();
-            assert!(e.contains("device") || e.contains("CUDA"), "{bad}: {e}");
+        for bad in ["gpu:x", "tpu", "cuda:x", "cpu:1", "", "cuda:-1", "tpu:0"] {
+            let e = bad.parse::<DeviceSpec>().unwrap_err().to_string();
+            assert!(e.contains("invalid device"), "{bad}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
+        assert!("tpu".parse::<DeviceSpec>().unwrap_err().to_string().contains("cuda:N"));
     }
 
     #[test]
@@ -121,6 +198,5 @@ mod tests {
             let e = parse_device("metal").unwrap_err().to_string();
             assert!(e.contains("--features metal"), "{e}");
         }
-        assert_eq!(device_name(&Device::Cpu), "cpu");
     }
 }

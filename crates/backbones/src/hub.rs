@@ -4,19 +4,21 @@
 //! staging cache (`<cache>/.graft-staging`). Only a file whose byte count, and sha256 where known (the registry's,
 //! or the LFS etag, which *is* the sha256), check out is moved into `<cache>/models--{org}--{name}/blobs/{etag}`
 //! and linked from `snapshots/{commit}/{file}`; `refs/{revision}` is written last, atomically. So a partial or
-//! corrupt download is never where a complete file is expected, and files downloaded by Python are reused.
+//! corrupt download is never where a complete file is expected, and files downloaded by Python are reused. Lookups
+//! and folder names are hf-hub's ([`hf_hub::Cache`], `Repo::folder_name`); every rename is flushed to disk
+//! ([`data::fsutil`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hf_hub::api::tokio::{ApiBuilder, ApiError, Progress};
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::Cache;
 use indicatif::{MultiProgress, ProgressBar};
 
 use crate::error::{Error, Result};
 use crate::registry::ModelSpec;
-use crate::weights::{cached_path_in, file_sha256, hub_cache_dir, repo_folder};
+use crate::weights::{cached_path_in, file_sha256, hub_cache_dir, hub_repo};
 
 /// The Hub endpoint used when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -161,7 +163,7 @@ pub async fn download_async(spec: &ModelSpec, opts: &DownloadOptions, bar: Optio
     };
 
     let staging_root = opts.cache_dir.join(".graft-staging");
-    let repo = Repo::with_revision(spec.hub.repo.clone(), RepoType::Model, spec.hub.revision.clone());
+    let repo = hub_repo(spec);
     let staging_repo = staging_root.join(repo.folder_name());
     // Stale pointers from an interrupted run would make hf-hub skip linking; blobs stay (resumable parts).
     let _ = std::fs::remove_dir_all(staging_repo.join("snapshots"));
@@ -250,11 +252,12 @@ async fn install(
     }
 
     let io = |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
-    let repo_dir = opts.cache_dir.join(repo_folder(&spec.hub.repo));
+    let repo_dir = opts.cache_dir.join(hub_repo(spec).folder_name());
     let blobs = repo_dir.join("blobs");
     std::fs::create_dir_all(&blobs).map_err(|e| io("create", &blobs, e))?;
     let final_blob = blobs.join(&etag);
     std::fs::rename(&blob, &final_blob).map_err(|e| io("move the download to", &final_blob, e))?;
+    data::fsutil::sync_dir(&blobs).map_err(|e| io("flush", &blobs, e))?;
 
     let snap_dir = repo_dir.join("snapshots").join(&commit);
     let pointer = snap_dir.join(&spec.hub.file);
@@ -271,9 +274,14 @@ async fn install(
     let _ = std::fs::remove_file(&tmp_pointer);
     link_or_copy(&final_blob, &tmp_pointer).map_err(|e| io("link", &tmp_pointer, e))?;
     std::fs::rename(&tmp_pointer, &pointer).map_err(|e| io("create", &pointer, e))?;
+    data::fsutil::sync_dir(&pointer_parent).map_err(|e| io("flush", &pointer_parent, e))?;
 
+    // Not hf-hub's `CacheRepo::create_ref`: it truncates the ref in place, and the ref must appear last and whole.
     let ref_path = repo_dir.join("refs").join(&spec.hub.revision);
-    crate::weights::write_atomic(&ref_path, commit.as_bytes()).map_err(|e| io("write", &ref_path, e))?;
+    if let Some(parent) = ref_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
+    }
+    data::fsutil::write_atomic(&ref_path, commit.as_bytes()).map_err(|e| e.to_string())?;
     Ok(pointer)
 }
 

@@ -103,7 +103,7 @@ pub fn load(spec: &ModelSpec, path: &Path, device: &Device) -> Result<Box<dyn Ba
             "weights {} do not fit {}: {}",
             path.display(),
             spec.name,
-            weights::one_line(&e.to_string())
+            data::text::one_line(&e.to_string())
         ))
     })
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     let err = |e: candle_core::Error| Error::Weights {
         path: path.to_path_buf(),
-        reason: crate::weights::one_line(&e.to_string()),
+        reason: data::text::one_line(&e.to_string()),
     };
     for key in [None, Some("state_dict"), Some("model")] {
         match candle_core::pickle::read_all_with_key(path, key) {

@@ -130,11 +130,5 @@ pub fn get(name: &str) -> Result<ModelSpec> {
 
 /// The registered name nearest to `name` by edit distance, when one is reasonably close.
 pub fn nearest(name: &str) -> Option<String> {
-    let lower = name.to_ascii_lowercase();
-    all()
-        .iter()
-        .map(|m| (strsim::levenshtein(&lower, &m.name), &m.name))
-        .min_by_key(|(d, n)| (*d, n.len()))
-        .filter(|(d, n)| *d <= (n.len().max(lower.len()) / 2).max(2))
-        .map(|(_, n)| n.clone())
+    data::text::did_you_mean(name, all().iter().map(|m| m.name.as_str())).map(str::to_string)
 }

@@ -1,10 +1,12 @@
 //! Finding a model's weights file (explicit path, Hugging Face cache, download) and reading it into tensors.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use data::text::one_line;
+use hf_hub::{Cache, Repo, RepoType};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -36,24 +38,37 @@ fn check_readable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The Hub cache root: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn hub_cache_dir() -> PathBuf {
+/// The Hugging Face Hub cache: `HF_HUB_CACHE` when set (hf-hub 0.4 itself reads only `HF_HOME`), else hf-hub's
+/// [`Cache::from_env`] (`HF_HOME/hub`, else `~/.cache/huggingface/hub`).
+pub fn hub_cache() -> Cache {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = var("HF_HUB_CACHE") {
-        return dir;
+        return Cache::new(dir);
     }
-    if let Some(home) = var("HF_HOME") {
-        return home.join("hub");
+    // hf-hub takes an empty HF_HOME literally and panics without a home folder: those cases stay here.
+    let hf_home_unset = std::env::var_os("HF_HOME").is_none();
+    if var("HF_HOME").is_some() || (hf_home_unset && var("HOME").is_some()) {
+        return Cache::from_env();
     }
     let home = var("HOME")
         .or_else(|| var("USERPROFILE"))
         .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("huggingface").join("hub")
+    Cache::new(home.join(".cache").join("huggingface").join("hub"))
+}
+
+/// The Hub cache root (see [`hub_cache`]).
+pub fn hub_cache_dir() -> PathBuf {
+    hub_cache().path().clone()
+}
+
+/// The Hub repository of `spec` at its revision.
+pub(crate) fn hub_repo(spec: &ModelSpec) -> Repo {
+    Repo::with_revision(spec.hub.repo.clone(), RepoType::Model, spec.hub.revision.clone())
 }
 
 /// The cache folder name of a model repository (`timm/resnet18.tv_in1k` → `models--timm--resnet18.tv_in1k`).
 pub fn repo_folder(repo: &str) -> String {
-    format!("models--{}", repo.replace('/', "--"))
+    Repo::model(repo.to_string()).folder_name()
 }
 
 /// The cached weights file of `spec` in the default Hub cache, when present.
@@ -61,21 +76,28 @@ pub fn cached_path(spec: &ModelSpec) -> Option<PathBuf> {
     cached_path_in(spec, &hub_cache_dir())
 }
 
-/// The cached weights file of `spec` under the cache root `cache_dir` (`refs/{revision}` → `snapshots/{commit}`).
+/// The cached weights file of `spec` under the cache root `cache_dir`, looked up with hf-hub's [`Cache`].
 pub fn cached_path_in(spec: &ModelSpec, cache_dir: &Path) -> Option<PathBuf> {
-    let repo_dir = cache_dir.join(repo_folder(&spec.hub.repo));
-    let rev = &spec.hub.revision;
-    let commit = match std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
-        Ok(c) => c.trim().to_string(),
-        // A revision that is itself a commit id has no ref file.
-        Err(_) if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) => rev.clone(),
-        Err(_) => return None,
-    };
-    if commit.is_empty() || commit.contains(['/', '\\']) || commit == ".." {
-        return None;
-    }
-    let path = repo_dir.join("snapshots").join(commit).join(&spec.hub.file);
-    // `is_file` follows symlinks: a dangling link to a removed blob is not a cached file.
+    let repo = hub_repo(spec);
+    let path = Cache::new(cache_dir.to_path_buf())
+        .repo(repo.clone())
+        .get(&spec.hub.file)
+        .or_else(|| {
+            // What hf-hub's lookup does not cover: a ref with a trailing newline (hand-written), and a revision that
+            // is itself a commit id (no ref file).
+            let repo_dir = cache_dir.join(repo.folder_name());
+            let rev = &spec.hub.revision;
+            let commit = match std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
+                Ok(c) => c.trim().to_string(),
+                Err(_) if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) => rev.clone(),
+                Err(_) => return None,
+            };
+            if commit.is_empty() || commit.contains(['/', '\\']) || commit == ".." {
+                return None;
+            }
+            Some(repo_dir.join("snapshots").join(commit).join(&spec.hub.file))
+        })?;
+    // `is_file` follows symlinks: a dangling link to a removed blob (or a folder) is not a cached file.
     path.is_file().then_some(path)
 }
 
@@ -96,27 +118,6 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// Write `bytes` to `path` atomically (a `*.tmp` sibling, then rename), creating the parent folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 /// Every tensor of a weights file with timm's names, floats as float32 (see [`load_tensors_as`]).
@@ -167,12 +168,4 @@ pub fn load_tensors_as(path: &Path, dtype: DType) -> Result<HashMap<String, Tens
 
 fn is_legacy_pickle(head: &[u8]) -> bool {
     head.first() == Some(&0x80)
-}
-
-pub(crate) fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

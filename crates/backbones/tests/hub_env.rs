@@ -16,7 +16,11 @@ fn hf_environment_variables_are_honoured() {
     assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
     assert!(!o.offline && o.token.is_none());
 
+    // An empty HF_HOME counts as unset (hf-hub alone would take it literally: `hub` in the current folder).
+    std::env::set_var("HF_HOME", "");
+    assert_eq!(hub_cache_dir(), PathBuf::from("/home/someone/.cache/huggingface/hub"));
     std::env::set_var("HF_HOME", "/data/hf");
+    assert_eq!(backbones::weights::hub_cache().path(), &PathBuf::from("/data/hf/hub"));
     assert_eq!(hub_cache_dir(), PathBuf::from("/data/hf/hub"));
     std::env::set_var("HF_HUB_CACHE", "/fast/hub-cache");
     assert_eq!(hub_cache_dir(), PathBuf::from("/fast/hub-cache"));

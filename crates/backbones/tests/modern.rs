@@ -14,11 +14,11 @@ mod support;
 
 /// The round-2 fixture `name`: store over its float16 weights (as f32) and the reference tensors.
 fn round2_fixture(name: &str) -> Option<(ParamStore, HashMap<String, Tensor>)> {
-    let index = data::assets::require("parity/round2_index.json")?;
+    let index = tests::assets::require("parity/round2_index.json")?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
     assert!(v.get(name).is_some(), "{name} not in round2_index.json");
-    let weights = data::assets::require(&format!("parity/{name}.weights.safetensors"))?;
-    let reference = data::assets::require(&format!("parity/{name}.reference.safetensors"))?;
+    let weights = tests::assets::require(&format!("parity/{name}.weights.safetensors"))?;
+    let reference = tests::assets::require(&format!("parity/{name}.reference.safetensors"))?;
     let store = ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).unwrap();
     let refs = candle_core::safetensors::load(&reference, &Device::Cpu)
         .unwrap()

@@ -9,7 +9,7 @@ mod support;
 
 /// The round-2 fixture `name` (`resnet18_multiscale` …) as (index entry, weights, reference file).
 fn round2(name: &str) -> Option<(serde_json::Value, std::path::PathBuf, std::path::PathBuf)> {
-    let index = data::assets::require("parity/round2_index.json")?;
+    let index = tests::assets::require("parity/round2_index.json")?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
     let entry = v
         .get(name)
@@ -23,11 +23,11 @@ fn round2(name: &str) -> Option<(serde_json::Value, std::path::PathBuf, std::pat
         .unwrap()
         .to_string();
     let weights = if weights.starts_with("weights/") {
-        data::assets::require(&weights)?
+        tests::assets::require(&weights)?
     } else {
-        data::assets::require(&format!("parity/{weights}"))?
+        tests::assets::require(&format!("parity/{weights}"))?
     };
-    let reference = data::assets::require(&format!("parity/{name}.reference.safetensors"))?;
+    let reference = tests::assets::require(&format!("parity/{name}.reference.safetensors"))?;
     Some((entry, weights, reference))
 }
 

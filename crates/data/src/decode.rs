@@ -83,12 +83,8 @@ fn decode_inner(path: &Path) -> std::result::Result<RgbImage, String> {
 pub fn decode_image(path: &Path) -> Result<RgbImage> {
     decode_inner(path).map_err(|reason| DataError::Decode {
         path: path.to_path_buf(),
-        reason: one_line(&reason),
+        reason: crate::text::one_line(&reason),
     })
-}
-
-pub(crate) fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Decodes `path` under `policy`: `Ok(Some)` on success, `Ok(None)` when skipped (see [`decode_or_skip`] for the
@@ -135,6 +131,6 @@ pub fn image_hw(path: &Path) -> Result<(usize, usize)> {
     };
     inner().map_err(|reason| DataError::Decode {
         path: path.to_path_buf(),
-        reason: one_line(&reason),
+        reason: crate::text::one_line(&reason),
     })
 }

@@ -13,6 +13,14 @@ pub enum DataError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A file could not be written (see [`crate::fsutil`]).
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        /// The destination file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The dataset path does not exist.
     #[error("dataset path {} does not exist", .0.display())]
     NotFound(PathBuf),

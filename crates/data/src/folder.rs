@@ -41,6 +41,16 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 /// Scans an ImageFolder root into a [`Dataset`] (samples sorted by class, then file name).
 pub fn scan_folder(root: &Path) -> Result<Dataset> {
+    scan(root, false)
+}
+
+/// Like [`scan_folder`], but a class folder with no image file is kept as a class with no sample (for reports such
+/// as [`crate::inspect()`], which list every problem instead of stopping at the first).
+pub fn scan_folder_keeping_empty_classes(root: &Path) -> Result<Dataset> {
+    scan(root, true)
+}
+
+fn scan(root: &Path, keep_empty_classes: bool) -> Result<Dataset> {
     if !root.exists() {
         return Err(DataError::NotFound(root.to_path_buf()));
     }
@@ -70,7 +80,7 @@ pub fn scan_folder(root: &Path) -> Result<Dataset> {
                 ignored.not_image += 1;
             }
         }
-        if samples.len() == before {
+        if samples.len() == before && !keep_empty_classes {
             return Err(DataError::EmptyClass { class: name, path });
         }
         classes.push(name);

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use crate::dataset::{Dataset, Ignored};
 use crate::decode::{decode_image, SkippedFile};
 use crate::error::{DataError, Result};
+use crate::folder::scan_folder_keeping_empty_classes;
 use crate::open::open;
 
 /// What [`inspect`] found in a folder or CSV dataset.
@@ -29,9 +30,16 @@ pub struct InspectReport {
 
 /// Opens `path` (folder or `.csv`) and tries to decode every file, in parallel.
 ///
-/// Errors only when the dataset cannot be listed at all (missing path, empty class folder, malformed CSV).
+/// A class folder without image files is reported (a class with no file, see [`InspectReport::problems`]), not an
+/// error, so the report lists every problem at once. Errors only when the dataset cannot be listed at all (missing
+/// path, no class folder, malformed CSV).
 pub fn inspect(path: &Path) -> Result<InspectReport> {
-    Ok(inspect_dataset(&open(path)?))
+    let dataset = if path.is_dir() {
+        scan_folder_keeping_empty_classes(path)?
+    } else {
+        open(path)?
+    };
+    Ok(inspect_dataset(&dataset))
 }
 
 /// Like [`inspect`], for a dataset already opened.
@@ -89,6 +97,36 @@ impl InspectReport {
     pub fn has_unreadable(&self) -> bool {
         !self.unreadable.is_empty()
     }
+
+    /// Classes with no image file at all (an empty class folder).
+    pub fn empty_classes(&self) -> Vec<&str> {
+        self.classes
+            .iter()
+            .zip(&self.counts)
+            .filter(|(_, &n)| n == 0)
+            .map(|(c, _)| c.as_str())
+            .collect()
+    }
+
+    /// What makes the dataset unusable for training, one line each: too few classes, an empty class folder, a class
+    /// whose files are all unreadable. Empty when [`Self::is_usable`].
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.classes.len() < 2 {
+            out.push(format!(
+                "training needs at least 2 classes, found {}",
+                self.classes.len()
+            ));
+        }
+        for ((class, &n), &ok) in self.classes.iter().zip(&self.counts).zip(&self.readable) {
+            if n == 0 {
+                out.push(format!("class `{class}` has no image file"));
+            } else if ok == 0 {
+                out.push(format!("class `{class}` has no readable image (all {n} unreadable)"));
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for InspectReport {
@@ -98,7 +136,9 @@ impl fmt::Display for InspectReport {
         let width = self.classes.iter().map(|c| c.chars().count()).max().unwrap_or(0);
         for ((class, n), ok) in self.classes.iter().zip(&self.counts).zip(&self.readable) {
             let bad = n - ok;
-            let note = if bad > 0 {
+            let note = if *n == 0 {
+                " (empty: no image file)".to_string()
+            } else if bad > 0 {
                 format!(" ({bad} unreadable)")
             } else {
                 String::new()
@@ -122,13 +162,78 @@ impl fmt::Display for InspectReport {
         for s in &self.unreadable {
             writeln!(f, "  {}: {}", s.path.display(), s.reason)?;
         }
-        let verdict = if self.is_usable() {
-            "yes"
-        } else if self.classes.len() < 2 {
-            "no (training needs at least 2 classes)"
+        let problems = self.problems();
+        if problems.is_empty() {
+            write!(f, "usable: yes")
         } else {
-            "no (a class has no readable image)"
-        };
-        write!(f, "usable: {verdict}")
+            write!(f, "usable: no ({})", problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::tests::fixtures::{problem_dataset, BAD_FILES, GOOD_FILES};
+
+    #[test]
+    fn a_problem_folder_is_reported_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        problem_dataset(dir.path()).unwrap();
+        // An empty class folder does not stop the report (opening it for training does).
+        assert!(matches!(open(dir.path()), Err(DataError::EmptyClass { .. })));
+        let report = inspect(dir.path()).unwrap();
+        assert_eq!(report.classes, ["bad", "empty_class", "good"]);
+        assert_eq!(report.counts, [BAD_FILES.len(), 0, GOOD_FILES.len()]);
+        assert_eq!(report.readable, [0, 0, GOOD_FILES.len()], "{:?}", report.unreadable);
+        let mut unreadable: Vec<String> = report
+            .unreadable
+            .iter()
+            .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        unreadable.sort();
+        let mut expected = BAD_FILES.map(String::from).to_vec();
+        expected.sort();
+        assert_eq!(unreadable, expected);
+        assert!(report
+            .unreadable
+            .iter()
+            .all(|s| !s.reason.is_empty() && !s.reason.contains('\n')));
+        assert_eq!(report.empty_classes(), ["empty_class"]);
+        assert!(!report.is_usable() && report.imbalance_ratio().is_none());
+        assert_eq!(
+            report.problems(),
+            [
+                "class `bad` has no readable image (all 4 unreadable)",
+                "class `empty_class` has no image file"
+            ]
+        );
+        let text = report.to_string();
+        for name in BAD_FILES {
+            assert!(
+                text.lines().any(|l| l.contains(name) && l.contains(": ")),
+                "{name}:\n{text}"
+            );
+        }
+        assert!(text.contains("empty_class  0 (empty: no image file)"), "{text}");
+        assert!(text.contains("images: 9 (5 readable)"), "{text}");
+        assert!(text.ends_with("usable: no (class `bad` has no readable image (all 4 unreadable); class `empty_class` has no image file)"), "{text}");
+    }
+
+    #[test]
+    fn a_healthy_folder_has_no_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        problem_dataset(dir.path()).unwrap();
+        std::fs::remove_dir_all(dir.path().join("bad")).unwrap();
+        std::fs::remove_dir(dir.path().join("empty_class")).unwrap();
+        std::fs::create_dir(dir.path().join("more")).unwrap();
+        std::fs::copy(
+            dir.path().join("good").join(GOOD_FILES[2]),
+            dir.path().join("more/copy.png"),
+        )
+        .unwrap();
+        let report = inspect(dir.path()).unwrap();
+        assert!(report.is_usable() && report.problems().is_empty(), "{report}");
+        assert!(report.to_string().ends_with("usable: yes"));
     }
 }

@@ -3,7 +3,6 @@
 //!
 //! Depends on candle-core and image only, so it can be reused by any computer-vision project.
 
-pub mod assets;
 pub mod config;
 pub mod csv;
 pub mod dataset;
@@ -11,6 +10,7 @@ pub mod decode;
 pub mod detect;
 pub mod error;
 pub mod folder;
+pub mod fsutil;
 pub mod inspect;
 pub mod loader;
 pub mod multilabel;
@@ -18,6 +18,7 @@ pub mod open;
 pub mod segment;
 pub mod split;
 pub mod target;
+pub mod text;
 pub mod transforms;
 mod yaml;
 

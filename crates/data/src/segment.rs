@@ -509,7 +509,7 @@ impl SegDataset {
         let path = &self.samples[index].mask;
         let raw = match decode_raw_mask(path) {
             Ok(raw) => raw,
-            Err(reason) => return Ok(Err(crate::decode::one_line(&reason))),
+            Err(reason) => return Ok(Err(crate::text::one_line(&reason))),
         };
         let err = |message: String| DataError::Annotation {
             path: path.clone(),

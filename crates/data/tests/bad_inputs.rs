@@ -8,42 +8,8 @@ use std::path::Path;
 use data::decode::{decode_with_policy, DecodePolicy};
 use data::{decode_image, inspect, open, DataError, TrainVal};
 use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    let mut typed = kind.to_vec();
-    typed.extend_from_slice(body);
-    out.extend_from_slice(&typed);
-    out.extend_from_slice(&crc32(&typed).to_be_bytes());
-}
-
 /// A PNG whose IHDR claims `w×h` RGB8 with a tiny (zlib, empty) body; every CRC is correct.
-fn bomb_png(w: u32, h: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
-    png_chunk(&mut out, b"IEND", &[]);
-    out
-}
+use tests::fixtures::huge_header_png as bomb_png;
 
 fn jpeg_bytes(w: u32, h: u32) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());

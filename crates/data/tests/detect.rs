@@ -205,7 +205,7 @@ fn loader_batches_boxes_with_placements() {
 
 #[test]
 fn real_chess_coco_export() {
-    let Some(root) = data::assets::require("data/chess") else {
+    let Some(root) = tests::assets::require("data/chess") else {
         return;
     };
     let train = open_coco(&root.join("train/_annotations.coco.json"), None).unwrap();

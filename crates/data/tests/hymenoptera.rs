@@ -7,7 +7,7 @@ use data::{decode_image, inspect, open, Loader, LoaderConfig, TrainVal};
 
 #[test]
 fn discovers_classes_and_counts() {
-    let Some(root) = data::assets::require("data/hymenoptera") else {
+    let Some(root) = tests::assets::require("data/hymenoptera") else {
         return;
     };
     let train = open(&root.join("train")).unwrap();
@@ -30,7 +30,7 @@ fn discovers_classes_and_counts() {
 
 #[test]
 fn gif_and_jpeg_extension_decode() {
-    let Some(root) = data::assets::require("data/hymenoptera") else {
+    let Some(root) = tests::assets::require("data/hymenoptera") else {
         return;
     };
     let ants = root.join("train/ants");
@@ -47,7 +47,7 @@ fn gif_and_jpeg_extension_decode() {
 
 #[test]
 fn val_batches_have_shapes_and_labels() {
-    let Some(root) = data::assets::require("data/hymenoptera") else {
+    let Some(root) = tests::assets::require("data/hymenoptera") else {
         return;
     };
     let val = open(&root.join("val")).unwrap();
@@ -87,7 +87,7 @@ fn val_batches_have_shapes_and_labels() {
 
 #[test]
 fn seeded_split_is_reproducible_and_stratified() {
-    let Some(root) = data::assets::require("data/hymenoptera") else {
+    let Some(root) = tests::assets::require("data/hymenoptera") else {
         return;
     };
     let train = open(&root.join("train")).unwrap();
@@ -116,7 +116,7 @@ fn seeded_split_is_reproducible_and_stratified() {
 
 #[test]
 fn inspect_reports_counts_and_is_usable() {
-    let Some(root) = data::assets::require("data/hymenoptera") else {
+    let Some(root) = tests::assets::require("data/hymenoptera") else {
         return;
     };
     let report = inspect(&root.join("train")).unwrap();

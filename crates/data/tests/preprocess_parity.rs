@@ -8,8 +8,8 @@ use rand_chacha::ChaCha8Rng;
 /// Preprocess the fixture's four images with its own config and compare with the reference `input`.
 /// Returns (mean absolute difference, max absolute difference).
 fn parity(fixture: &str, expect_interp: Interpolation, expect_crop_pct: f32) -> Option<(f32, f32)> {
-    let index_path = data::assets::require("parity/index.json")?;
-    let reference_path = data::assets::require(&format!("parity/{fixture}.reference.safetensors"))?;
+    let index_path = tests::assets::require("parity/index.json")?;
+    let reference_path = tests::assets::require(&format!("parity/{fixture}.reference.safetensors"))?;
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index_path).unwrap()).unwrap();
     let entry = &index[fixture];
     let pre = &entry["preprocess"];
@@ -49,7 +49,7 @@ fn parity(fixture: &str, expect_interp: Interpolation, expect_crop_pct: f32) -> 
     let per_image = 3 * cfg.input_size[0] * cfg.input_size[1];
     let (mut sum, mut max) = (0f64, 0f32);
     for (i, rel) in images.iter().enumerate() {
-        let path = data::assets::require(&format!("data/hymenoptera/{}", rel.as_str().unwrap()))?;
+        let path = tests::assets::require(&format!("data/hymenoptera/{}", rel.as_str().unwrap()))?;
         let img = image::open(&path).unwrap().to_rgb8();
         let ours = pipeline.apply(img, &mut rng);
         assert_eq!(ours.len(), per_image);

@@ -389,7 +389,7 @@ fn a_classification_only_step_is_refused_for_masks() {
 
 #[test]
 fn real_membrane_set() {
-    let Some(root) = data::assets::require("data/membrane") else {
+    let Some(root) = tests::assets::require("data/membrane") else {
         return;
     };
     let (train, val) = open_train_val(&root, &SegOptions::default()).unwrap();

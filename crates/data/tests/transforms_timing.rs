@@ -12,7 +12,7 @@ use std::time::Instant;
 #[test]
 #[ignore = "timing report, run on demand"]
 fn time_pipelines() {
-    let Some(path) = data::assets::require("data/hymenoptera/val/ants/10308379_1b6c72e180.jpg") else {
+    let Some(path) = tests::assets::require("data/hymenoptera/val/ants/10308379_1b6c72e180.jpg") else {
         return;
     };
     let img = image::open(&path).unwrap().to_rgb8();

@@ -27,6 +27,9 @@ pub enum Error {
     /// A layer or parameter store of the backbones crate failed.
     #[error(transparent)]
     Backbone(#[from] backbones::Error),
+    /// A file could not be written.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -38,26 +38,10 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!("{name}.{}.tmp", std::process::id()))
-}
-
-/// Write `bytes` to `path` atomically (a `*.tmp` file in the same folder, then a rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| io_err(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-}
-
-/// Save named tensors to a safetensors file atomically.
+/// Save named tensors to a safetensors file atomically (with [`data::fsutil::write_atomic`]).
 pub fn save_safetensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| io_err(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| io_err(path, e))?;
+    Ok(data::fsutil::write_atomic(path, &bytes)?)
 }
 
 impl Head {
@@ -183,7 +167,7 @@ impl Head {
             .collect();
         save_safetensors_atomic(&tensors, path)?;
         let json = serde_json::to_vec_pretty(&self.config).map_err(|e| io_err(path, e))?;
-        write_atomic(&Self::config_path(path), &json)
+        Ok(data::fsutil::write_atomic(&Self::config_path(path), &json)?)
     }
 
     /// The config file that goes with weights at `path`.

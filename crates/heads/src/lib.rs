@@ -15,5 +15,5 @@ pub mod segment;
 pub use config::{HeadConfig, InputKind, Task};
 pub use detect::{DetHead, DetHeadConfig, DetOutput, DetTargets, Detection, PostProcess};
 pub use error::{Error, Result};
-pub use head::{save_safetensors_atomic, write_atomic, Head};
+pub use head::{save_safetensors_atomic, Head};
 pub use segment::{Decoder, SegHead, SegHeadConfig};

@@ -1,5 +1,6 @@
-//! The seam to the libraries: what the CLI asks of data loading, models and training. The lead implements
-//! [`Backend`] on top of the `data`, `backbones`, `heads` and `training` crates; until then [`Unwired`] answers.
+//! The seam to the libraries: what the CLI asks of data loading, models and training. [`crate::engine::Graft`]
+//! implements [`Backend`] on top of the `data`, `backbones`, `heads` and `training` crates; the CLI's own tests use
+//! a stub.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,9 @@ pub struct DatasetReport {
     pub classes: Vec<(String, usize)>,
     /// Files that were skipped, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// What makes the dataset unusable for training (an empty class, a class without a readable image, fewer than
+    /// two classes), one line each; empty when it is usable.
+    pub problems: Vec<String>,
 }
 
 /// Settings shared by every command.
@@ -78,40 +82,4 @@ pub trait Backend {
     fn inspect(&self, data: &Path, strict: bool) -> anyhow::Result<DatasetReport>;
     /// An exponential learning-rate sweep: each step's rate and loss, and the suggestion.
     fn lr_find(&self, ctx: Context, args: &crate::cli::LrFindArgs) -> anyhow::Result<training::LrFinderResult>;
-}
-
-/// The backend of a build without the libraries wired in: every command says so.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unwired;
-
-fn unwired<T>(what: &str) -> anyhow::Result<T> {
-    anyhow::bail!("`trainer {what}` is not available in this build yet (the training libraries are not wired in)")
-}
-
-impl Backend for Unwired {
-    fn train(&self, _: &TrainConfig, _: &Path, _: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
-        unwired("train")
-    }
-    fn evaluate(&self, _: Context, _: &Path, _: &Path) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {
-        unwired("evaluate")
-    }
-    fn predict(
-        &self,
-        _: Context,
-        _: &ModelSource,
-        _: &[PathBuf],
-        _: usize,
-        _: bool,
-    ) -> anyhow::Result<Vec<FilePrediction>> {
-        unwired("predict")
-    }
-    fn export(&self, _: &Path, _: &Path) -> anyhow::Result<()> {
-        unwired("export")
-    }
-    fn inspect(&self, _: &Path, _: bool) -> anyhow::Result<DatasetReport> {
-        unwired("data inspect")
-    }
-    fn lr_find(&self, _: Context, _: &crate::cli::LrFindArgs) -> anyhow::Result<training::LrFinderResult> {
-        unwired("lr-find")
-    }
 }

@@ -167,9 +167,6 @@ pub struct TrainArgs {
     /// Drop validation images of classes absent from training.
     #[arg(long)]
     pub drop_unknown_val_classes: bool,
-    /// Image-decoding threads (0: one per core).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
     /// Run folder (used as is).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["project", "name"])]
     pub out: Option<PathBuf>,

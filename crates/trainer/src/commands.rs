@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 
-use crate::atomic::write_atomic;
 use crate::backend::{Backend, Context, ModelSource, TrainObserver};
 use crate::cli::{Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs, PredictArgs, TrainArgs};
 use crate::config::{non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig};
@@ -19,6 +18,7 @@ use crate::report::{render_report, ReportInput};
 use crate::spec::Recipe;
 use crate::summary::{best_epoch, write_metrics_csv, write_metrics_json, EpochRow, TrainOutcome};
 use crate::{lr_find, models, run_dir, tutorial};
+use data::fsutil::write_atomic;
 
 /// Run the parsed command line; `matches` are clap's matches for the same line.
 pub fn run(cli: Cli, matches: &ArgMatches, backend: &dyn Backend) -> anyhow::Result<ExitCode> {
@@ -476,15 +476,7 @@ fn list_models() {
 fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) -> anyhow::Result<ExitCode> {
     require_exists(path, "PATH")?;
     let report = backend.inspect(path, strict)?;
-    if strict {
-        if let Some((file, why)) = report.skipped.first() {
-            let more = match report.skipped.len() - 1 {
-                0 => String::new(),
-                n => format!(" (and {n} more unreadable files)"),
-            };
-            anyhow::bail!("--strict: {}: {why}{more}", file.display());
-        }
-    }
+    // The whole report first, then one error line for what makes it fail.
     if format == LogFormat::Json {
         // Invariant: names, counts and paths serialise.
         println!("{}", serde_json::to_string(&report).expect("report serialises"));
@@ -502,6 +494,25 @@ fn inspect(path: &Path, strict: bool, backend: &dyn Backend, format: LogFormat) 
         for (file, why) in &report.skipped {
             println!("  skipped {}: {why}", file.display());
         }
+        for problem in &report.problems {
+            println!("  problem: {problem}");
+        }
+    }
+    if strict {
+        if let Some((file, why)) = report.skipped.first() {
+            let more = match report.skipped.len() - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more unreadable files)"),
+            };
+            anyhow::bail!("--strict: {}: {why}{more}", file.display());
+        }
+    }
+    if !report.problems.is_empty() {
+        anyhow::bail!(
+            "{} is not usable for training: {}",
+            path.display(),
+            report.problems.join("; ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use data::text::one_line;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
@@ -70,8 +71,6 @@ pub struct TrainConfig {
     pub strict: bool,
     /// Drop validation images whose class is absent from training.
     pub drop_unknown_val_classes: bool,
-    /// Image-decoding threads (0: one per core).
-    pub workers: usize,
     /// Run folder, used as is.
     pub out: Option<PathBuf>,
     /// Parent of auto-named run folders.
@@ -119,7 +118,6 @@ impl Default for TrainConfig {
             patience: None,
             strict: false,
             drop_unknown_val_classes: false,
-            workers: 0,
             out: None,
             project: PathBuf::from("runs"),
             name: "train".into(),
@@ -239,15 +237,6 @@ pub fn resolve(layers: Vec<Layer>) -> Result<TrainConfig, UsageError> {
 
 fn from_table(table: Layer) -> Result<TrainConfig, String> {
     TrainConfig::deserialize(toml::Value::Table(table)).map_err(|e| one_line(&e.to_string()))
-}
-
-/// Collapse a multi-line message (toml's errors quote the source) into one line.
-pub fn one_line(msg: &str) -> String {
-    msg.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|'))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl TrainConfig {

@@ -2,7 +2,6 @@
 //!
 //! The libraries plug in through [`backend::Backend`]; the `trainer` binary only parses and dispatches.
 
-pub mod atomic;
 pub mod backend;
 pub mod cli;
 pub mod commands;

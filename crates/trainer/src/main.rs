@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use trainer::{cli, commands, config, engine, error};
+use trainer::{cli, commands, engine, error};
 
 /// mimalloc reuses freed pages: candle allocates every activation afresh, and glibc maps and zeroes each block over
 /// 32 MiB anew, which costs more than the arithmetic of the cheap layers (see `cargo xtask bench`).
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match commands::run(parsed, &matches, &engine::Graft) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", config::one_line(&format!("{err:#}")));
+            eprintln!("error: {}", data::text::one_line(&format!("{err:#}")));
             ExitCode::from(error::exit_code(&err))
         }
     }

@@ -1,6 +1,8 @@
 //! Model names known to this build and "did you mean" suggestions.
 
-/// The backbone names `--model` accepts (the lead points this at the model registry).
+use data::text::did_you_mean;
+
+/// The backbone names `--model` accepts: the model registry's.
 pub fn names() -> Vec<String> {
     backbones::registry::names().into_iter().map(String::from).collect()
 }
@@ -29,24 +31,13 @@ pub fn table() -> Vec<String> {
     out
 }
 
-/// The known name closest to `name`, if one is close enough to be a likely typo.
-pub fn suggest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
-    let lower = name.to_ascii_lowercase();
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(&lower, &k.to_ascii_lowercase()), k))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k.as_str())
-}
-
 /// Check `name` against `known`: one line with the nearest name when it is unknown. An empty list (no registry
 /// wired in) accepts every name.
 pub fn check(name: &str, known: &[String]) -> Result<(), String> {
     if known.is_empty() || known.iter().any(|k| k == name) {
         return Ok(());
     }
-    Err(match suggest(name, known) {
+    Err(match did_you_mean(name, known.iter().map(String::as_str)) {
         Some(s) => {
             format!("unknown model `{name}`; did you mean `{s}`? (`trainer models` lists them)")
         }
@@ -64,10 +55,11 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        assert_eq!(suggest("resnt18", &known), Some("resnet18"));
-        assert_eq!(suggest("VGG16", &known), Some("vgg16"));
-        assert_eq!(suggest("efficientnet-b0", &known), Some("efficientnet_b0"));
-        assert_eq!(suggest("transformer", &known), None);
+        let suggest = |name: &str| did_you_mean(name, known.iter().map(String::as_str));
+        assert_eq!(suggest("resnt18"), Some("resnet18"));
+        assert_eq!(suggest("VGG16"), Some("vgg16"));
+        assert_eq!(suggest("efficientnet-b0"), Some("efficientnet_b0"));
+        assert_eq!(suggest("transformer"), None);
         check("resnet18", &known).unwrap();
         let e = check("resnt18", &known).unwrap_err();
         assert!(e.contains("`resnt18`") && e.contains("`resnet18`"));

@@ -257,70 +257,14 @@ impl fmt::Display for SchedulerSpec {
 }
 string_serde!(SchedulerSpec);
 
-/// Where to compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceSpec {
-    /// CUDA if available, else Metal if available, else CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// The CUDA GPU with this ordinal.
-    Cuda(usize),
-    /// The Metal GPU.
-    Metal,
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let lower = s.trim().to_ascii_lowercase();
-        match lower.as_str() {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" | "gpu" => Ok(Self::Cuda(0)),
-            "metal" | "mps" => Ok(Self::Metal),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda, cuda:N, metal or auto)")),
-        }
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
-            Self::Metal => f.write_str("metal"),
-        }
-    }
-}
-string_serde!(DeviceSpec);
-
-impl DeviceSpec {
-    /// The candle device; `Auto` falls back to the CPU when no accelerator is compiled in and present.
-    pub fn to_device(self) -> candle_core::Result<candle_core::Device> {
-        use candle_core::{utils, Device};
-        match self {
-            Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(n) => Device::new_cuda(n),
-            Self::Metal => Device::new_metal(0),
-            Self::Auto if utils::cuda_is_available() => Device::new_cuda(0),
-            Self::Auto if utils::metal_is_available() => Device::new_metal(0),
-            Self::Auto => Ok(Device::Cpu),
-        }
-    }
-}
+/// Where to compute: the device parser is the backbones crate's (one for the workspace).
+pub use backbones::device::DeviceSpec;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn roundtrip<T: FromStr<Err = String> + fmt::Display + PartialEq + fmt::Debug>(s: &str) -> T {
+    fn roundtrip<T: FromStr<Err: fmt::Debug> + fmt::Display + PartialEq + fmt::Debug>(s: &str) -> T {
         let v: T = s.parse().unwrap();
         assert_eq!(v.to_string().parse::<T>().unwrap(), v, "{s} does not round-trip");
         v
@@ -361,7 +305,7 @@ mod tests {
         for bad in ["step:7", "step:0,0.1", "step:7,-1", "cosine:x", "linear"] {
             assert!(bad.parse::<SchedulerSpec>().unwrap_err().contains(bad));
         }
-        assert!("tpu".parse::<DeviceSpec>().unwrap_err().contains("cuda:N"));
+        assert!("tpu".parse::<DeviceSpec>().unwrap_err().to_string().contains("cuda:N"));
         assert!("rmsprop"
             .parse::<OptimizerKind>()
             .unwrap_err()

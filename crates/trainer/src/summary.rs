@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use training::{ClassificationReport, EpochRecord};
 
-use crate::atomic::write_atomic;
+use data::fsutil::write_atomic;
 
 /// One epoch of training (a row of `metrics.csv`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,12 +191,12 @@ pub fn metrics_json(history: &[EpochRow], eval: Option<&EvalSummary>) -> serde_j
 }
 
 /// Write `metrics.csv` into the run folder (atomically; called after every epoch).
-pub fn write_metrics_csv(run_dir: &Path, history: &[EpochRow]) -> std::io::Result<()> {
+pub fn write_metrics_csv(run_dir: &Path, history: &[EpochRow]) -> data::Result<()> {
     write_atomic(&run_dir.join("metrics.csv"), metrics_csv(history).as_bytes())
 }
 
 /// Write `metrics.json` into the run folder (atomically).
-pub fn write_metrics_json(run_dir: &Path, history: &[EpochRow], eval: Option<&EvalSummary>) -> std::io::Result<()> {
+pub fn write_metrics_json(run_dir: &Path, history: &[EpochRow], eval: Option<&EvalSummary>) -> data::Result<()> {
     // Invariant: the value holds only finite-or-null numbers and strings.
     let text = serde_json::to_string_pretty(&metrics_json(history, eval)).expect("metrics serialise to JSON");
     write_atomic(&run_dir.join("metrics.json"), text.as_bytes())

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::atomic::write_atomic;
+use data::fsutil::write_atomic;
 
 /// Where the PyTorch tutorial publishes the data.
 pub const HYMENOPTERA_URL: &str = "https://download.pytorch.org/tutorial/hymenoptera_data.zip";
@@ -37,6 +37,9 @@ pub enum FetchError {
     /// A cache file could not be written.
     #[error("cache: {0}")]
     Io(#[from] std::io::Error),
+    /// A cache file could not be written atomically.
+    #[error("cache: {0}")]
+    Write(#[from] data::DataError),
 }
 
 /// graft's cache folder: `$XDG_CACHE_HOME/graft`, else `$HOME/.cache/graft`.
@@ -84,7 +87,7 @@ pub fn download(url: &str, timeout: Duration) -> Result<Vec<u8>, FetchError> {
     let resp = agent
         .get(url)
         .call()
-        .map_err(|e| fail(crate::config::one_line(&e.to_string())))?;
+        .map_err(|e| fail(data::text::one_line(&e.to_string())))?;
     let mut bytes = Vec::new();
     resp.into_reader()
         .take(MAX_BYTES)
@@ -115,6 +118,7 @@ pub fn unpack(zip_path: &Path, dest: &Path) -> Result<(), FetchError> {
         let target = dest.join(HYMENOPTERA_DIR);
         let _ = std::fs::remove_dir_all(&target);
         std::fs::rename(&unpacked, &target)?;
+        data::fsutil::sync_dir(dest)?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&staging);

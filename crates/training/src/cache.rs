@@ -145,7 +145,7 @@ where
     ]);
     heads::save_safetensors_atomic(&tensors, &path)?;
     let json = serde_json::to_vec_pretty(key).map_err(|e| Error::io(&json_path, e))?;
-    heads::write_atomic(&json_path, &json)?;
+    data::fsutil::write_atomic(&json_path, &json)?;
     Ok(CachedFeatures {
         features,
         labels,

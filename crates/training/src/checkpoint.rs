@@ -110,7 +110,7 @@ impl Checkpoint {
         tensors.insert(EXACT.to_string(), Tensor::from_vec(floats, n, &Device::Cpu)?);
         heads::save_safetensors_atomic(&tensors, &weights_path(dir))?;
         let json = serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::io(&meta_path(dir), e))?;
-        heads::write_atomic(&meta_path(dir), &json)?;
+        data::fsutil::write_atomic(&meta_path(dir), &json)?;
         Ok(())
     }
 

@@ -32,6 +32,9 @@ pub enum Error {
     /// A head error.
     #[error(transparent)]
     Head(#[from] heads::Error),
+    /// A data error (e.g. a file that could not be written).
+    #[error(transparent)]
+    Data(#[from] data::DataError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -147,7 +147,7 @@ pub fn write(path: &Path, meta: &ModelMeta, tensors: Vec<(String, Tensor)>) -> R
     let info = HashMap::from([(META_KEY.to_string(), json)]);
     let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(info))
         .map_err(|e| Error::io(path, format!("cannot serialise: {e}")))?;
-    heads::write_atomic(path, &bytes)?;
+    data::fsutil::write_atomic(path, &bytes)?;
     Ok(())
 }
 

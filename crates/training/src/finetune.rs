@@ -332,6 +332,7 @@ where
     let empty = || FitResult {
         history: Vec::new(),
         best_val_acc: 0.0,
+        best_score: 0.0,
         best_epoch: 0,
         stopped_early: false,
         resumed_from: None,

@@ -16,7 +16,7 @@ fn assert_stats(got: &CocoStats, want: &[f64; 12], tol: f64) {
 
 #[test]
 fn matches_pycocotools_on_the_shared_reference() {
-    let Some(path) = data::assets::require("metrics/coco_bbox_eval.json") else {
+    let Some(path) = tests::assets::require("metrics/coco_bbox_eval.json") else {
         return;
     };
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -395,7 +395,7 @@ fn segmentation_task_learns_shapes_through_the_shared_loop() {
 fn detection_task_finds_shapes_through_the_shared_loop() {
     use heads::{DetHead, DetHeadConfig, PostProcess};
     // The real ImageNet Lite0 (frozen): detection needs features that localise small shapes.
-    let Some(weights) = data::assets::require("weights/tf_efficientnet_lite0.safetensors") else {
+    let Some(weights) = tests::assets::require("weights/tf_efficientnet_lite0.safetensors") else {
         return;
     };
     let store = backbones::ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).unwrap();

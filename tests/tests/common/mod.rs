@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests: locating the `trainer` binary and the shared assets.
+//! Helpers shared by the end-to-end tests: locating the `trainer` binary (and `require`, from `tests::assets`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -50,29 +50,7 @@ pub fn trainer() -> Command {
     cmd
 }
 
-/// The shared asset at `relative`, or `None` (test skipped with a printed reason) unless `TL_REQUIRE_ASSETS=1`.
-pub fn require(relative: &str) -> Option<PathBuf> {
-    let base = match std::env::var_os("TL_SHARED_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => workspace_root().join("../shared"),
-    };
-    let path = base.join(relative);
-    if path.exists() {
-        return Some(path);
-    }
-    let required = std::env::var("TL_REQUIRE_ASSETS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    if required {
-        panic!(
-            "required test asset {} is missing (TL_REQUIRE_ASSETS=1)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: test asset {} not found (set TL_REQUIRE_ASSETS=1 to make this an error)",
-        path.display()
-    );
-    None
-}
+pub use tests::assets::require;
 
 /// Run and return the output, printing it when the command fails.
 pub fn run(cmd: &mut Command) -> Output {

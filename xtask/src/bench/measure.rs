@@ -91,7 +91,7 @@ pub(super) fn time_reps(
 
 /// The weights file the bench uses for `model`: the real Lite0 checkpoint, else the parity fixture's.
 fn weights_path(model: &str) -> Option<PathBuf> {
-    let shared = data::assets::shared_dir();
+    let shared = tests::assets::shared_dir();
     let candidates = [
         shared.join(format!("weights/{model}.safetensors")),
         shared.join(format!("parity/{model}.weights.safetensors")),

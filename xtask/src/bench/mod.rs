@@ -8,7 +8,6 @@
 mod dense;
 mod measure;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -288,15 +287,6 @@ fn print_row(r: &Row) {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 /// Run the benchmarks described by `args`, print the table and write the JSON report.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch == 0 || args.reps == 0 || args.size < 32 {
@@ -310,7 +300,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let data = args
         .data
         .clone()
-        .unwrap_or_else(|| data::assets::shared_dir().join("data/hymenoptera"));
+        .unwrap_or_else(|| tests::assets::shared_dir().join("data/hymenoptera"));
     let out_dir = args
         .out
         .clone()
@@ -379,8 +369,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let json = serde_json::to_vec_pretty(&report)?;
     let path = out_dir.join(format!("bench-{created_unix}.json"));
-    write_atomic(&path, &json)?;
-    write_atomic(&out_dir.join("latest.json"), &json)?;
+    data::fsutil::write_atomic(&path, &json)?;
+    data::fsutil::write_atomic(&out_dir.join("latest.json"), &json)?;
     println!("wrote {}", path.display());
     Ok(())
 }

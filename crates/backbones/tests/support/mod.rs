@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use backbones::ParamStore;
 use candle_core::{DType, Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// A parity fixture: the store over its weights and the reference tensors.
 pub struct Fixture {
@@ -20,7 +22,7 @@ pub struct Fixture {
 }
 
 fn parity_entry(name: &str) -> Option<serde_json::Value> {
-    let index = data::assets::require("parity/index.json")?;
+    let index = tests::assets::require("parity/index.json")?;
     let text = std::fs::read_to_string(&index).expect("read index.json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("parse index.json");
     Some(
@@ -33,8 +35,8 @@ fn parity_entry(name: &str) -> Option<serde_json::Value> {
 /// Resolve a path given relative to `parity/` (may start with `../`).
 fn parity_path(rel: &str) -> Option<PathBuf> {
     match rel.strip_prefix("../") {
-        Some(rest) => data::assets::require(rest),
-        None => data::assets::require(&format!("parity/{rel}")),
+        Some(rest) => tests::assets::require(rest),
+        None => tests::assets::require(&format!("parity/{rel}")),
     }
 }
 
@@ -57,6 +59,23 @@ pub fn fixture(name: &str) -> Option<Fixture> {
         features: get("features"),
         logits: get("logits"),
     })
+}
+
+/// Uniform(−1, 1) values drawn as f64 from `rng`, as a CPU tensor of `dtype`.
+pub fn randn(rng: &mut ChaCha8Rng, shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// max |a − b| as f64, for tensors of any float dtype (the shapes must agree).
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    d.to_dtype(DType::F64).unwrap().to_scalar().unwrap()
 }
 
 /// max |a − b|.
@@ -97,7 +116,7 @@ pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
 
 /// The manifest's tensor names and shapes for `arch`, or `None` (skipped) when absent.
 pub fn manifest(arch: &str) -> Option<BTreeMap<String, Vec<usize>>> {
-    let path = data::assets::require("parity/timm_manifest.json")?;
+    let path = tests::assets::require("parity/timm_manifest.json")?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let tensors = v[arch]["tensors"]
         .as_object()

@@ -270,7 +270,7 @@ impl SegHead {
         let tensors: HashMap<String, Tensor> = self.store.state_dict().into_iter().collect();
         crate::save_safetensors_atomic(&tensors, path)?;
         let json = serde_json::to_vec_pretty(&self.config).map_err(|e| Error::Config(e.to_string()))?;
-        crate::write_atomic(&Self::config_path(path), &json)
+        Ok(data::fsutil::write_atomic(&Self::config_path(path), &json)?)
     }
 
     /// Load a head saved with [`SegHead::save`]; its parameters are trainable.

@@ -71,6 +71,7 @@ impl Backend for Graft {
                 .iter()
                 .map(|s| (s.path.clone(), s.reason.clone()))
                 .collect(),
+            problems: report.problems(),
         })
     }
 

@@ -88,8 +88,8 @@ pub fn pretrained(name: &str, explicit: Option<&Path>, device: &Device) -> anyho
 
 /// The device of `cfg`.
 pub fn device_of(spec: crate::spec::DeviceSpec) -> anyhow::Result<Device> {
-    spec.to_device()
-        .map_err(|e| UsageError(format!("--device {spec}: {}", crate::config::one_line(&e.to_string()))).into())
+    spec.open()
+        .map_err(|e| UsageError(format!("--device {spec}: {}", data::text::one_line(&e.to_string()))).into())
 }
 
 /// The optimizer `kind` with its settings over `groups`.
@@ -351,7 +351,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             .into());
         }
     }
-    crate::atomic::write_atomic(&info_path, serde_json::to_string_pretty(&info)?.as_bytes())?;
+    data::fsutil::write_atomic(&info_path, serde_json::to_string_pretty(&info)?.as_bytes())?;
 
     let backbone = pretrained.backbone;
     let head_cfg = head_config(cfg, &spec, backbone.as_ref(), &train.classes, &weights, &device)?;

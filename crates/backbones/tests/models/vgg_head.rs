@@ -43,7 +43,7 @@ fn random(rng: &mut rand_chacha::ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
 
 #[test]
 fn classifier_matches_dense_formulation() {
-    let Some(path) = data::assets::require("parity/vgg16_features.weights.safetensors") else {
+    let Some(path) = tests::assets::require("parity/vgg16_features.weights.safetensors") else {
         return;
     };
     let dev = Device::Cpu;

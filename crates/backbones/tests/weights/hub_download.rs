@@ -169,7 +169,7 @@ fn small_spec(sha256: Option<String>) -> ModelSpec {
 
 #[test]
 fn downloads_the_real_lite0_file_into_the_hf_cache_once() {
-    let Some(src) = data::assets::require("weights/tf_efficientnet_lite0.safetensors") else {
+    let Some(src) = tests::assets::require("weights/tf_efficientnet_lite0.safetensors") else {
         return;
     };
     let bytes = std::fs::read(&src).unwrap();

@@ -1,8 +1,6 @@
 //! MobileNetV3-Large 1.0 creates exactly timm's tensors (names and shapes).
 
-mod support;
-
 #[test]
 fn mobilenetv3_large_100_matches_manifest() {
-    support::check_manifest("mobilenetv3_large_100");
+    crate::support::check_manifest("mobilenetv3_large_100");
 }

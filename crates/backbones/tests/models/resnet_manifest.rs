@@ -2,11 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::support::{manifest, store_from};
 use backbones::{params::name_has_prefix, zoo, ParamStore};
 use candle_core::{DType, Device, Tensor};
-use support::{manifest, store_from};
-
-mod support;
 
 fn check(arch: &str, num_features: usize) {
     let Some(expected) = manifest(arch) else {

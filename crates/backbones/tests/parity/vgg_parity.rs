@@ -1,16 +1,14 @@
 //! VGG-16 conv trunk against timm's float32 references (Keras-style `include_top=False`).
 
+use crate::support::assert_close;
 use backbones::{zoo, ParamStore};
 use candle_core::{DType, Device, Tensor};
-use support::assert_close;
-
-mod support;
 
 #[test]
 fn vgg16_trunk_matches_timm() {
     let (Some(weights), Some(reference)) = (
-        data::assets::require("parity/vgg16_features.weights.safetensors"),
-        data::assets::require("parity/vgg16_features.reference.safetensors"),
+        tests::assets::require("parity/vgg16_features.weights.safetensors"),
+        tests::assets::require("parity/vgg16_features.reference.safetensors"),
     ) else {
         return;
     };

@@ -8,7 +8,7 @@ use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 
 fn model() -> Option<Box<dyn Backbone>> {
-    let path = data::assets::require("parity/resnet18.weights.safetensors")?;
+    let path = tests::assets::require("parity/resnet18.weights.safetensors")?;
     let store = ParamStore::from_safetensors(&path, DType::F32, &Device::Cpu).unwrap();
     Some(zoo::build("resnet18", &store).unwrap())
 }

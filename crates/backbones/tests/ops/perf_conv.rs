@@ -1,14 +1,12 @@
 //! The folded Conv+BN (+ activation) of the layers matches the unfolded layers in eval and trains in train mode.
 
-mod support;
-
+use crate::support::max_abs_diff;
 use backbones::fused::conv_bn_act;
 use backbones::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Padding};
 use backbones::ParamStore;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use support::max_abs_diff;
 
 fn rand_t(dims: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
     let n: usize = dims.iter().product();

@@ -1,8 +1,6 @@
 //! Stage freezing, train-mode BatchNorm statistics and gradients of MobileNetV3-Large 1.0.
 
-mod support;
-
-use support::{check_backward, check_freeze_last, check_train_mode_stats};
+use crate::support::{check_backward, check_freeze_last, check_train_mode_stats};
 
 #[test]
 fn freeze_all_but_last_unfreezes_only_the_head() {

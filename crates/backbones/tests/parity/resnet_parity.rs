@@ -1,16 +1,14 @@
 //! ResNet-18 against timm's float32 eval-mode references (pooled features and logits).
 
+use crate::support::assert_close;
 use backbones::{zoo, ParamStore};
 use candle_core::{DType, Device};
-use support::assert_close;
-
-mod support;
 
 #[test]
 fn resnet18_matches_timm() {
     let (Some(weights), Some(reference)) = (
-        data::assets::require("parity/resnet18.weights.safetensors"),
-        data::assets::require("parity/resnet18.reference.safetensors"),
+        tests::assets::require("parity/resnet18.weights.safetensors"),
+        tests::assets::require("parity/resnet18.reference.safetensors"),
     ) else {
         return;
     };

@@ -2,10 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::support::{manifest, store_from};
 use backbones::{params::name_has_prefix, zoo};
-use support::{manifest, store_from};
-
-mod support;
 
 #[test]
 fn vgg16_manifest() {

@@ -1,23 +1,21 @@
 //! EfficientNet-B0 and Lite0 create exactly timm's tensors (names and shapes), and build headless.
 
-mod support;
-
 use backbones::{zoo, ParamStore};
 use candle_core::{DType, Device};
 
 #[test]
 fn efficientnet_b0_matches_manifest() {
-    support::check_manifest("efficientnet_b0");
+    crate::support::check_manifest("efficientnet_b0");
 }
 
 #[test]
 fn tf_efficientnet_lite0_matches_manifest() {
-    support::check_manifest("tf_efficientnet_lite0");
+    crate::support::check_manifest("tf_efficientnet_lite0");
 }
 
 #[test]
 fn headless_checkpoint_builds_without_classifier() {
-    let Some((_, m)) = support::manifest_store("tf_efficientnet_lite0") else {
+    let Some((_, m)) = crate::support::manifest_store("tf_efficientnet_lite0") else {
         return;
     };
     let tensors = m
@@ -51,7 +49,7 @@ fn empty_store_builds_with_classifier() {
 
 #[test]
 fn wrong_shape_is_an_error() {
-    let Some((_, m)) = support::manifest_store("efficientnet_b0") else {
+    let Some((_, m)) = crate::support::manifest_store("efficientnet_b0") else {
         return;
     };
     let mut tensors: std::collections::HashMap<_, _> = m

@@ -30,10 +30,10 @@ fn images(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn lite0_zero_shot_on_hymenoptera_val() {
-    let Some(weights) = data::assets::require("weights/tf_efficientnet_lite0.safetensors") else {
+    let Some(weights) = tests::assets::require("weights/tf_efficientnet_lite0.safetensors") else {
         return;
     };
-    let Some(val) = data::assets::require("data/hymenoptera/val") else {
+    let Some(val) = tests::assets::require("data/hymenoptera/val") else {
         return;
     };
     let store = ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).unwrap();

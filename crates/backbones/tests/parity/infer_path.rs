@@ -1,12 +1,10 @@
 //! The folded NHWC inference path of frozen mobile networks against the general (autograd) path.
 
-mod support;
-
+use crate::support::{max_abs, max_abs_diff, random_input, random_store};
 use backbones::efficientnet::EfficientNet;
 use backbones::mobilenetv3::MobileNetV3;
 use backbones::{Backbone, ParamStore};
 use candle_core::Tensor;
-use support::{max_abs, max_abs_diff, random_input, random_store};
 
 /// Features of `x` by the inference path (everything frozen) and by the general path (one parameter trainable).
 fn both_paths(model: &dyn Backbone, store: &ParamStore, x: &Tensor) -> (Tensor, Tensor) {

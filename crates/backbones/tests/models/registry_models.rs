@@ -109,7 +109,7 @@ fn invalid_model_text_is_a_one_line_error_naming_the_file() {
 /// Preprocessing, feature width, classes and size agree with timm's manifest (for the same Hub id).
 #[test]
 fn registry_matches_timm_manifest() {
-    let Some(path) = data::assets::require("parity/timm_manifest.json") else {
+    let Some(path) = tests::assets::require("parity/timm_manifest.json") else {
         return;
     };
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -211,7 +211,7 @@ const ROUND2_ONLY: [&str; 4] = [
 /// fixture is the full model); DINOv2-B, in neither, shares DINOv2-S's preprocessing and Hub tag.
 #[test]
 fn round2_models_match_their_index() {
-    let Some(path) = data::assets::require("parity/round2_index.json") else {
+    let Some(path) = tests::assets::require("parity/round2_index.json") else {
         return;
     };
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -250,7 +250,7 @@ fn round2_models_match_their_index() {
         }
         let full = entry["create_kwargs"].as_object().is_some_and(|o| o.is_empty());
         if full {
-            let Some(w) = data::assets::require(&format!("parity/{name}.weights.safetensors")) else {
+            let Some(w) = tests::assets::require(&format!("parity/{name}.weights.safetensors")) else {
                 return;
             };
             let tensors = candle_core::safetensors::load(w, &candle_core::Device::Cpu).unwrap();

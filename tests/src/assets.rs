@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// The shared assets folder: `$TL_SHARED_DIR` when set, else `../shared` beside the workspace root.
+/// The shared assets folder: `$TL_SHARED_DIR` when set (and not empty), else `../shared` beside the workspace root.
 pub fn shared_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TL_SHARED_DIR") {
+    if let Some(dir) = std::env::var_os("TL_SHARED_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    // This package is `<workspace>/tests`.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
 }
 
 /// Whether missing assets must fail rather than skip (`TL_REQUIRE_ASSETS=1`, set by CI).
@@ -36,4 +37,24 @@ pub fn require(relative: &str) -> Option<PathBuf> {
         path.display()
     );
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_shared_dir_is_beside_the_workspace() {
+        // The workspace root holds `Cargo.toml` with `[workspace]`; `shared` is its sibling.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        assert!(std::fs::read_to_string(root.join("Cargo.toml"))
+            .unwrap()
+            .contains("[workspace]"));
+        if std::env::var_os("TL_SHARED_DIR").is_none() {
+            assert_eq!(shared_dir(), root.join("../shared"));
+        }
+        if !assets_required() {
+            assert_eq!(require("no/such/asset/anywhere.bin"), None);
+        }
+    }
 }

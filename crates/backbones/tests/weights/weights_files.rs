@@ -1,19 +1,17 @@
 //! Weights files: the Hugging Face cache layout, explicit paths, safetensors in every float dtype, zip-format
 //! PyTorch checkpoints built by hand (with torchvision → timm renaming), and streamed sha256.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+use crate::support::max_abs_diff;
 use backbones::hub::DownloadOptions;
 use backbones::registry;
 use backbones::weights::{cached_path_in, file_sha256, load_tensors, load_tensors_as, repo_folder, resolve};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use sha2::Digest;
-use support::max_abs_diff;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

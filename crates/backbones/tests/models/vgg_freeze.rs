@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 
 fn model() -> Option<Box<dyn Backbone>> {
-    let path = data::assets::require("parity/vgg16_features.weights.safetensors")?;
+    let path = tests::assets::require("parity/vgg16_features.weights.safetensors")?;
     let store = ParamStore::from_safetensors(&path, DType::F32, &Device::Cpu).unwrap();
     Some(zoo::build("vgg16", &store).unwrap())
 }

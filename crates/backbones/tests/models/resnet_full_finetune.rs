@@ -7,7 +7,7 @@ use rand_chacha::rand_core::SeedableRng;
 
 #[test]
 fn fully_unfrozen_resnet18_takes_a_training_step() {
-    let Some(path) = data::assets::require("parity/resnet18.weights.safetensors") else {
+    let Some(path) = tests::assets::require("parity/resnet18.weights.safetensors") else {
         return;
     };
     let store = ParamStore::from_safetensors(&path, DType::F32, &Device::Cpu).unwrap();
