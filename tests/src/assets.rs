@@ -7,8 +7,9 @@ pub fn shared_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TL_SHARED_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    // This package is `<workspace>/tests`.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    // This package is `<workspace>/tests`: the workspace root is its parent.
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).join("../shared")
 }
 
 /// Whether missing assets must fail rather than skip (`TL_REQUIRE_ASSETS=1`, set by CI).

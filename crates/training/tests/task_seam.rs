@@ -471,3 +471,102 @@ fn detection_task_finds_shapes_through_the_shared_loop() {
         r.history.iter().map(|e| e.metrics["map50"]).collect::<Vec<_>>()
     );
 }
+
+/// The real ISBI membrane set (24 train / 6 val 512² EM images, resized to 256²): frozen ImageNet Lite0 + FPN.
+/// A measurement for the notes, not a CI test (minutes on 2 cores):
+/// `cargo test --release -p training --test task_seam membrane -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn membrane_lite0_fpn_run() {
+    use data::transforms::{Pipeline, RandomHorizontalFlip, Resize, ResizeSize};
+    use data::{Interpolation, Loader, LoaderConfig, SegOptions, Targets};
+    use heads::{Decoder, SegHead, SegHeadConfig};
+    let (Some(root), Some(weights)) = (
+        tests::assets::require("data/membrane"),
+        tests::assets::require("weights/tf_efficientnet_lite0.safetensors"),
+    ) else {
+        return;
+    };
+    let (train, val) = data::segment::open_train_val(&root, &SegOptions::default()).unwrap();
+    let classes = train.classes.clone();
+    let pipe = |flip: bool| {
+        let mut steps: Vec<Box<dyn data::transforms::ImageTransform>> =
+            vec![Box::new(Resize::new(ResizeSize::Exact { h: 256, w: 256 }, Interpolation::Bilinear).unwrap())];
+        if flip {
+            steps.push(Box::new(RandomHorizontalFlip::default()));
+        }
+        Pipeline {
+            steps,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            output_hw: (256, 256),
+        }
+    };
+    let cfg = |shuffle| LoaderConfig {
+        batch_size: 8,
+        shuffle,
+        ..LoaderConfig::default()
+    };
+    let tl = Loader::new(train, pipe(true), cfg(true), Device::Cpu).unwrap();
+    let vl = Loader::new(val, pipe(false), cfg(false), Device::Cpu).unwrap();
+    let store = backbones::ParamStore::from_safetensors(&weights, DType::F32, &Device::Cpu).unwrap();
+    let backbone = backbones::zoo::build("tf_efficientnet_lite0", &store).unwrap();
+    let head = SegHead::new(
+        SegHeadConfig::for_encoder(Decoder::Fpn, classes, &backbone.feature_info()).unwrap(),
+        &Device::Cpu,
+        0,
+    )
+    .unwrap();
+    let loss = training::SegLoss::default();
+    let task = training::Segment {
+        backbone: backbone.as_ref(),
+        head: &head,
+        loss: &loss,
+    };
+    let epochs = 20;
+    let mut opt = Adam::new(vec![ParamGroup::new("head", task.head_vars(), 3e-3)], AdamConfig::adamw()).unwrap();
+    let to_batches = |l: &Loader<data::segment::SegDataset>, e: usize| -> Vec<training::Result<(Tensor, Tensor)>> {
+        l.epoch(e as u64)
+            .map(|b| {
+                let b = b.unwrap();
+                let Targets::Masks(m) = b.targets else { panic!("masks") };
+                Ok((b.images, m))
+            })
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    let r = fit_task(
+        &task,
+        &mut opt as &mut dyn Optimizer,
+        &Schedule::Constant,
+        &FitConfig {
+            epochs,
+            ..FitConfig::default()
+        },
+        |e| to_batches(&tl, e),
+        |e| to_batches(&vl, e),
+        |rec| {
+            eprintln!(
+                "epoch {:>2}: train loss {:.4}, val loss {:.4}, mIoU {:.4}, pixel acc {:.4} ({:.1}s)",
+                rec.epoch + 1,
+                rec.train_loss,
+                rec.val_loss,
+                rec.metrics["miou"],
+                rec.metrics["pixel_accuracy"],
+                rec.seconds
+            );
+            Ok(())
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let best = &r.history[r.best_epoch];
+    eprintln!(
+        "membrane, frozen Lite0 + FPN, {epochs} epochs in {:.0}s: best mIoU {:.4} (epoch {}), {:?}",
+        t0.elapsed().as_secs_f64(),
+        r.best_score,
+        r.best_epoch + 1,
+        best.metrics
+    );
+    assert!(r.best_score > 0.5);
+}
