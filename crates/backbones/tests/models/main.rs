@@ -1,4 +1,5 @@
-//! Architectures: timm's tensors (manifests), stage freezing and training, the VGG head, the model registry.
+//! Architectures: timm's tensors (manifests), stage freezing and training, the VGG head, the model registry, the
+//! layers' folded Conv + BatchNorm and the cached inference plan.
 //!
 //! One test binary (each module was its own before); the modules keep their test names.
 
@@ -9,6 +10,8 @@ mod efficientnet_manifest;
 mod efficientnet_training;
 mod mobilenetv3_manifest;
 mod mobilenetv3_training;
+mod perf_conv;
+mod plan_cache;
 mod registry_models;
 mod resnet_freeze;
 mod resnet_full_finetune;

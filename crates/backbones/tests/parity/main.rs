@@ -8,6 +8,8 @@ mod support;
 mod efficientnet_parity;
 mod infer_path;
 mod mobilenetv3_parity;
+mod modern;
+mod multiscale;
 mod resnet_parity;
 mod vgg_parity;
 mod zero_shot_lite0;

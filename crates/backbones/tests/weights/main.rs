@@ -6,4 +6,5 @@
 mod support;
 
 mod hub_download;
+mod pretrained;
 mod weights_files;

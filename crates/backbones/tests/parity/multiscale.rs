@@ -3,9 +3,7 @@
 
 use backbones::{zoo, FeatureInfo, ParamStore};
 use candle_core::{DType, Device};
-use support::{assert_close, random_input, random_store};
-
-mod support;
+use crate::support::{assert_close, random_input, random_store};
 
 /// The round-2 fixture `name` (`resnet18_multiscale` …) as (index entry, weights, reference file).
 fn round2(name: &str) -> Option<(serde_json::Value, std::path::PathBuf, std::path::PathBuf)> {

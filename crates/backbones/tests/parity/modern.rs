@@ -8,9 +8,7 @@ use backbones::vit::{self, bicubic_aa_weights, resample_abs_pos_embed, Vit, VitC
 use backbones::{convnext, registry, zoo, Backbone, ParamStore};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
-use support::{assert_close, check_manifest, max_abs, max_abs_diff, random_input};
-
-mod support;
+use crate::support::{assert_close, check_manifest, max_abs, max_abs_diff, random_input};
 
 /// The round-2 fixture `name`: store over its float16 weights (as f32) and the reference tensors.
 fn round2_fixture(name: &str) -> Option<(ParamStore, HashMap<String, Tensor>)> {

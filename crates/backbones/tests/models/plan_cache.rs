@@ -1,15 +1,13 @@
 //! The inference plan of a frozen mobile network is built once and reused until a parameter or buffer changes,
 //! and every registered mobile architecture has one.
 
-mod support;
-
 use std::collections::HashMap;
 
 use backbones::efficientnet::EfficientNet;
 use backbones::mobilenetv3::MobileNetV3;
 use backbones::{Backbone, ParamStore};
 use candle_core::{DType, Device, Tensor};
-use support::{max_abs, max_abs_diff, random_input, random_store};
+use crate::support::{max_abs, max_abs_diff, random_input, random_store};
 
 /// The general (autograd) path's features: one parameter made trainable for the call, then frozen again.
 fn general(model: &dyn Backbone, store: &ParamStore, x: &Tensor) -> Tensor {
