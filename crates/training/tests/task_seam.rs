@@ -490,8 +490,9 @@ fn membrane_lite0_fpn_run() {
     let (train, val) = data::segment::open_train_val(&root, &SegOptions::default()).unwrap();
     let classes = train.classes.clone();
     let pipe = |flip: bool| {
-        let mut steps: Vec<Box<dyn data::transforms::ImageTransform>> =
-            vec![Box::new(Resize::new(ResizeSize::Exact { h: 256, w: 256 }, Interpolation::Bilinear).unwrap())];
+        let mut steps: Vec<Box<dyn data::transforms::ImageTransform>> = vec![Box::new(
+            Resize::new(ResizeSize::Exact { h: 256, w: 256 }, Interpolation::Bilinear).unwrap(),
+        )];
         if flip {
             steps.push(Box::new(RandomHorizontalFlip::default()));
         }
@@ -524,7 +525,11 @@ fn membrane_lite0_fpn_run() {
         loss: &loss,
     };
     let epochs = 20;
-    let mut opt = Adam::new(vec![ParamGroup::new("head", task.head_vars(), 3e-3)], AdamConfig::adamw()).unwrap();
+    let mut opt = Adam::new(
+        vec![ParamGroup::new("head", task.head_vars(), 3e-3)],
+        AdamConfig::adamw(),
+    )
+    .unwrap();
     let to_batches = |l: &Loader<data::segment::SegDataset>, e: usize| -> Vec<training::Result<(Tensor, Tensor)>> {
         l.epoch(e as u64)
             .map(|b| {

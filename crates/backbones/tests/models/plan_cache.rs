@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
+use crate::support::{max_abs, max_abs_diff, random_input, random_store};
 use backbones::efficientnet::EfficientNet;
 use backbones::mobilenetv3::MobileNetV3;
 use backbones::{Backbone, ParamStore};
 use candle_core::{DType, Device, Tensor};
-use crate::support::{max_abs, max_abs_diff, random_input, random_store};
 
 /// The general (autograd) path's features: one parameter made trainable for the call, then frozen again.
 fn general(model: &dyn Backbone, store: &ParamStore, x: &Tensor) -> Tensor {

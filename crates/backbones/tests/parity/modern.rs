@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
+use crate::support::{assert_close, check_manifest, max_abs, max_abs_diff, random_input};
 use backbones::vit::{self, bicubic_aa_weights, resample_abs_pos_embed, Vit, VitConfig};
 use backbones::{convnext, registry, zoo, Backbone, ParamStore};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
-use crate::support::{assert_close, check_manifest, max_abs, max_abs_diff, random_input};
 
 /// The round-2 fixture `name`: store over its float16 weights (as f32) and the reference tensors.
 fn round2_fixture(name: &str) -> Option<(ParamStore, HashMap<String, Tensor>)> {

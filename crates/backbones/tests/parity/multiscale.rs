@@ -1,9 +1,9 @@
 //! Multi-scale features (timm's `features_only=True`): parity with timm's feature maps on the round-2 fixtures,
 //! timm's `feature_info`, and shapes and reductions of every architecture's maps.
 
+use crate::support::{assert_close, random_input, random_store};
 use backbones::{zoo, FeatureInfo, ParamStore};
 use candle_core::{DType, Device};
-use crate::support::{assert_close, random_input, random_store};
 
 /// The round-2 fixture `name` (`resnet18_multiscale` …) as (index entry, weights, reference file).
 fn round2(name: &str) -> Option<(serde_json::Value, std::path::PathBuf, std::path::PathBuf)> {
