@@ -5,3 +5,4 @@
 
 pub mod assets;
 pub mod fixtures;
+pub mod synth;
