@@ -191,3 +191,76 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
     let u2: f64 = rng.gen();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
+
+/// A square convolution with "same" padding (`k / 2`) from `store` under `name`.
+pub fn conv(
+    store: &ParamStore,
+    name: &str,
+    (cin, cout, k, stride): (usize, usize, usize, usize),
+    bias: bool,
+) -> Result<backbones::layers::Conv2d> {
+    Ok(backbones::layers::Conv2d::new(
+        store,
+        name,
+        backbones::layers::ConvConfig {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: k,
+            stride,
+            padding: backbones::layers::Padding::Symmetric(k / 2),
+            groups: 1,
+            bias,
+        },
+    )?)
+}
+
+/// The JSON configuration written beside a dense head's weights at `path` (`path.json`).
+pub fn config_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".json");
+    std::path::PathBuf::from(s)
+}
+
+/// Save every tensor of `store` (safetensors at `path`) and `config` (`path.json`), atomically.
+pub fn save_store<C: serde::Serialize>(store: &ParamStore, config: &C, path: &std::path::Path) -> Result<()> {
+    let tensors: std::collections::HashMap<String, Tensor> = store.state_dict().into_iter().collect();
+    crate::save_safetensors_atomic(&tensors, path)?;
+    let json = serde_json::to_vec_pretty(config).map_err(|e| crate::Error::Config(e.to_string()))?;
+    Ok(data::fsutil::write_atomic(&config_path(path), &json)?)
+}
+
+/// Read what [`save_store`] wrote: the configuration (`what` names it in errors) and the tensors.
+pub fn load_store<C: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+    device: &Device,
+) -> Result<(C, std::collections::HashMap<String, Tensor>)> {
+    let cfg_path = config_path(path);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| crate::Error::Io {
+        path: cfg_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let config: C = serde_json::from_str(&text).map_err(|e| crate::Error::Io {
+        path: cfg_path,
+        reason: format!("invalid {what} config: {e}"),
+    })?;
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| crate::Error::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok((config, tensors))
+}
+
+/// A store over saved `tensors` whose parameters are all made trainable once `build` has created them.
+pub fn trainable_store<T>(
+    tensors: std::collections::HashMap<String, Tensor>,
+    device: &Device,
+    build: impl FnOnce(ParamStore) -> Result<T>,
+) -> Result<(T, ParamStore)> {
+    let store = ParamStore::from_tensors(tensors, DType::F32, device);
+    let built = build(store.clone())?;
+    for p in store.params() {
+        p.set_trainable(true)?;
+    }
+    Ok((built, store))
+}

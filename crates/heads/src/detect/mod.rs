@@ -9,7 +9,7 @@ pub mod boxes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use backbones::layers::{Conv2d, ConvConfig, Padding};
+use backbones::layers::Conv2d;
 use backbones::{FeatureInfo, ParamStore};
 use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::rand_core::SeedableRng;
@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::nn::{init_store, match_size, resize_bilinear, upsample_nearest2x, GroupNorm, Init};
+use crate::nn::{conv, init_store, match_size, resize_bilinear, upsample_nearest2x, GroupNorm, Init};
 use assign::{AssignConfig, Level};
 use boxes::Xyxy;
 
@@ -190,22 +190,6 @@ pub struct DetTargets {
     pub strides: Tensor,
 }
 
-fn conv(store: &ParamStore, name: &str, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
-    Ok(Conv2d::new(
-        store,
-        name,
-        ConvConfig {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: k,
-            stride,
-            padding: Padding::Symmetric(k / 2),
-            groups: 1,
-            bias: true,
-        },
-    )?)
-}
-
 #[derive(Debug, Clone)]
 struct Tower {
     layers: Vec<(Conv2d, GroupNorm)>,
@@ -216,7 +200,7 @@ impl Tower {
         let layers = (0..n)
             .map(|i| {
                 Ok((
-                    conv(store, &format!("{prefix}.conv.{}", 3 * i), c, c, 3, 1)?,
+                    conv(store, &format!("{prefix}.conv.{}", 3 * i), (c, c, 3, 1), true)?,
                     GroupNorm::new(store, &format!("{prefix}.conv.{}", 3 * i + 1), 32.min(c), c)?,
                 ))
             })
@@ -275,20 +259,20 @@ impl DetHead {
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, f)| conv(&store, &format!("fpn.inner_blocks.{i}.0"), f.channels, c, 1, 1))
+            .map(|(i, f)| conv(&store, &format!("fpn.inner_blocks.{i}.0"), (f.channels, c, 1, 1), true))
             .collect::<Result<Vec<_>>>()?;
         let layer = (0..config.inputs.len())
-            .map(|i| conv(&store, &format!("fpn.layer_blocks.{i}.0"), c, c, 3, 1))
+            .map(|i| conv(&store, &format!("fpn.layer_blocks.{i}.0"), (c, c, 3, 1), true))
             .collect::<Result<Vec<_>>>()?;
         let extra = (0..config.levels.saturating_sub(3))
-            .map(|i| conv(&store, &format!("fpn.extra_blocks.p{}", 6 + i), c, c, 3, 2))
+            .map(|i| conv(&store, &format!("fpn.extra_blocks.p{}", 6 + i), (c, c, 3, 2), true))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cls_tower: Tower::new(&store, "head.classification_head", c, config.tower_convs)?,
             reg_tower: Tower::new(&store, "head.regression_head", c, config.tower_convs)?,
-            cls_logits: conv(&store, "head.classification_head.cls_logits", c, k, 3, 1)?,
-            bbox_reg: conv(&store, "head.regression_head.bbox_reg", c, 4, 3, 1)?,
-            bbox_ctr: conv(&store, "head.regression_head.bbox_ctrness", c, 1, 3, 1)?,
+            cls_logits: conv(&store, "head.classification_head.cls_logits", (c, k, 3, 1), true)?,
+            bbox_reg: conv(&store, "head.regression_head.bbox_reg", (c, 4, 3, 1), true)?,
+            bbox_ctr: conv(&store, "head.regression_head.bbox_ctrness", (c, 1, 3, 1), true)?,
             inner,
             layer,
             extra,
@@ -501,43 +485,22 @@ impl DetHead {
 
     /// The JSON configuration written beside `path`.
     pub fn config_path(path: &Path) -> PathBuf {
-        let mut s = path.as_os_str().to_owned();
-        s.push(".json");
-        PathBuf::from(s)
+        crate::nn::config_path(path)
     }
 
-    /// Save the weights (safetensors at `path`) and the configuration (`path.json`), atomically.
+    /// Save the weights and statistics (safetensors at `path`) and the configuration (`path.json`), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = self.store.state_dict().into_iter().collect();
-        crate::save_safetensors_atomic(&tensors, path)?;
-        let json = serde_json::to_vec_pretty(&self.config).map_err(|e| Error::Config(e.to_string()))?;
-        Ok(data::fsutil::write_atomic(&Self::config_path(path), &json)?)
+        crate::nn::save_store(&self.store, &self.config, path)
     }
 
     /// Load a head saved with [`DetHead::save`]; its parameters are trainable.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let cfg_path = Self::config_path(path);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
-            path: cfg_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let config: DetHeadConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
-            path: cfg_path,
-            reason: format!("invalid detection head config: {e}"),
-        })?;
-        let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let (config, tensors) = crate::nn::load_store::<DetHeadConfig>(path, "detection head", device)?;
         Self::from_tensors(config, tensors, device)
     }
 
     /// A head over saved tensors (every parameter must be present); parameters are made trainable.
     pub fn from_tensors(config: DetHeadConfig, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
-        let head = Self::build(config, ParamStore::from_tensors(tensors, DType::F32, device))?;
-        for p in head.store.params() {
-            p.set_trainable(true)?;
-        }
-        Ok(head)
+        Ok(crate::nn::trainable_store(tensors, device, |store| Self::build(config, store))?.0)
     }
 }

@@ -3,29 +3,13 @@
 //! then per level 3×3 conv + GroupNorm + ReLU blocks upsampling bilinearly to 1/4, summed, channel dropout, and a
 //! 1×1 convolution to the classes, upsampled bilinearly to the input.
 
-use backbones::layers::{Conv2d, ConvConfig, Padding};
+use backbones::layers::Conv2d;
 use backbones::ParamStore;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
-use crate::nn::{dropout2d, match_size, resize_bilinear, upsample_nearest2x, GroupNorm};
-
-fn conv(store: &ParamStore, name: &str, cin: usize, cout: usize, k: usize, bias: bool) -> Result<Conv2d> {
-    Ok(Conv2d::new(
-        store,
-        name,
-        ConvConfig {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: k,
-            stride: 1,
-            padding: Padding::Symmetric(k / 2),
-            groups: 1,
-            bias,
-        },
-    )?)
-}
+use crate::nn::{conv, dropout2d, match_size, resize_bilinear, upsample_nearest2x, GroupNorm};
 
 /// 3×3 convolution (no bias) + GroupNorm(32) + ReLU, then optionally bilinear ×2 (`align_corners=True`).
 #[derive(Debug, Clone)]
@@ -38,7 +22,7 @@ struct ConvGnRelu {
 impl ConvGnRelu {
     fn new(store: &ParamStore, prefix: &str, cin: usize, cout: usize, upsample: bool) -> Result<Self> {
         Ok(Self {
-            conv: conv(store, &format!("{prefix}.block.0"), cin, cout, 3, false)?,
+            conv: conv(store, &format!("{prefix}.block.0"), (cin, cout, 3, 1), false)?,
             gn: GroupNorm::new(store, &format!("{prefix}.block.1"), 32.min(cout), cout)?,
             upsample,
         })
@@ -80,19 +64,13 @@ impl Fpn {
                 channels.len()
             )));
         }
-        let p5 = conv(store, "decoder.p5", channels[3], pyramid, 1, true)?;
+        let p5 = conv(store, "decoder.p5", (channels[3], pyramid, 1, 1), true)?;
         // p4, p3, p2: lateral 1×1 convolutions of the 1/16, 1/8, 1/4 maps.
         let laterals = (0..3)
             .map(|i| {
                 let level = 4 - i;
-                conv(
-                    store,
-                    &format!("decoder.p{level}.skip_conv"),
-                    channels[2 - i],
-                    pyramid,
-                    1,
-                    true,
-                )
+                let name = format!("decoder.p{level}.skip_conv");
+                conv(store, &name, (channels[2 - i], pyramid, 1, 1), true)
             })
             .collect::<Result<Vec<_>>>()?;
         let mut seg_blocks = Vec::new();
@@ -115,7 +93,7 @@ impl Fpn {
             }
             seg_blocks.push(blocks);
         }
-        let head = conv(store, "segmentation_head.0", segmentation, classes, 1, true)?;
+        let head = conv(store, "segmentation_head.0", (segmentation, classes, 1, 1), true)?;
         Ok(Self {
             p5,
             laterals,

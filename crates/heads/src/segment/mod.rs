@@ -260,43 +260,22 @@ impl SegHead {
 
     /// The JSON configuration written beside `path`.
     pub fn config_path(path: &Path) -> PathBuf {
-        let mut s = path.as_os_str().to_owned();
-        s.push(".json");
-        PathBuf::from(s)
+        crate::nn::config_path(path)
     }
 
     /// Save the weights and statistics (safetensors at `path`) and the configuration (`path.json`), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = self.store.state_dict().into_iter().collect();
-        crate::save_safetensors_atomic(&tensors, path)?;
-        let json = serde_json::to_vec_pretty(&self.config).map_err(|e| Error::Config(e.to_string()))?;
-        Ok(data::fsutil::write_atomic(&Self::config_path(path), &json)?)
+        crate::nn::save_store(&self.store, &self.config, path)
     }
 
     /// Load a head saved with [`SegHead::save`]; its parameters are trainable.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let cfg_path = Self::config_path(path);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
-            path: cfg_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let config: SegHeadConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
-            path: cfg_path,
-            reason: format!("invalid segmentation head config: {e}"),
-        })?;
-        let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let (config, tensors) = crate::nn::load_store::<SegHeadConfig>(path, "segmentation head", device)?;
         Self::from_tensors(config, tensors, device)
     }
 
     /// A head over saved tensors (every parameter must be present); parameters are made trainable.
     pub fn from_tensors(config: SegHeadConfig, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
-        let head = Self::build(config, ParamStore::from_tensors(tensors, DType::F32, device))?;
-        for p in head.store.params() {
-            p.set_trainable(true)?;
-        }
-        Ok(head)
+        Ok(crate::nn::trainable_store(tensors, device, |store| Self::build(config, store))?.0)
     }
 }

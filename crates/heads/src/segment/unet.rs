@@ -2,28 +2,12 @@
 //! deepest map, blocks of nearest ×2 upsampling, concatenation with the encoder map of that resolution (when there
 //! is one), and two 3×3 conv + BatchNorm + ReLU, down to the input resolution; a 3×3 convolution to the classes.
 
-use backbones::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Padding};
+use backbones::layers::{Activation, BatchNorm2d, Conv2d};
 use backbones::ParamStore;
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::nn::{match_size, resize_bilinear, upsample_nearest2x};
-
-fn conv(store: &ParamStore, name: &str, cin: usize, cout: usize, k: usize, bias: bool) -> Result<Conv2d> {
-    Ok(Conv2d::new(
-        store,
-        name,
-        ConvConfig {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: k,
-            stride: 1,
-            padding: Padding::Symmetric(k / 2),
-            groups: 1,
-            bias,
-        },
-    )?)
-}
+use crate::nn::{conv, match_size, resize_bilinear, upsample_nearest2x};
 
 #[derive(Debug, Clone)]
 struct ConvBnRelu {
@@ -34,7 +18,7 @@ struct ConvBnRelu {
 impl ConvBnRelu {
     fn new(store: &ParamStore, prefix: &str, cin: usize, cout: usize) -> Result<Self> {
         Ok(Self {
-            conv: conv(store, &format!("{prefix}.0"), cin, cout, 3, false)?,
+            conv: conv(store, &format!("{prefix}.0"), (cin, cout, 3, 1), false)?,
             bn: BatchNorm2d::new(store, &format!("{prefix}.1"), cout, 1e-5)?,
         })
     }
@@ -98,7 +82,7 @@ impl Unet {
             });
             cin = cout;
         }
-        let head = conv(store, "segmentation_head.0", cin, classes, 3, true)?;
+        let head = conv(store, "segmentation_head.0", (cin, classes, 3, 1), true)?;
         Ok(Self { blocks, head })
     }
 

@@ -10,7 +10,7 @@ use heads::detect::boxes::Xyxy;
 use heads::{DetHead, PostProcess};
 use rand_chacha::ChaCha8Rng;
 
-use super::{backbone_state, load_backbone_state, EvalSummary, Evaluator, StepLoss, Task};
+use super::{dense_state, load_dense_state, EvalSummary, Evaluator, StepLoss, Task};
 use crate::error::Result;
 use crate::loss::fcos_loss;
 use crate::metrics::coco::{self, BoxFormat, CocoDet, CocoGt, DetBox, GtBox};
@@ -123,21 +123,11 @@ impl Task for Detect<'_> {
     }
 
     fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut out = backbone_state(Some(self.backbone))?;
-        for (k, v) in self.head.store().state_dict() {
-            out.insert(format!("head/{k}"), v.detach().copy()?);
-        }
-        Ok(out)
+        dense_state(self.backbone, self.head.store())
     }
 
     fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
-        let head: HashMap<String, Tensor> = state
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix("head/").map(|n| (n.to_string(), t.clone())))
-            .map(|(k, t)| t.copy().map(|t| (k, t)))
-            .collect::<candle_core::Result<_>>()?;
-        self.head.store().load_state_dict(&head, true)?;
-        load_backbone_state(Some(self.backbone), state)
+        load_dense_state(self.backbone, self.head.store(), state)
     }
 }
 

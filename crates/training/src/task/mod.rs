@@ -33,6 +33,30 @@ pub(crate) fn backbone_state(backbone: Option<&dyn Backbone>) -> Result<HashMap<
     Ok(out)
 }
 
+/// A dense task's state: the backbone's part ([`backbone_state`]) and every tensor of the head's store under `head/`.
+pub(crate) fn dense_state(backbone: &dyn Backbone, head: &backbones::ParamStore) -> Result<HashMap<String, Tensor>> {
+    let mut out = backbone_state(Some(backbone))?;
+    for (k, v) in head.state_dict() {
+        out.insert(format!("head/{k}"), v.detach().copy()?);
+    }
+    Ok(out)
+}
+
+/// Restore what [`dense_state`] saved: the head's store strictly (every tensor present), then the backbone.
+pub(crate) fn load_dense_state(
+    backbone: &dyn Backbone,
+    head: &backbones::ParamStore,
+    state: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let sub: HashMap<String, Tensor> = state
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix("head/").map(|n| (n.to_string(), t.clone())))
+        .map(|(k, t)| t.copy().map(|t| (k, t)))
+        .collect::<candle_core::Result<_>>()?;
+    head.load_state_dict(&sub, true)?;
+    load_backbone_state(Some(backbone), state)
+}
+
 /// Restore the `backbone/` tensors of `state` (a copy, so later updates do not alias them).
 pub(crate) fn load_backbone_state(backbone: Option<&dyn Backbone>, state: &HashMap<String, Tensor>) -> Result<()> {
     if let Some(b) = backbone {

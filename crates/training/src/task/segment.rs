@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use heads::SegHead;
 use rand_chacha::ChaCha8Rng;
 
-use super::{backbone_state, load_backbone_state, EvalSummary, Evaluator, StepLoss, Task};
+use super::{dense_state, load_dense_state, EvalSummary, Evaluator, StepLoss, Task};
 use crate::error::{Error, Result};
 use crate::loss::{segmentation_loss, SegLoss};
 use crate::metrics::segmentation::ConfusionMatrix;
@@ -103,21 +103,11 @@ impl Task for Segment<'_> {
     }
 
     fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut out = backbone_state(Some(self.backbone))?;
-        for (k, v) in self.head.store().state_dict() {
-            out.insert(format!("head/{k}"), v.detach().copy()?);
-        }
-        Ok(out)
+        dense_state(self.backbone, self.head.store())
     }
 
     fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
-        let head: HashMap<String, Tensor> = state
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix("head/").map(|n| (n.to_string(), t.clone())))
-            .map(|(k, t)| t.copy().map(|t| (k, t)))
-            .collect::<candle_core::Result<_>>()?;
-        self.head.store().load_state_dict(&head, true)?;
-        load_backbone_state(Some(self.backbone), state)
+        load_dense_state(self.backbone, self.head.store(), state)
     }
 }
 
