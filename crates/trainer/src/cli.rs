@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::events::LogFormat;
 use crate::predict_out::PredictFormat;
 use crate::spec::{
-    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe, SchedulerSpec, Unfreeze,
+    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe, SchedulerSpec, SegLossSpec,
+    TaskKind, Unfreeze,
 };
 
 const ROOT_AFTER: &str = "\
@@ -85,6 +86,9 @@ Example:
 /// `trainer train` flags; field names are the `config.toml` keys.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct TrainArgs {
+    /// What to learn: classify (images), segment (a class per pixel) or detect (boxes).
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<TaskKind>,
     /// Training data: an ImageFolder directory (class sub-folders) or a CSV file (path,label).
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
@@ -113,9 +117,33 @@ pub struct TrainArgs {
     /// Also train BatchNorm layers of unfrozen stages.
     #[arg(long)]
     pub train_bn: bool,
-    /// Head: `linear` or `mlp:W1[,W2...]`.
+    /// Head: `linear` or `mlp:W1[,W2...]` (classify); `fpn` (default) or `unet` (segment); `fcos` (detect).
     #[arg(long, value_name = "HEAD")]
     pub head: Option<HeadSpec>,
+    /// Segment/detect: square input size in pixels (training crops, evaluation letterbox).
+    #[arg(long, value_name = "PX")]
+    pub imgsz: Option<usize>,
+    /// Segment: loss, `ce` (cross-entropy, ignore index 255), `dice` or `ce+dice`.
+    #[arg(long, value_name = "LOSS")]
+    pub loss: Option<SegLossSpec>,
+    /// Segment/detect: class names in index order, comma-separated (instead of classes.txt / data.yaml names).
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Segment: map mask values to classes, e.g. `1=pet,2=background,3=ignore` (Oxford-IIIT Pet trimaps).
+    #[arg(long, value_name = "V=NAME,...")]
+    pub value_map: Option<String>,
+    /// Detect: confidence threshold of saved predictions (validation mAP scores every box, as COCO does).
+    #[arg(long, value_name = "X")]
+    pub conf: Option<f32>,
+    /// Detect: IoU threshold of class-wise NMS.
+    #[arg(long, value_name = "X")]
+    pub iou: Option<f32>,
+    /// Detect: most boxes kept per image.
+    #[arg(long, value_name = "N")]
+    pub max_det: Option<usize>,
+    /// Detect: FPN levels, 3 (P3-P5) or 5 (P3-P7 as FCOS).
+    #[arg(long, value_name = "N")]
+    pub levels: Option<usize>,
     /// Feature pooling before the head: avg or flatten.
     #[arg(long, value_name = "POOL")]
     pub pool: Option<Pooling>,
@@ -228,6 +256,24 @@ pub struct PredictArgs {
     /// Test-time augmentation (average with the horizontal flip).
     #[arg(long)]
     pub tta: bool,
+    /// Segment/detect: write mask PNGs (segment) here; default `predictions/` in the current folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Segment: also write the image blended with its coloured mask.
+    #[arg(long)]
+    pub overlay: bool,
+    /// Detect: write each image with its boxes drawn into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub draw: Option<PathBuf>,
+    /// Detect: confidence threshold (default: the run's --conf).
+    #[arg(long, value_name = "X")]
+    pub conf: Option<f32>,
+    /// Detect: NMS IoU threshold (default: the run's --iou).
+    #[arg(long, value_name = "X")]
+    pub iou: Option<f32>,
+    /// Detect: most boxes per image (default: the run's --max-det).
+    #[arg(long, value_name = "N")]
+    pub max_det: Option<usize>,
 }
 
 /// `trainer export` flags.

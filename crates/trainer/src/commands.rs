@@ -7,15 +7,15 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 
-use crate::backend::{Backend, Context, ModelSource, TrainObserver};
+use crate::backend::{Backend, Context, DensePredictOptions, DensePrediction, ModelSource, TrainObserver};
 use crate::cli::{Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs, PredictArgs, TrainArgs};
 use crate::config::{non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig};
 use crate::error::UsageError;
 use crate::events::{Event, LogFormat, Reporter};
 use crate::plots::{encode_png, render_confusion, render_curves};
-use crate::predict_out::{write_predictions, FilePrediction};
+use crate::predict_out::{write_dense_predictions, write_predictions, FilePrediction};
 use crate::report::{render_report, ReportInput};
-use crate::spec::Recipe;
+use crate::spec::{Recipe, TaskKind};
 use crate::summary::{best_epoch, write_metrics_csv, write_metrics_json, EpochRow, TrainOutcome};
 use crate::{lr_find, models, run_dir, tutorial};
 use data::fsutil::write_atomic;
@@ -104,7 +104,8 @@ pub fn resolve_train_config(args: &TrainArgs, sub: &ArgMatches, root: &ArgMatche
     layers.extend(resumed);
     layers.extend(file);
     layers.push(cli_layer);
-    let cfg = resolve(layers)?;
+    let mut cfg = resolve(layers)?;
+    cfg.normalize();
     cfg.validate()?;
     models::check(&cfg.model, &models::names()).map_err(UsageError)?;
     Ok(cfg)
@@ -301,7 +302,16 @@ pub fn write_run_artifacts(run_dir: &Path, cfg: &TrainConfig, outcome: &TrainOut
         Ok(())
     };
     put("metrics.csv", crate::summary::metrics_csv(&outcome.history).as_bytes())?;
-    write_metrics_json(run_dir, &outcome.history, outcome.eval.as_ref())?;
+    write_metrics_json(run_dir, &outcome.history, outcome.eval.as_ref(), outcome.dense.as_ref())?;
+    if let Some(d) = &outcome.dense {
+        for (name, png) in &d.figures {
+            let path = run_dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            put(name, png)?;
+        }
+    }
     let curves = encode_png(&render_curves(&outcome.history, 1000, 400)?)?;
     put("curves.png", &curves)?;
     let confusion = match &outcome.eval {
@@ -325,6 +335,7 @@ pub fn write_run_artifacts(run_dir: &Path, cfg: &TrainConfig, outcome: &TrainOut
         curves_png: &curves,
         confusion_png: confusion.as_deref(),
         wrong: &outcome.wrong,
+        dense: outcome.dense.as_ref(),
     });
     put("report.html", html.as_bytes())?;
     written.insert(1, run_dir.join("metrics.json"));
@@ -365,6 +376,18 @@ fn evaluate(
 ) -> anyhow::Result<()> {
     require_run_dir(&args.run, "--run")?;
     require_exists(&args.data, "--data")?;
+    if backend.task_of(&ModelSource::Run(args.run.clone()))? != TaskKind::Classify {
+        let eval = backend.evaluate_dense(ctx, &args.run, &args.data)?;
+        // Invariant: the evaluation holds names and finite numbers.
+        println!("{}", serde_json::to_string(&eval).expect("evaluation serialises"));
+        if format == LogFormat::Text && !quiet {
+            eprintln!("{} on {} images", eval.task, eval.images);
+            for (k, v) in &eval.metrics {
+                eprintln!("  {k}: {v:.4}");
+            }
+        }
+        return Ok(());
+    }
     let (eval, _wrong) = backend.evaluate(ctx, &args.run, &args.data)?;
     // The metrics go to stdout as JSON whatever the log format; a human summary goes to stderr in text mode.
     // Invariant: the summary holds names and finite numbers.
@@ -437,6 +460,9 @@ fn predict(ctx: Context, args: &PredictArgs, backend: &dyn Backend) -> anyhow::R
         (None, None) => unreachable!("clap requires --run or --model"),
     };
     let (files, mut failed) = expand_inputs(&args.inputs);
+    if backend.task_of(&source)? != TaskKind::Classify {
+        return predict_dense(ctx, args, backend, &source, files, failed);
+    }
     let mut preds = if files.is_empty() {
         Vec::new()
     } else {
@@ -454,6 +480,50 @@ fn predict(ctx: Context, args: &PredictArgs, backend: &dyn Backend) -> anyhow::R
         return Err(UsageError("no image files found in the given INPUTs".into()).into());
     }
     Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `predict` with a segmentation or detection model: mask files or boxes, one row per mask or box.
+fn predict_dense(
+    ctx: Context,
+    args: &PredictArgs,
+    backend: &dyn Backend,
+    source: &ModelSource,
+    files: Vec<PathBuf>,
+    failed: Vec<FilePrediction>,
+) -> anyhow::Result<ExitCode> {
+    let opts = DensePredictOptions {
+        out_dir: args.out.clone().unwrap_or_else(|| PathBuf::from("predictions")),
+        overlay: args.overlay,
+        draw: args.draw.clone(),
+        conf: args.conf,
+        iou: args.iou,
+        max_det: args.max_det,
+    };
+    let mut preds = if files.is_empty() {
+        Vec::new()
+    } else {
+        backend.predict_dense(ctx, source, &files, &opts)?
+    };
+    preds.extend(failed.into_iter().map(|f| DensePrediction {
+        path: f.path,
+        result: Err(f.result.err().unwrap_or_default()),
+    }));
+    write_dense_predictions(std::io::stdout().lock(), args.format, &preds)?;
+    let mut errors = 0;
+    for p in &preds {
+        if let Err(e) = &p.result {
+            errors += 1;
+            eprintln!("error: {}: {e}", p.path.display());
+        }
+    }
+    if files.is_empty() && errors == 0 {
+        return Err(UsageError("no image files found in the given INPUTs".into()).into());
+    }
+    Ok(if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -637,6 +707,7 @@ mod tests {
                 history,
                 eval: Some(eval),
                 wrong,
+                dense: None,
             })
         }
         fn evaluate(&self, _: Context, _: &Path, _: &Path) -> anyhow::Result<(EvalSummary, Vec<WrongExample>)> {

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
 use crate::spec::{
-    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe, SchedulerSpec, Unfreeze,
+    Augment, ClassWeights, DeviceSpec, HeadSpec, Mode, OptimizerKind, Pooling, Recipe, SchedulerSpec, SegLossSpec,
+    TaskKind, Unfreeze,
 };
 
 /// Every setting of `trainer train`; the TOML keys are the flag names with `_` for `-`.
@@ -16,6 +17,8 @@ use crate::spec::{
 pub struct TrainConfig {
     /// Recipe the values started from.
     pub recipe: Option<Recipe>,
+    /// What the run learns: classify, segment or detect.
+    pub task: TaskKind,
     /// Training data: an ImageFolder directory or a CSV file.
     pub data: Option<PathBuf>,
     /// Validation data (ImageFolder or CSV).
@@ -85,6 +88,23 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Compute device.
     pub device: DeviceSpec,
+    /// Segmentation/detection: square input size in pixels (training crops and evaluation's letterbox/pad);
+    /// absent: the task's default.
+    pub imgsz: Option<usize>,
+    /// Segmentation: loss terms.
+    pub loss: SegLossSpec,
+    /// Segmentation/detection: class names in index order (instead of `classes.txt` / `data.yaml`).
+    pub classes: Option<Vec<String>>,
+    /// Segmentation: mask value map, e.g. `1=pet,2=background,3=ignore`.
+    pub value_map: Option<String>,
+    /// Detection: confidence threshold of predictions (validation scores every box, as COCO does).
+    pub conf: f32,
+    /// Detection: IoU threshold of class-wise NMS.
+    pub iou: f32,
+    /// Detection: most boxes kept per image.
+    pub max_det: usize,
+    /// Detection: FPN levels, 3 (P3–P5) or 5 (P3–P7 as FCOS).
+    pub levels: usize,
 }
 
 impl Default for TrainConfig {
@@ -125,6 +145,15 @@ impl Default for TrainConfig {
             resume: None,
             seed: 42,
             device: DeviceSpec::Auto,
+            task: TaskKind::Classify,
+            imgsz: None,
+            loss: SegLossSpec::Ce,
+            classes: None,
+            value_map: None,
+            conf: 0.25,
+            iou: 0.6,
+            max_det: 100,
+            levels: 3,
         }
     }
 }
@@ -246,9 +275,63 @@ impl TrainConfig {
         toml::to_string(self).expect("TrainConfig serialises to TOML")
     }
 
+    /// Give a dense task its default head when the head is still the classification default (`linear`).
+    pub fn normalize(&mut self) {
+        if self.task != TaskKind::Classify && self.head == HeadSpec::Linear {
+            self.head = HeadSpec::default_for(self.task);
+        }
+    }
+
     /// Check values that flags cannot check one at a time; the message names the flag.
     pub fn validate(&self) -> Result<(), UsageError> {
         let fail = |m: String| Err(UsageError(m));
+        if self.head.task() != self.task {
+            return fail(format!(
+                "--head {} is a {} head; --task {} takes {}",
+                self.head,
+                self.head.task(),
+                self.task,
+                match self.task {
+                    TaskKind::Classify => "linear or mlp:W1[,W2...]",
+                    TaskKind::Segment => "fpn or unet",
+                    TaskKind::Detect => "fcos",
+                }
+            ));
+        }
+        if self.task == TaskKind::Classify {
+            let dense_only = [
+                ("--imgsz", self.imgsz.is_some()),
+                ("--loss", self.loss != SegLossSpec::Ce),
+                ("--classes", self.classes.is_some()),
+                ("--value-map", self.value_map.is_some()),
+            ];
+            if let Some((flag, _)) = dense_only.iter().find(|(_, set)| *set) {
+                return fail(format!("{flag} needs --task segment or --task detect"));
+            }
+        }
+        if self.task != TaskKind::Segment && self.value_map.is_some() {
+            return fail("--value-map needs --task segment".into());
+        }
+        if self.task != TaskKind::Segment && self.loss != SegLossSpec::Ce {
+            return fail("--loss needs --task segment".into());
+        }
+        if let Some(n) = self.imgsz {
+            if !(32..=4096).contains(&n) {
+                return fail(format!("--imgsz must be between 32 and 4096, got {n}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.conf) {
+            return fail(format!("--conf must be in [0, 1], got {}", self.conf));
+        }
+        if !(self.iou > 0.0 && self.iou <= 1.0) {
+            return fail(format!("--iou must be in (0, 1], got {}", self.iou));
+        }
+        if self.max_det == 0 {
+            return fail("--max-det must be at least 1".into());
+        }
+        if !matches!(self.levels, 3 | 5) {
+            return fail(format!("--levels must be 3 (P3-P5) or 5 (P3-P7), got {}", self.levels));
+        }
         if self.data.is_none() {
             return fail("--data is required (an ImageFolder directory or a CSV file)".into());
         }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod lr_find;
 pub mod models;
+pub mod palette;
 pub mod plots;
 pub mod predict_out;
 pub mod report;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use crate::summary::{best_epoch, EpochRow, EvalSummary, WrongExample};
+use crate::summary::{best_epoch, DenseOutcome, EpochRow, EvalSummary, WrongExample};
 
 /// Everything the report shows.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct ReportInput<'a> {
     pub confusion_png: Option<&'a [u8]>,
     /// Most confidently wrong images.
     pub wrong: &'a [WrongExample],
+    /// Segmentation/detection: the task's table, figures and worst images.
+    pub dense: Option<&'a DenseOutcome>,
 }
 
 /// Thumbnail edge in pixels.
@@ -85,8 +87,10 @@ pub fn render_report(input: &ReportInput<'_>) -> String {
     let mut rows: Vec<(String, String)> = vec![("epochs run".into(), input.history.len().to_string())];
     if let Some(b) = best {
         rows.push(("best epoch".into(), b.epoch.to_string()));
-        if let Some(acc) = b.val_acc {
-            rows.push(("best val accuracy".into(), format!("{acc:.4}")));
+        match (input.dense, b.score, b.val_acc) {
+            (Some(d), Some(score), _) => rows.push((format!("best val {}", d.score_name), format!("{score:.4}"))),
+            (_, _, Some(acc)) => rows.push(("best val accuracy".into(), format!("{acc:.4}"))),
+            _ => {}
         }
         if let Some(loss) = b.val_loss {
             rows.push(("val loss at best epoch".into(), format!("{loss:.4}")));
@@ -141,6 +145,12 @@ pub fn render_report(input: &ReportInput<'_>) -> String {
         );
     }
 
+    if let Some(d) = input.dense {
+        render_dense(&mut h, d);
+        h.push_str("</body></html>\n");
+        return h;
+    }
+
     h.push_str("<section id=\"wrong\"><h2>Most confidently wrong validation images</h2>\n");
     if input.wrong.is_empty() {
         h.push_str("<p>None.</p>\n");
@@ -170,6 +180,55 @@ pub fn render_report(input: &ReportInput<'_>) -> String {
     }
     h.push_str("</section>\n</body></html>\n");
     h
+}
+
+/// The dense task's sections: its table, its figures and its worst images.
+fn render_dense(h: &mut String, d: &DenseOutcome) {
+    let _ = writeln!(h, "<section id=\"task\"><h2>{}</h2><table>", escape(&d.section.title));
+    h.push_str("<tr>");
+    for c in &d.section.columns {
+        let _ = write!(h, "<th>{}</th>", escape(c));
+    }
+    h.push_str("</tr>\n");
+    for row in &d.section.rows {
+        h.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            let class = if i == 0 { "" } else { " class=\"n\"" };
+            let _ = write!(h, "<td{class}>{}</td>", escape(cell));
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</table></section>\n");
+    for (name, png) in &d.figures {
+        let _ = writeln!(
+            h,
+            "<section class=\"figure\"><h2>{}</h2><img class=\"plot\" alt=\"{}\" src=\"{}\"></section>",
+            escape(name),
+            escape(name),
+            data_uri("image/png", png)
+        );
+    }
+    if !d.worst.is_empty() {
+        h.push_str("<section id=\"worst\"><h2>Worst validation images</h2><div class=\"gallery\">\n");
+        for (path, score) in d.worst.iter().take(MAX_WRONG) {
+            let img = match thumbnail_jpeg(path) {
+                Some(jpg) => format!("<img alt=\"\" src=\"{}\">", data_uri("image/jpeg", &jpg)),
+                None => "<div>(unreadable)</div>".to_string(),
+            };
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = writeln!(
+                h,
+                "<figure>{img}<figcaption title=\"{}\">{}<br>{} {score:.3}</figcaption></figure>",
+                escape(&path.display().to_string()),
+                escape(&file),
+                escape(&d.score_name)
+            );
+        }
+        h.push_str("</div></section>\n");
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +286,7 @@ mod tests {
             curves_png: &curves,
             confusion_png: Some(&conf),
             wrong: &wrong,
+            dense: None,
         });
         for id in ["summary", "curves", "confusion", "per-class", "wrong"] {
             assert!(html.contains(&format!("<section id=\"{id}\">")), "missing section {id}");
@@ -265,9 +325,54 @@ mod tests {
             curves_png: &curves,
             confusion_png: None,
             wrong: &[],
+            dense: None,
         });
         assert!(html.contains("id=\"summary\"") && html.contains("id=\"curves\""));
         assert!(!html.contains("id=\"confusion\"") && !html.contains("id=\"per-class\""));
         assert_eq!(data_uris(&html).len(), 1);
+    }
+
+    #[test]
+    fn dense_report_shows_the_task_table_figures_and_worst_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let photo = dir.path().join("worst.png");
+        image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 200]))
+            .save(&photo)
+            .unwrap();
+        let mut hist = history(2, true);
+        hist[1].score = Some(0.625);
+        hist[0].score = Some(0.5);
+        let curves = encode_png(&render_curves(&hist, 400, 200).unwrap()).unwrap();
+        let samples = encode_png(&image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))).unwrap();
+        let dense = DenseOutcome {
+            task: crate::spec::TaskKind::Segment,
+            score_name: "miou".into(),
+            metrics: Default::default(),
+            section: training::ReportSection {
+                title: "Per-class IoU".into(),
+                columns: vec!["class".into(), "IoU".into()],
+                rows: vec![vec!["<ant>".into(), "0.7000".into()], vec!["bee".into(), "-".into()]],
+            },
+            figures: vec![("val_samples.png".into(), samples.clone())],
+            worst: vec![(photo, 0.125)],
+        };
+        let html = render_report(&ReportInput {
+            title: "seg".into(),
+            settings: vec![],
+            history: &hist,
+            eval: None,
+            curves_png: &curves,
+            confusion_png: None,
+            wrong: &[],
+            dense: Some(&dense),
+        });
+        assert!(html.contains("best val miou</th><td>0.6250"), "{html}");
+        assert!(html.contains("<td>&lt;ant&gt;</td><td class=\"n\">0.7000</td>"));
+        assert!(html.contains("id=\"worst\"") && html.contains("miou 0.125"));
+        assert!(!html.contains("id=\"wrong\""));
+        let uris = data_uris(&html);
+        assert_eq!(uris.len(), 3, "curves, val_samples, one worst thumbnail");
+        assert_eq!(uris[1], ("image/png".to_string(), samples));
+        assert_eq!(uris[2].0, "image/jpeg");
     }
 }

@@ -109,6 +109,32 @@ pub enum Pooling {
 }
 keyword_enum!(Pooling, "pooling", [Avg => "avg", Flatten => "flatten"]);
 
+/// What a run learns to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskKind {
+    /// One class (or a class set) per image.
+    #[default]
+    Classify,
+    /// A class per pixel (semantic segmentation).
+    Segment,
+    /// Boxes with a class and a score (object detection).
+    Detect,
+}
+keyword_enum!(TaskKind, "task", [Classify => "classify", Segment => "segment", Detect => "detect"]);
+
+/// Segmentation loss terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegLossSpec {
+    /// Cross-entropy with the ignore index.
+    #[default]
+    Ce,
+    /// Soft Dice over the classes.
+    Dice,
+    /// The sum of both.
+    CeDice,
+}
+keyword_enum!(SegLossSpec, "loss", [Ce => "ce", Dice => "dice", CeDice => "ce+dice"]);
+
 /// A named bundle of flag values reproducing a well-known tutorial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recipe {
@@ -159,16 +185,54 @@ pub enum HeadSpec {
     Linear,
     /// Hidden linear layers of these widths (ReLU + dropout each), then the output layer.
     Mlp(Vec<usize>),
+    /// Segmentation: the Panoptic-FPN semantic branch on the backbone's multi-scale maps.
+    Fpn,
+    /// Segmentation: a U-Net decoder (segmentation_models_pytorch's).
+    Unet,
+    /// Detection: FCOS (FPN + shared anchor-free head).
+    Fcos,
+}
+
+impl HeadSpec {
+    /// The task this head belongs to.
+    pub fn task(&self) -> TaskKind {
+        match self {
+            Self::Linear | Self::Mlp(_) => TaskKind::Classify,
+            Self::Fpn | Self::Unet => TaskKind::Segment,
+            Self::Fcos => TaskKind::Detect,
+        }
+    }
+
+    /// The default head of `task`.
+    pub fn default_for(task: TaskKind) -> Self {
+        match task {
+            TaskKind::Classify => Self::Linear,
+            TaskKind::Segment => Self::Fpn,
+            TaskKind::Detect => Self::Fcos,
+        }
+    }
 }
 
 impl FromStr for HeadSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if s.eq_ignore_ascii_case("linear") {
-            return Ok(Self::Linear);
+        for (name, head) in [
+            ("linear", Self::Linear),
+            ("fpn", Self::Fpn),
+            ("unet", Self::Unet),
+            ("fcos", Self::Fcos),
+        ] {
+            if s.eq_ignore_ascii_case(name) {
+                return Ok(head);
+            }
         }
-        let bad = || format!("invalid head `{s}` (expected `linear` or `mlp:WIDTH[,WIDTH...]`, e.g. mlp:128,64)");
+        let bad = || {
+            format!(
+                "invalid head `{s}` (expected `linear` or `mlp:WIDTH[,WIDTH...]` for classification, e.g. mlp:128,64; \
+                 `fpn` or `unet` for segmentation; `fcos` for detection)"
+            )
+        };
         let widths = s.strip_prefix("mlp:").ok_or_else(bad)?;
         let widths: Vec<usize> = widths
             .split(',')
@@ -183,6 +247,9 @@ impl fmt::Display for HeadSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Linear => f.write_str("linear"),
+            Self::Fpn => f.write_str("fpn"),
+            Self::Unet => f.write_str("unet"),
+            Self::Fcos => f.write_str("fcos"),
             Self::Mlp(w) => {
                 let w: Vec<String> = w.iter().map(|w| w.to_string()).collect();
                 write!(f, "mlp:{}", w.join(","))

@@ -1,5 +1,6 @@
 //! The seam with the training library: plain records of epochs and evaluations, and the `metrics.*` writers.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,9 +25,34 @@ pub struct EpochRow {
     pub lr: f64,
     /// Wall-clock seconds of the epoch.
     pub seconds: f64,
+    /// Segmentation/detection: the validation score that picks the best epoch (mIoU, AP@[.5:.95]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Segmentation/detection: every validation metric (`miou`, `iou/<class>`, `map50`, …) and the training
+    /// loss parts (`train/<part>`), as extra `metrics.csv` columns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl EpochRow {
+    /// The row of a dense task's record: [`Self::from_record`] plus its score, metrics and loss parts.
+    pub fn from_task_record(r: &EpochRecord, has_val: bool) -> Self {
+        let mut row = Self::from_record(r, has_val);
+        if has_val {
+            row.score = r.score;
+            row.metrics = r.metrics.clone();
+        }
+        for (k, v) in &r.loss_parts {
+            row.metrics.insert(format!("train/{k}"), *v);
+        }
+        row
+    }
+
+    /// The number that ranks epochs: the task's score, else the validation accuracy.
+    pub fn rank(&self) -> Option<f64> {
+        self.score.or(self.val_acc)
+    }
+
     /// The row of the library's record (epochs from 1; no validation figures without validation data).
     pub fn from_record(r: &EpochRecord, has_val: bool) -> Self {
         Self {
@@ -37,6 +63,8 @@ impl EpochRow {
             val_acc: has_val.then_some(r.val_acc),
             lr: r.lr,
             seconds: r.seconds,
+            score: None,
+            metrics: BTreeMap::new(),
         }
     }
 }
@@ -144,25 +172,53 @@ pub struct TrainOutcome {
     pub eval: Option<EvalSummary>,
     /// Most confidently wrong validation images, most confident first.
     pub wrong: Vec<WrongExample>,
+    /// Segmentation/detection: what the task adds to the run folder and the report.
+    pub dense: Option<DenseOutcome>,
 }
 
-/// The epoch with the best validation accuracy (earliest on ties), or the last epoch without validation.
+/// What a segmentation or detection run adds to the run folder and the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseOutcome {
+    /// `segment` or `detect`.
+    pub task: crate::spec::TaskKind,
+    /// Name of the score that picked the best epoch (`miou`, `map`).
+    pub score_name: String,
+    /// Validation metrics of the kept model, by name (`miou`, `iou/<class>`, `map50`, `ap/<class>`, …).
+    pub metrics: BTreeMap<String, f64>,
+    /// The task's report table (per-class IoU or AP), from `training::Task::report_section`.
+    pub section: training::ReportSection,
+    /// Figures written into the run folder and shown in the report: a relative file name (`val_samples.png`,
+    /// `pr_curves/ant.png`) and its PNG bytes.
+    pub figures: Vec<(String, Vec<u8>)>,
+    /// Worst validation images by the task's per-image score (segmentation: IoU), worst first.
+    pub worst: Vec<(PathBuf, f64)>,
+}
+
+/// The epoch with the best validation score ([`EpochRow::rank`]: accuracy, mIoU or mAP; earliest on ties), or the
+/// last epoch without validation.
 pub fn best_epoch(history: &[EpochRow]) -> Option<&EpochRow> {
-    let with_val = history.iter().filter(|r| r.val_acc.is_some());
+    let with_val = history.iter().filter(|r| r.rank().is_some());
     let best = with_val.fold(None::<&EpochRow>, |best, r| match best {
-        Some(b) if b.val_acc >= r.val_acc => Some(b),
+        Some(b) if b.rank() >= r.rank() => Some(b),
         _ => Some(r),
     });
     best.or(history.last())
 }
 
-/// `metrics.csv`: a header and one row per epoch (empty cells where there is no validation).
+/// `metrics.csv`: a header and one row per epoch (empty cells where there is no validation); dense tasks add a
+/// column per metric (the union of the rows' [`EpochRow::metrics`] keys, sorted).
 pub fn metrics_csv(history: &[EpochRow]) -> String {
-    let mut out = String::from("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n");
+    let extra: std::collections::BTreeSet<&String> = history.iter().flat_map(|r| r.metrics.keys()).collect();
+    let mut out = String::from("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds");
+    for k in &extra {
+        out.push(',');
+        out.push_str(&csv_field(k));
+    }
+    out.push('\n');
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     for r in history {
         out.push_str(&format!(
-            "{},{:.6},{:.6},{},{},{:e},{:.3}\n",
+            "{},{:.6},{:.6},{},{},{:e},{:.3}",
             r.epoch,
             r.train_loss,
             r.train_acc,
@@ -171,13 +227,44 @@ pub fn metrics_csv(history: &[EpochRow]) -> String {
             r.lr,
             r.seconds
         ));
+        for k in &extra {
+            out.push(',');
+            out.push_str(&opt(r.metrics.get(*k).copied()));
+        }
+        out.push('\n');
     }
     out
 }
 
-/// `metrics.json`: best and final figures, classes, per-class metrics and the history.
-pub fn metrics_json(history: &[EpochRow], eval: Option<&EvalSummary>) -> serde_json::Value {
+/// A CSV cell: quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `metrics.json`: best and final figures, classes, per-class metrics and the history; dense tasks add their
+/// task, score name and the kept model's validation metrics.
+pub fn metrics_json(
+    history: &[EpochRow],
+    eval: Option<&EvalSummary>,
+    dense: Option<&DenseOutcome>,
+) -> serde_json::Value {
     let best = best_epoch(history);
+    if let Some(d) = dense {
+        return serde_json::json!({
+            "task": d.task.to_string(),
+            "score_name": d.score_name,
+            "score": best.and_then(|b| b.score),
+            "best_epoch": best.map(|b| b.epoch),
+            "best": best,
+            "final": history.last(),
+            "metrics": d.metrics,
+            "history": history,
+        });
+    }
     let classes = eval.map(|e| e.classes.clone()).unwrap_or_default();
     serde_json::json!({
         "val_accuracy": best.and_then(|b| b.val_acc),
@@ -196,9 +283,14 @@ pub fn write_metrics_csv(run_dir: &Path, history: &[EpochRow]) -> data::Result<(
 }
 
 /// Write `metrics.json` into the run folder (atomically).
-pub fn write_metrics_json(run_dir: &Path, history: &[EpochRow], eval: Option<&EvalSummary>) -> data::Result<()> {
+pub fn write_metrics_json(
+    run_dir: &Path,
+    history: &[EpochRow],
+    eval: Option<&EvalSummary>,
+    dense: Option<&DenseOutcome>,
+) -> data::Result<()> {
     // Invariant: the value holds only finite-or-null numbers and strings.
-    let text = serde_json::to_string_pretty(&metrics_json(history, eval)).expect("metrics serialise to JSON");
+    let text = serde_json::to_string_pretty(&metrics_json(history, eval, dense)).expect("metrics serialise to JSON");
     write_atomic(&run_dir.join("metrics.json"), text.as_bytes())
 }
 
@@ -219,6 +311,8 @@ pub(crate) mod tests {
                     val_acc: with_val.then(|| if e == 3 { 0.95 } else { 0.9 - 0.4 / t }),
                     lr: 0.001 * 0.5f64.powi(e as i32),
                     seconds: 2.5,
+                    score: None,
+                    metrics: BTreeMap::new(),
                 }
             })
             .collect()
@@ -272,10 +366,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dense_rows_rank_by_score_and_add_metric_columns() {
+        let mut h = history(3, true);
+        for (r, miou) in h.iter_mut().zip([0.2, 0.6, 0.4]) {
+            r.score = Some(miou);
+            r.metrics = BTreeMap::from([("miou".to_string(), miou), ("iou/a,b".to_string(), miou / 2.0)]);
+        }
+        // val_acc peaks at epoch 3, the score at epoch 2: the score wins.
+        assert_eq!(best_epoch(&h).unwrap().epoch, 2);
+        let csv = metrics_csv(&h);
+        let mut rdr = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(&header[7..], ["iou/a,b", "miou"]);
+        let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows[1][8].parse::<f64>().unwrap(), 0.6);
+        assert_eq!(rows[1][7].parse::<f64>().unwrap(), 0.3);
+    }
+
+    #[test]
     fn json_reports_best_epoch_and_classes() {
         let dir = tempfile::tempdir().unwrap();
         let eval = EvalSummary::from_confusion(vec!["a".into(), "b".into()], vec![vec![5, 0], vec![1, 4]], Some(0.3));
-        write_metrics_json(dir.path(), &history(4, true), Some(&eval)).unwrap();
+        write_metrics_json(dir.path(), &history(4, true), Some(&eval), None).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("metrics.json")).unwrap()).unwrap();
         assert_eq!(v["best_epoch"], 3);

@@ -151,18 +151,15 @@ pub fn write(path: &Path, meta: &ModelMeta, tensors: Vec<(String, Tensor)>) -> R
     Ok(())
 }
 
-/// Read the metadata and tensors of a model file.
+/// Read the metadata and tensors of a classifier's model file (a segmentation or detection file is an error naming
+/// its task; see [`load_dense`]).
 pub fn read(path: &Path, device: &Device) -> Result<(ModelMeta, HashMap<String, Tensor>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, format!("cannot read model file: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::io(path, format!("not a safetensors file ({e})")))?;
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| Error::io(path, format!("not a graft model file (no `{META_KEY}` metadata)")))?;
+    let (bytes, value) = read_meta_json(path)?;
+    if let Some(task) = value.get("task").and_then(|t| t.as_str()) {
+        return Err(Error::io(path, format!("is a `{task}` model, not a classifier")));
+    }
     let meta: ModelMeta =
-        serde_json::from_str(json).map_err(|e| Error::io(path, format!("invalid `{META_KEY}` metadata: {e}")))?;
+        serde_json::from_value(value).map_err(|e| Error::io(path, format!("invalid `{META_KEY}` metadata: {e}")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::io(path, format!("cannot read the tensors: {e}")))?;
     Ok((meta, tensors))
@@ -231,4 +228,165 @@ pub fn restore_head(config: &HeadConfig, tensors: &HashMap<String, Tensor>, devi
         var.set(&t.to_dtype(DType::F32)?.to_device(device)?)?;
     }
     Ok(head)
+}
+
+/// The dense head of a [`DenseModel`].
+pub enum DenseHead {
+    /// A segmentation decoder.
+    Segment(heads::SegHead),
+    /// A detector.
+    Detect(heads::DetHead),
+}
+
+/// What a saved segmentation or detection model needs besides its tensors (the `graft` metadata of its file, with
+/// `task` set, which tells it from a classifier's [`ModelMeta`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DenseMeta {
+    /// `segment` or `detect`.
+    pub task: String,
+    /// Registry name of the backbone.
+    pub model: String,
+    /// Architecture built by `backbones::zoo::build`.
+    pub architecture: String,
+    /// Class names in output order.
+    pub classes: Vec<String>,
+    /// The backbone's preprocessing (its mean and std normalise the input).
+    pub preprocess: PreprocessConfig,
+    /// Square input size the model was trained at (evaluation resizes and pads to it).
+    pub imgsz: usize,
+    /// The head's configuration: a `heads::SegHeadConfig` or a `heads::DetHeadConfig` as JSON.
+    pub head: serde_json::Value,
+    /// Detection: the post-processing the run chose (`conf`, `iou`, `max_det`); null for segmentation.
+    pub post: Option<serde_json::Value>,
+    /// `feature-extract` or `fine-tune`.
+    pub mode: String,
+    /// The pretrained weights the backbone started from.
+    pub weights: Option<WeightsRef>,
+    /// Whether the file holds the backbone's tensors (else they are read from `weights`).
+    pub backbone_included: bool,
+}
+
+/// A dense model ready for inference.
+pub struct DenseModel {
+    /// The metadata it was saved with.
+    pub meta: DenseMeta,
+    /// The backbone (eval mode).
+    pub backbone: Box<dyn Backbone>,
+    /// The head.
+    pub head: DenseHead,
+}
+
+impl std::fmt::Debug for DenseModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseModel").field("meta", &self.meta).finish()
+    }
+}
+
+/// The task recorded in a model file: `classify` for a classifier's [`ModelMeta`], else [`DenseMeta::task`].
+pub fn task_of_file(path: &Path) -> Result<String> {
+    let (_, meta) = read_meta_json(path)?;
+    Ok(meta
+        .get("task")
+        .and_then(|t| t.as_str())
+        .unwrap_or("classify")
+        .to_string())
+}
+
+/// The file's bytes and its `graft` metadata as JSON.
+fn read_meta_json(path: &Path) -> Result<(Vec<u8>, serde_json::Value)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, format!("cannot read model file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::io(path, format!("not a safetensors file ({e})")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| Error::io(path, format!("not a graft model file (no `{META_KEY}` metadata)")))?;
+    let value =
+        serde_json::from_str(json).map_err(|e| Error::io(path, format!("invalid `{META_KEY}` metadata: {e}")))?;
+    Ok((bytes, value))
+}
+
+/// Write a dense model: `meta`, the head's store (`head.<name>`) and, when given, every backbone tensor
+/// (`backbone.<timm name>`), atomically (`meta.backbone_included` is set from `backbone`).
+pub fn save_dense(
+    path: &Path,
+    meta: &DenseMeta,
+    head: &backbones::ParamStore,
+    backbone: Option<&dyn Backbone>,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = head
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (format!("head.{k}"), t.detach()))
+        .collect();
+    if let Some(b) = backbone {
+        for (k, t) in b.store().state_dict() {
+            tensors.push((format!("backbone.{k}"), t));
+        }
+    }
+    let mut meta = meta.clone();
+    meta.backbone_included = backbone.is_some();
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string(&meta).map_err(|e| Error::io(path, e))?;
+    let info = HashMap::from([(META_KEY.to_string(), json)]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(info))
+        .map_err(|e| Error::io(path, format!("cannot serialise: {e}")))?;
+    data::fsutil::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Rebuild the dense model saved in `path` (a run's `best.safetensors` or an exported file) on `device`.
+pub fn load_dense(path: &Path, device: &Device) -> Result<DenseModel> {
+    let (bytes, value) = read_meta_json(path)?;
+    let meta: DenseMeta = serde_json::from_value(value)
+        .map_err(|e| Error::io(path, format!("not a segmentation or detection model: {e}")))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| Error::io(path, format!("cannot read the tensors: {e}")))?;
+    let mut head_t = HashMap::new();
+    let mut backbone_t = HashMap::new();
+    for (k, t) in tensors {
+        if let Some(n) = k.strip_prefix("head.") {
+            head_t.insert(n.to_string(), t.to_dtype(DType::F32)?);
+        } else if let Some(n) = k.strip_prefix("backbone.") {
+            backbone_t.insert(n.to_string(), t);
+        }
+    }
+    let backbone_t = if meta.backbone_included {
+        backbone_t
+    } else {
+        let w = meta
+            .weights
+            .as_ref()
+            .ok_or_else(|| Error::io(path, "has neither backbone tensors nor a weights file"))?;
+        backbones::weights::load_tensors(&check_weights(w)?)?
+    };
+    let backbone = backbones::pretrained::build(&meta.architecture, backbone_t, device)
+        .map_err(|e| Error::io(path, format!("backbone tensors do not fit {}: {e}", meta.architecture)))?;
+    let bad_head = |e: String| Error::io(path, format!("head: {e}"));
+    let head = match meta.task.as_str() {
+        "segment" => {
+            let cfg: heads::SegHeadConfig =
+                serde_json::from_value(meta.head.clone()).map_err(|e| bad_head(e.to_string()))?;
+            let head = heads::SegHead::new(cfg, device, 0)?;
+            head.store()
+                .load_state_dict(&head_t, true)
+                .map_err(|e| bad_head(e.to_string()))?;
+            DenseHead::Segment(head)
+        }
+        "detect" => {
+            let cfg: heads::DetHeadConfig =
+                serde_json::from_value(meta.head.clone()).map_err(|e| bad_head(e.to_string()))?;
+            let head = heads::DetHead::new(cfg, device, 0)?;
+            head.store()
+                .load_state_dict(&head_t, true)
+                .map_err(|e| bad_head(e.to_string()))?;
+            DenseHead::Detect(head)
+        }
+        other => return Err(Error::io(path, format!("unknown task `{other}`"))),
+    };
+    Ok(DenseModel { meta, backbone, head })
 }

@@ -40,4 +40,4 @@ pub use finetune::{
 pub use fit::{
     batch_loss, fit, fit_observed, fit_task, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model,
 };
-pub use task::{Classify, Detect, EvalSummary, Evaluator, ImageBoxes, Segment, StepLoss, Task};
+pub use task::{Classify, Detect, EvalSummary, Evaluator, ImageBoxes, ReportSection, Segment, StepLoss, Task};

@@ -145,3 +145,93 @@ fn files_that_are_not_graft_models_are_refused_in_one_line() {
     let err = export::load(&junk, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("junk.safetensors"), "{err}");
 }
+
+/// A segmentation and a detection model on the tiny resnet18 round-trip through `save_dense` / `load_dense` with
+/// identical outputs; the classifier loader refuses them naming their task, and `task_of_file` tells them apart.
+#[test]
+fn dense_models_round_trip_and_are_told_apart_from_classifiers() {
+    let dev = Device::Cpu;
+    let m = tiny_model();
+    let spec = backbones::registry::get("resnet18").unwrap();
+    let classes: Vec<String> = ["bg", "ant"].iter().map(|s| s.to_string()).collect();
+    let info = m.backbone.feature_info();
+    let seg = heads::SegHead::new(
+        heads::SegHeadConfig::for_encoder(heads::Decoder::Fpn, classes.clone(), &info).unwrap(),
+        &dev,
+        3,
+    )
+    .unwrap();
+    let det = heads::DetHead::new(
+        heads::DetHeadConfig::for_encoder(classes.clone(), &info, 3).unwrap(),
+        &dev,
+        4,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &dev).unwrap();
+    let meta = |task: &str, head: serde_json::Value| export::DenseMeta {
+        task: task.into(),
+        model: spec.name.clone(),
+        architecture: spec.architecture.clone(),
+        classes: classes.clone(),
+        preprocess: spec.preprocess.clone(),
+        imgsz: 64,
+        head,
+        post: None,
+        mode: "fine-tune".into(),
+        weights: None,
+        backbone_included: true,
+    };
+    let seg_path = dir.path().join("seg.safetensors");
+    let seg_meta = meta("segment", serde_json::to_value(seg.config()).unwrap());
+    export::save_dense(&seg_path, &seg_meta, seg.store(), Some(m.backbone.as_ref())).unwrap();
+    let det_path = dir.path().join("det.safetensors");
+    export::save_dense(
+        &det_path,
+        &meta("detect", serde_json::to_value(det.config()).unwrap()),
+        det.store(),
+        Some(m.backbone.as_ref()),
+    )
+    .unwrap();
+    let cls_path = dir.path().join("cls.safetensors");
+    export::save(&cls_path, &m.meta, &m.head, Some(m.backbone.as_ref())).unwrap();
+    assert_eq!(export::task_of_file(&seg_path).unwrap(), "segment");
+    assert_eq!(export::task_of_file(&det_path).unwrap(), "detect");
+    assert_eq!(export::task_of_file(&cls_path).unwrap(), "classify");
+    let e = export::read(&seg_path, &dev).unwrap_err().to_string();
+    assert!(e.contains("seg.safetensors") && e.contains("`segment` model"), "{e}");
+    assert!(export::load_dense(&cls_path, &dev).is_err());
+
+    let feats = m
+        .backbone
+        .forward_multiscale(&x, false, &seg.config().out_indices)
+        .unwrap();
+    let want = seg.forward(&feats, (64, 64), None).unwrap();
+    let loaded = export::load_dense(&seg_path, &dev).unwrap();
+    assert_eq!(loaded.meta, seg_meta);
+    let export::DenseHead::Segment(h) = &loaded.head else {
+        panic!("a segmentation head")
+    };
+    let feats = loaded
+        .backbone
+        .forward_multiscale(&x, false, &h.config().out_indices)
+        .unwrap();
+    assert_eq!(values(&h.forward(&feats, (64, 64), None).unwrap()), values(&want));
+
+    let feats = m
+        .backbone
+        .forward_multiscale(&x, false, &det.config().out_indices)
+        .unwrap();
+    let want = det.forward(&feats, (64, 64)).unwrap();
+    let loaded = export::load_dense(&det_path, &dev).unwrap();
+    let export::DenseHead::Detect(h) = &loaded.head else {
+        panic!("a detection head")
+    };
+    let feats = loaded
+        .backbone
+        .forward_multiscale(&x, false, &h.config().out_indices)
+        .unwrap();
+    let got = h.forward(&feats, (64, 64)).unwrap();
+    assert_eq!(values(&got.cls), values(&want.cls));
+    assert_eq!(values(&got.reg), values(&want.reg));
+}

@@ -118,6 +118,7 @@ impl Evaluator<Tensor> for PixelEval<'_> {
 
 impl Task for PixelTask {
     type Target = Tensor;
+    type Prediction = Tensor;
     fn name(&self) -> &'static str {
         "segment"
     }
@@ -162,6 +163,13 @@ impl Task for PixelTask {
             v.set(&state[&format!("head/{k}")])?;
         }
         Ok(())
+    }
+    fn predict(&self, x: &Tensor) -> training::Result<Vec<Tensor>> {
+        let m = self.forward(x)?.argmax(1)?;
+        Ok((0..m.dim(0)?).map(|i| m.get(i).unwrap()).collect())
+    }
+    fn report_section(&self, summary: &EvalSummary) -> training::ReportSection {
+        training::ReportSection::per_class("IoU", "IoU", "iou", &["bg".into(), "fg".into()], &summary.metrics)
     }
 }
 

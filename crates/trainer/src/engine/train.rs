@@ -31,6 +31,9 @@ use crate::summary::{EpochRow, TrainOutcome};
 /// The run folder's record of what was trained on (checked by `--resume`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
+    /// `classify`, `segment` or `detect` (absent in run folders from before tasks: classify).
+    #[serde(default)]
+    pub task: crate::spec::TaskKind,
     /// Registry name of the backbone.
     pub model: String,
     /// The pretrained weights used.
@@ -189,8 +192,9 @@ pub fn head_config(
         class_names: classes.to_vec(),
         input,
         hidden: match &cfg.head {
-            HeadSpec::Linear => Vec::new(),
             HeadSpec::Mlp(w) => w.clone(),
+            // `TrainConfig::validate` keeps dense heads away from classification.
+            _ => Vec::new(),
         },
         dropout: cfg.dropout,
         backbone: Some(spec.name.clone()),
@@ -318,18 +322,9 @@ impl FitObserver for Progress<'_> {
     }
 }
 
-/// Train per `cfg` into `run_dir`.
-pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
-    let spec = model_spec(&cfg.model)?;
-    let device = device_of(cfg.device)?;
-    let Sets { train, val } = inputs::open_sets(cfg)?;
-    let (pretrained, weights) = pretrained(&cfg.model, cfg.weights.as_deref(), &device)?;
-    let info = RunInfo {
-        model: spec.name.clone(),
-        weights: weights.clone(),
-        mode: cfg.mode.to_string(),
-        classes: train.classes.clone(),
-    };
+/// Write `run.json`; with `--resume`, first check that the run folder's record has the same task, model, weights,
+/// classes and mode (a usage error naming the folder otherwise).
+pub fn write_run_info(cfg: &TrainConfig, run_dir: &Path, info: &RunInfo) -> anyhow::Result<()> {
     let info_path = run_info_path(run_dir);
     if let (Some(dir), Ok(bytes)) = (&cfg.resume, std::fs::read(&info_path)) {
         let old: RunInfo = serde_json::from_slice(&bytes)
@@ -343,15 +338,56 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
             ))
             .into());
         }
-        if old.weights.sha256 != info.weights.sha256 || old.classes != info.classes || old.mode != info.mode {
+        if old.task != info.task
+            || old.weights.sha256 != info.weights.sha256
+            || old.classes != info.classes
+            || old.mode != info.mode
+        {
             return Err(UsageError(format!(
-                "--resume {}: the weights, classes or mode differ from the run's",
+                "--resume {}: the task, weights, classes or mode differ from the run's",
                 dir.display()
             ))
             .into());
         }
     }
-    data::fsutil::write_atomic(&info_path, serde_json::to_string_pretty(&info)?.as_bytes())?;
+    data::fsutil::write_atomic(&info_path, serde_json::to_string_pretty(info)?.as_bytes())?;
+    Ok(())
+}
+
+/// Read a run folder's `run.json`.
+pub fn read_run_info(run_dir: &Path) -> anyhow::Result<RunInfo> {
+    let path = run_info_path(run_dir);
+    let bytes = std::fs::read(&path).map_err(|e| UsageError(format!("{}: {e} (not a run folder?)", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| UsageError(format!("{}: unreadable run.json: {e}", path.display())).into())
+}
+
+/// Train per `cfg` into `run_dir`: classification here, segmentation and detection in their modules.
+pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
+    match cfg.task {
+        crate::spec::TaskKind::Classify => train_classifier(cfg, run_dir, observer),
+        crate::spec::TaskKind::Segment => super::segment::train(cfg, run_dir, observer),
+        crate::spec::TaskKind::Detect => super::detect::train(cfg, run_dir, observer),
+    }
+}
+
+fn train_classifier(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    observer: &mut dyn TrainObserver,
+) -> anyhow::Result<TrainOutcome> {
+    let spec = model_spec(&cfg.model)?;
+    let device = device_of(cfg.device)?;
+    let Sets { train, val } = inputs::open_sets(cfg)?;
+    let (pretrained, weights) = pretrained(&cfg.model, cfg.weights.as_deref(), &device)?;
+    let info = RunInfo {
+        task: crate::spec::TaskKind::Classify,
+        model: spec.name.clone(),
+        weights: weights.clone(),
+        mode: cfg.mode.to_string(),
+        classes: train.classes.clone(),
+    };
+    write_run_info(cfg, run_dir, &info)?;
 
     let backbone = pretrained.backbone;
     let head_cfg = head_config(cfg, &spec, backbone.as_ref(), &train.classes, &weights, &device)?;
@@ -554,6 +590,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         history: progress.rows,
         eval,
         wrong,
+        dense: None,
     })
 }
 

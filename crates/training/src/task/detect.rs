@@ -10,7 +10,7 @@ use heads::detect::boxes::Xyxy;
 use heads::{DetHead, PostProcess};
 use rand_chacha::ChaCha8Rng;
 
-use super::{dense_state, load_dense_state, EvalSummary, Evaluator, StepLoss, Task};
+use super::{dense_state, load_dense_state, EvalSummary, Evaluator, ReportSection, StepLoss, Task};
 use crate::error::Result;
 use crate::loss::fcos_loss;
 use crate::metrics::coco::{self, BoxFormat, CocoDet, CocoGt, DetBox, GtBox};
@@ -84,6 +84,8 @@ impl Detect<'_> {
 
 impl Task for Detect<'_> {
     type Target = Vec<ImageBoxes>;
+    /// The detections of one image after [`Detect::post`].
+    type Prediction = Vec<heads::Detection>;
 
     fn name(&self) -> &'static str {
         "detect"
@@ -128,6 +130,20 @@ impl Task for Detect<'_> {
 
     fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
         load_dense_state(self.backbone, self.head.store(), state)
+    }
+
+    fn predict(&self, x: &Tensor) -> Result<Vec<Vec<heads::Detection>>> {
+        Detect::predict(self, x, &self.post)
+    }
+
+    fn report_section(&self, summary: &EvalSummary) -> ReportSection {
+        ReportSection::per_class(
+            "Per-class AP@[.5:.95]",
+            "AP",
+            "ap",
+            &self.head.config().class_names,
+            &summary.metrics,
+        )
     }
 }
 

@@ -104,10 +104,48 @@ pub trait Evaluator<T> {
     fn finish(self: Box<Self>) -> Result<EvalSummary>;
 }
 
+/// A table for a run's report, owned by the task (per-class IoU, per-class AP, …); the CLI renders it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReportSection {
+    /// Heading of the section.
+    pub title: String,
+    /// Column headings.
+    pub columns: Vec<String>,
+    /// Rows of cells, already formatted.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl ReportSection {
+    /// A `class | <metric>` table of the `<prefix>/<class>` entries of `metrics`, in `classes` order; classes
+    /// without an entry (absent from truth and prediction) show `-`.
+    pub fn per_class(
+        title: &str,
+        metric: &str,
+        prefix: &str,
+        classes: &[String],
+        metrics: &BTreeMap<String, f64>,
+    ) -> Self {
+        Self {
+            title: title.to_string(),
+            columns: vec!["class".into(), metric.into()],
+            rows: classes
+                .iter()
+                .map(|c| {
+                    let v = metrics.get(&format!("{prefix}/{c}"));
+                    vec![c.clone(), v.map_or("-".into(), |v| format!("{v:.4}"))]
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A model trained by the shared fit loop for one task.
 pub trait Task {
     /// The targets of a batch (class ids N, masks N×H×W, boxes per image, …).
     type Target;
+
+    /// What the model predicts for one image (class probabilities, a class mask, boxes).
+    type Prediction;
 
     /// The task's name (`classify`, `segment`, `detect`).
     fn name(&self) -> &'static str;
@@ -132,6 +170,12 @@ pub trait Task {
 
     /// Restore tensors saved by [`Task::state`].
     fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()>;
+
+    /// Predictions for images `x` (eval mode), one per image in batch order.
+    fn predict(&self, x: &Tensor) -> Result<Vec<Self::Prediction>>;
+
+    /// The task's section of a run's report from a validation summary.
+    fn report_section(&self, summary: &EvalSummary) -> ReportSection;
 }
 
 /// Image classification (binary, multi-class, multi-label) with a [`heads::Head`]: targets are u32 class ids (N)
@@ -146,6 +190,8 @@ pub struct Classify<'a> {
 
 impl Task for Classify<'_> {
     type Target = Tensor;
+    /// Class probabilities (softmax; sigmoid per class for binary and multi-label heads).
+    type Prediction = Vec<f32>;
 
     fn name(&self) -> &'static str {
         "classify"
@@ -190,6 +236,30 @@ impl Task for Classify<'_> {
 
     fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.model.load_state(state)
+    }
+
+    fn predict(&self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let features = match self.model.backbone {
+            Some(b) => crate::export::head_input(b, self.model.head, x)?,
+            None => x.clone(),
+        };
+        let probs = self.model.head.predict_proba(&features)?;
+        Ok(probs
+            .to_dtype(DType::F32)?
+            .to_device(&candle_core::Device::Cpu)?
+            .to_vec2()?)
+    }
+
+    fn report_section(&self, summary: &EvalSummary) -> ReportSection {
+        ReportSection {
+            title: "Validation".into(),
+            columns: vec!["metric".into(), "value".into()],
+            rows: summary
+                .metrics
+                .iter()
+                .map(|(k, v)| vec![k.clone(), format!("{v:.4}")])
+                .collect(),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use heads::SegHead;
 use rand_chacha::ChaCha8Rng;
 
-use super::{dense_state, load_dense_state, EvalSummary, Evaluator, StepLoss, Task};
+use super::{dense_state, load_dense_state, EvalSummary, Evaluator, ReportSection, StepLoss, Task};
 use crate::error::{Error, Result};
 use crate::loss::{segmentation_loss, SegLoss};
 use crate::metrics::segmentation::ConfusionMatrix;
@@ -64,6 +64,8 @@ fn pixel_hits(pred: &Tensor, y: &Tensor, ignore: Option<u32>) -> Result<(usize, 
 
 impl Task for Segment<'_> {
     type Target = Tensor;
+    /// The class mask H×W (u32) at the input's size.
+    type Prediction = Tensor;
 
     fn name(&self) -> &'static str {
         "segment"
@@ -108,6 +110,21 @@ impl Task for Segment<'_> {
 
     fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
         load_dense_state(self.backbone, self.head.store(), state)
+    }
+
+    fn predict(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let masks = Segment::predict(self, x)?;
+        (0..masks.dim(0)?).map(|i| Ok(masks.get(i)?)).collect()
+    }
+
+    fn report_section(&self, summary: &EvalSummary) -> ReportSection {
+        ReportSection::per_class(
+            "Per-class IoU",
+            "IoU",
+            "iou",
+            &self.head.config().class_names,
+            &summary.metrics,
+        )
     }
 }
 
