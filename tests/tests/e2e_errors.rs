@@ -86,6 +86,7 @@ fn models_lists_the_registry() {
         "efficientnet_b0",
         "tf_efficientnet_lite0",
         "mobilenetv3_large_100",
+        "mobilenetv4_conv_small",
     ] {
         assert!(text.contains(name), "models lists {name}:\n{text}");
     }

@@ -1,5 +1,6 @@
-//! The mobile building blocks shared by EfficientNet and MobileNetV3: squeeze-excite, depthwise-separable,
-//! inverted-residual (MBConv) and conv-bn-act blocks, built from a stage table in timm's block-string vocabulary.
+//! The mobile building blocks shared by EfficientNet, MobileNetV3 and MobileNetV4: squeeze-excite,
+//! depthwise-separable, inverted-residual (MBConv), universal inverted-residual (UIB) and conv-bn-act blocks, built
+//! from a stage table in timm's block-string vocabulary.
 
 use candle_core::Tensor;
 
@@ -9,7 +10,7 @@ use crate::fused::conv_bn_act;
 use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvConfig, Linear, Padding};
 use crate::params::ParamStore;
 
-/// The kind of a block, as the first token of timm's block strings (`ds`, `ir`, `cn`).
+/// The kind of a block, as the first token of timm's block strings (`ds`, `ir`, `cn`, `uir`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
     /// Depthwise-separable: dw conv, bn, act, [se], pw conv, bn (`ds`).
@@ -18,6 +19,9 @@ pub enum BlockKind {
     InvertedResidual,
     /// Plain convolution, bn, act (`cn`).
     ConvBnAct,
+    /// Universal inverted residual (MobileNetV4's UIB): [dw start, bn], pw expand, bn, act, [dw mid, bn, act],
+    /// pw project, bn (`uir`).
+    UniversalInverted,
 }
 
 /// One entry of an architecture table: `repeats` blocks of one kind (timm's `ir_r2_k3_s2_e6_c24_se0.25`).
@@ -27,8 +31,10 @@ pub struct BlockArgs {
     pub kind: BlockKind,
     /// Number of repeats (only the first block has `stride`).
     pub repeats: usize,
-    /// Kernel size of the depthwise (or plain) convolution.
+    /// Kernel size of the depthwise (or plain) convolution; for `uir` the middle depthwise (0: none).
     pub kernel: usize,
+    /// Kernel size of the `uir` start depthwise convolution (timm's `a`; 0: none, and 0 for other kinds).
+    pub start_kernel: usize,
     /// Stride of the first block.
     pub stride: usize,
     /// Expansion ratio of inverted residuals (1 for the others).
@@ -48,6 +54,7 @@ impl BlockArgs {
             kind: BlockKind::DepthwiseSeparable,
             repeats: 1,
             kernel: k,
+            start_kernel: 0,
             stride: s,
             expand: 1.0,
             out: c,
@@ -62,6 +69,7 @@ impl BlockArgs {
             kind: BlockKind::InvertedResidual,
             repeats: r,
             kernel: k,
+            start_kernel: 0,
             stride: s,
             expand: e,
             out: c,
@@ -76,8 +84,25 @@ impl BlockArgs {
             kind: BlockKind::ConvBnAct,
             repeats: 1,
             kernel: k,
+            start_kernel: 0,
             stride: s,
             expand: 1.0,
+            out: c,
+            se: 0.0,
+            act,
+        }
+    }
+
+    /// `r` universal inverted residuals (`uir_r{r}_a{a}_k{k}_s{s}_e{e}_c{c}`): start depthwise kernel `a` and middle
+    /// depthwise kernel `k` (0: absent; `a0_k3` is an IR, `a3_k0` ConvNeXt-like, `a3_k3` ExtraDW, `a0_k0` an FFN).
+    pub const fn uir(r: usize, a: usize, k: usize, s: usize, e: f64, c: usize, act: Activation) -> Self {
+        Self {
+            kind: BlockKind::UniversalInverted,
+            repeats: r,
+            kernel: k,
+            start_kernel: a,
+            stride: s,
+            expand: e,
             out: c,
             se: 0.0,
             act,
@@ -257,6 +282,20 @@ pub enum Block {
         /// Activation.
         act: Activation,
     },
+    /// `dw_start`, `pw_exp`, `dw_mid`, `pw_proj`, each `{conv, bn}` (+ residual); timm's `UniversalInvertedResidual`
+    /// without SE, `dw_end` and layer scale (none of MobileNetV4's conv variants use them).
+    UniversalInverted {
+        /// Optional start depthwise convolution, no activation (stride when there is no middle one).
+        dw_start: Option<ConvNormAct>,
+        /// Pointwise expansion with activation.
+        pw_exp: ConvNormAct,
+        /// Optional middle depthwise convolution with activation (carries the stride).
+        dw_mid: Option<ConvNormAct>,
+        /// Pointwise linear projection.
+        pw_proj: ConvNormAct,
+        /// Residual connection (stride 1, in == out).
+        skip: bool,
+    },
 }
 
 impl Block {
@@ -313,6 +352,36 @@ impl Block {
                 bn1: bn("bn1", cout)?,
                 act,
             },
+            BlockKind::UniversalInverted => {
+                let a = args.start_kernel;
+                if stride > 1 && a == 0 && k == 0 {
+                    return Err(crate::error::Error::Msg(format!(
+                        "{prefix}: a strided universal inverted residual needs a depthwise convolution"
+                    )));
+                }
+                let mid = make_divisible(cin as f64 * args.expand, 8);
+                // `{name}.conv` + `{name}.bn` (timm's ConvNormAct).
+                let cna = |name: &str, (ci, co, k, s): (usize, usize, usize, usize), dw: bool, act: Activation| {
+                    Ok::<_, crate::error::Error>(ConvNormAct {
+                        conv: conv(store, &p(&format!("{name}.conv")), cfg, (ci, co, k, s), dw)?,
+                        bn: bn(&format!("{name}.bn"), co)?,
+                        act,
+                    })
+                };
+                let none = Activation::None;
+                let start_stride = if k > 0 { 1 } else { stride };
+                Block::UniversalInverted {
+                    dw_start: (a > 0)
+                        .then(|| cna("dw_start", (cin, cin, a, start_stride), true, none))
+                        .transpose()?,
+                    pw_exp: cna("pw_exp", (cin, mid, 1, 1), false, act)?,
+                    dw_mid: (k > 0)
+                        .then(|| cna("dw_mid", (mid, mid, k, stride), true, act))
+                        .transpose()?,
+                    pw_proj: cna("pw_proj", (mid, cout, 1, 1), false, none)?,
+                    skip,
+                }
+            }
         })
     }
 
@@ -363,6 +432,29 @@ impl Block {
                 }
             }
             Block::ConvBnAct { conv, bn1, act } => conv_bn_act(conv, bn1, *act, x, train),
+            Block::UniversalInverted {
+                dw_start,
+                pw_exp,
+                dw_mid,
+                pw_proj,
+                skip,
+            } => {
+                let y = match dw_start {
+                    Some(d) => d.forward(x, train)?,
+                    None => x.clone(),
+                };
+                let y = pw_exp.forward(&y, train)?;
+                let y = match dw_mid {
+                    Some(d) => d.forward(&y, train)?,
+                    None => y,
+                };
+                let y = pw_proj.forward(&y, train)?;
+                if *skip {
+                    Ok((y + x)?)
+                } else {
+                    Ok(y)
+                }
+            }
         }
     }
 }
@@ -435,8 +527,20 @@ pub fn forward_stages(stages: &[Vec<Block>], x: &Tensor, train: bool) -> Result<
     Ok(x)
 }
 
+/// The multi-scale features of a mobile network with a `stem`-channel stem (timm's full rule): the stem's output
+/// (`bn1`, 1/2) when the first block has a stride, then [`mobile_feature_info`].
+pub fn mobile_feature_info_with_stem(table: &[&[BlockArgs]], stem: usize) -> Vec<FeatureInfo> {
+    let mut info = Vec::new();
+    if table.first().and_then(|s| s.first()).is_some_and(|a| a.stride > 1) {
+        info.push(FeatureInfo::new("bn1", 2, stem));
+    }
+    info.extend(mobile_feature_info(table));
+    info
+}
+
 /// The multi-scale features of a mobile network (timm's rule): the output of each stage after which the
-/// resolution halves, and of the last stage (the stem has stride 2).
+/// resolution halves, and of the last stage (the stem has stride 2; for the stem's own map see
+/// [`mobile_feature_info_with_stem`]).
 pub fn mobile_feature_info(table: &[&[BlockArgs]]) -> Vec<FeatureInfo> {
     let strides: Vec<usize> = table.iter().map(|s| s.iter().map(|a| a.stride).product()).collect();
     let mut info = Vec::new();
@@ -451,8 +555,8 @@ pub fn mobile_feature_info(table: &[&[BlockArgs]]) -> Vec<FeatureInfo> {
     info
 }
 
-/// The chosen multi-scale maps of a mobile network: the stem's output runs through the stages, stopping after the
-/// last map asked for.
+/// The chosen multi-scale maps of a mobile network: the stem's output (itself map `bn1` when `info` lists it) runs
+/// through the stages, stopping after the last map asked for.
 pub fn forward_mobile_multiscale(
     stages: &[Vec<Block>],
     info: &[FeatureInfo],
@@ -461,6 +565,12 @@ pub fn forward_mobile_multiscale(
     out_indices: &[usize],
 ) -> Result<Vec<Tensor>> {
     let mut taps = Taps::new(out_indices);
+    if let Some(k) = info.iter().position(|f| f.module == "bn1") {
+        taps.keep(k, x);
+        if taps.done() {
+            return Ok(taps.finish());
+        }
+    }
     let mut x = x.clone();
     for (i, stage) in stages.iter().enumerate() {
         for block in stage {

@@ -1,4 +1,4 @@
-//! The inference path of frozen mobile networks (EfficientNet, MobileNetV3) on the CPU: when it applies, how a
+//! The inference path of frozen mobile networks (EfficientNet, MobileNetV3; not MobileNetV4) on the CPU: when it applies, how a
 //! network's blocks become a `kernels::plan::MobilePlan`, and the per-model cache that keeps one plan until a
 //! parameter or buffer of the store changes.
 //!
@@ -89,6 +89,13 @@ fn step(block: &Block) -> kernels::Result<Step> {
             skip: *skip,
         },
         Block::ConvBnAct { conv, bn1, act } => Step::Pointwise(folded(conv, bn1, *act)?),
+        // MobileNetV4's UIB (a start depthwise without activation, a residual around up to four layers) has no
+        // plan step; MobileNetV4 reports `uses_inference_path() == false` and never builds a plan.
+        Block::UniversalInverted { .. } => {
+            return Err(kernels::Error::Unsupported(
+                "a universal inverted residual (MobileNetV4)".to_string(),
+            ))
+        }
     })
 }
 

@@ -15,6 +15,7 @@ pub mod hub;
 mod infer;
 pub mod layers;
 pub mod mobilenetv3;
+pub mod mobilenetv4;
 pub mod ops;
 pub mod params;
 pub mod pretrained;

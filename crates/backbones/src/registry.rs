@@ -58,6 +58,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "mobilenetv3_large_100",
         include_str!("../../../models/mobilenetv3_large_100.toml"),
     ),
+    (
+        "mobilenetv4_conv_small",
+        include_str!("../../../models/mobilenetv4_conv_small.toml"),
+    ),
     ("resnet18", include_str!("../../../models/resnet18.toml")),
     ("resnet34", include_str!("../../../models/resnet34.toml")),
     ("resnet50", include_str!("../../../models/resnet50.toml")),

@@ -13,6 +13,7 @@ pub const ARCHITECTURES: &[&str] = &[
     "efficientnet_b0",
     "tf_efficientnet_lite0",
     "mobilenetv3_large_100",
+    "mobilenetv4_conv_small",
     "convnext_atto",
     "convnext_tiny",
     "vit_tiny_patch16_224",
@@ -29,6 +30,7 @@ pub fn build(arch: &str, store: &ParamStore) -> Result<Box<dyn Backbone>> {
         "efficientnet_b0" => Ok(Box::new(crate::efficientnet::EfficientNet::b0(store)?)),
         "tf_efficientnet_lite0" => Ok(Box::new(crate::efficientnet::EfficientNet::lite0(store)?)),
         "mobilenetv3_large_100" => Ok(Box::new(crate::mobilenetv3::MobileNetV3::large_100(store)?)),
+        "mobilenetv4_conv_small" => Ok(Box::new(crate::mobilenetv4::MobileNetV4::conv_small(store)?)),
         "convnext_atto" | "convnext_tiny" => Ok(Box::new(crate::convnext::ConvNext::from_name(arch, store)?)),
         "vit_tiny_patch16_224" | "vit_small_patch16_224" | "vit_small_patch14_dinov2" | "vit_base_patch14_dinov2" => {
             Ok(Box::new(crate::vit::Vit::from_name(arch, store)?))

@@ -68,6 +68,46 @@ fn vit_tiny_matches_timm() {
     check_round2("vit_tiny_patch16_224", model.as_ref(), &store, &refs);
 }
 
+/// MobileNetV4-Conv-Small: forward_features (960×7×7), the 1280 pre-logits (conv_head, norm_head, ReLU) and the
+/// logits; the multi-scale maps (timm's `features_only` rule) end with the same 960-channel map.
+#[test]
+fn mobilenetv4_conv_small_matches_timm() {
+    let name = "mobilenetv4_conv_small";
+    let Some((store, refs)) = round2_fixture(name) else {
+        return;
+    };
+    let model = zoo::build(name, &store).unwrap();
+    assert!(model.has_classifier());
+    check_round2(name, model.as_ref(), &store, &refs);
+
+    // timm's builder: the first block has a stride, so the stem (`bn1`, 1/2) is feature 0; then every stage whose
+    // successor starts with a stride (blocks.0, .1, .2) and the last stage (blocks.4). blocks.3 (128 ch, 1/32) is
+    // followed by the stride-1 blocks.4, so it is no feature.
+    let expected = [
+        ("bn1", 2, 32),
+        ("blocks.0", 4, 32),
+        ("blocks.1", 8, 64),
+        ("blocks.2", 16, 96),
+        ("blocks.4", 32, 960),
+    ];
+    let info: Vec<(String, usize, usize)> = model
+        .feature_info()
+        .into_iter()
+        .map(|f| (f.module, f.reduction, f.channels))
+        .collect();
+    let expected: Vec<(String, usize, usize)> = expected.iter().map(|&(m, r, c)| (m.to_string(), r, c)).collect();
+    assert_eq!(info, expected);
+    let input = &refs["input"];
+    let maps = model.forward_all_features(input, false).unwrap();
+    for (m, (_, r, c)) in maps.iter().zip(&expected) {
+        assert_eq!(m.dims(), &[4, *c, 224 / r, 224 / r]);
+    }
+    assert_close("mobilenetv4 last multi-scale map", &maps[4], &refs["forward_features"]);
+    let some = model.forward_multiscale(input, false, &[0, 2]).unwrap();
+    assert_eq!(max_abs_diff(&some[0], &maps[0]), 0.0);
+    assert_eq!(max_abs_diff(&some[1], &maps[2]), 0.0);
+}
+
 /// The fixture is timm's `vit_small_patch14_dinov2` with `depth=3, img_size=224`: the same code, another config.
 #[test]
 fn dinov2_small_matches_timm() {

@@ -240,8 +240,13 @@ fn in_stages(name: &str, stages: &[backbones::Stage]) -> bool {
         .any(|s| s.prefixes.iter().any(|p| backbones::params::name_has_prefix(name, p)))
 }
 
-/// `freeze_all_but_last(b, 1)` makes exactly the last stage's parameters trainable.
+/// `freeze_all_but_last(b, 1)` makes exactly the last stage's parameters trainable (stem, blocks.0-6, head).
 pub fn check_freeze_last(arch: &str) {
+    check_freeze_last_of(arch, 9);
+}
+
+/// [`check_freeze_last`] for a network of `n_stages` stages (stem, blocks.0…, head).
+pub fn check_freeze_last_of(arch: &str, n_stages: usize) {
     let Some(store) = random_store(arch, 1) else {
         return;
     };
@@ -249,7 +254,7 @@ pub fn check_freeze_last(arch: &str) {
     let stages = model.stages();
     assert_eq!(stages.first().unwrap().name, "stem");
     assert_eq!(stages.last().unwrap().name, "head");
-    assert_eq!(stages.len(), 9, "stem, blocks.0-6, head");
+    assert_eq!(stages.len(), n_stages, "stem, blocks.0-{}, head", n_stages - 3);
     // Every backbone parameter (not the classifier) belongs to exactly one stage.
     for p in store.params() {
         let owners = stages
