@@ -419,6 +419,7 @@ fn fine_tune_trains_head_first_then_the_backbone() {
         lr_mult: 10.0,
         unfreeze: Unfreeze::Last(1),
         train_bn: false,
+        layer_decay: None,
         steps_per_epoch: 3,
         fit: FitConfig {
             seed: 1,
@@ -626,6 +627,7 @@ fn run_fine_tune(
         lr_mult: 10.0,
         unfreeze: Unfreeze::All,
         train_bn: false,
+        layer_decay: None,
         steps_per_epoch: 0,
         fit: FitConfig {
             seed: 1,

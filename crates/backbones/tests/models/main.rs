@@ -10,6 +10,7 @@ mod efficientnet_manifest;
 mod efficientnet_training;
 mod mobilenetv3_manifest;
 mod mobilenetv3_training;
+mod param_roles;
 mod perf_conv;
 mod plan_cache;
 mod registry_models;
