@@ -234,7 +234,8 @@ mod roles {
             .map(|(_, v)| v.as_tensor().sum_all().unwrap())
             .reduce(|a, b| (a + b).unwrap())
             .unwrap();
-        let grads = (zero * 0.0).unwrap().backward().unwrap();
+        // Multiplied by a zero tensor (not by the scalar 0, whose branch candle's backward prunes).
+        let grads = zero.mul(&zero.zeros_like().unwrap()).unwrap().backward().unwrap();
         opt.step(&grads).unwrap();
         let get = |n: &str| vars.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n}")).1.clone();
         for n in decayed {
@@ -289,7 +290,8 @@ mod roles {
         let w = Var::from_tensor(&Tensor::ones((2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
         let groups = vec![ParamGroup::new("g", vec![("w".into(), w.clone())], 0.1).with_weight_decay(GroupDecay::Value(0.5))];
         let mut opt = Adam::new(groups, AdamConfig::adamw()).unwrap();
-        let grads = (w.as_tensor().sum_all().unwrap() * 0.0).unwrap().backward().unwrap();
+        let sum = w.as_tensor().sum_all().unwrap();
+        let grads = sum.mul(&sum.zeros_like().unwrap()).unwrap().backward().unwrap();
         opt.step(&grads).unwrap();
         assert!(value(&w).iter().all(|&x| (x - 0.95).abs() < 1e-7), "{:?}", value(&w));
         let bad = vec![ParamGroup::new("g", vec![("w".into(), w)], 0.1).with_weight_decay(GroupDecay::Value(-1.0))];
