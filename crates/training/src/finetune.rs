@@ -64,7 +64,8 @@ pub fn set_trainable(backbone: &dyn Backbone, which: Unfreeze, train_bn: bool) -
 }
 
 /// [`split_no_decay`] for groups over `model`: backbone parameters by their [`ParamRole`], the head's by the name
-/// fallback (`groups` named `head` hold the head's parameters; all others the backbone's).
+/// fallback (groups named `head` or `head.*` hold the head's parameters, all others the backbone's). What a
+/// `make_optimizer` of [`fine_tune_observed`] applies to get timm's no-decay set (the trainer does).
 pub fn split_model_groups(model: Model<'_>, groups: Vec<ParamGroup>) -> Vec<ParamGroup> {
     let roles = model.backbone.map(|b| b.store().roles()).unwrap_or_default();
     let none = HashMap::new();
@@ -381,10 +382,12 @@ where
 }
 
 /// The recipe's phases over `data`: phase 1 trains the head with the backbone frozen for `freeze_epochs` (on
-/// features when `data.phase1_features()`), phase 2 unfreezes `cfg.unfreeze` (BatchNorm per `train_bn`) and trains
+/// features when `data.phase1_features()`), phase 2 unfreezes `cfg.unfreeze` (norm layers per `train_bn`) and trains
 /// it with the head for `epochs`, its stages' rates rising geometrically to the head's (see
-/// [`discriminative_groups`]; stage groups are named `backbone.<stage>`). A phase with no epochs is skipped (its
-/// result is empty). Phase 2 seeds its RNG with `fit.seed + 1`; its epochs continue phase 1's numbering; the
+/// [`discriminative_groups`]; stage groups are named `backbone.<stage>`), or with `cfg.layer_decay` the groups of
+/// [`layer_decay_groups`] (already split by role). `make_optimizer` gets the groups as built; it may split them
+/// with [`split_model_groups`] (groups that already carry a weight-decay value are left as they are). A phase with
+/// no epochs is skipped (its result is empty). Phase 2 seeds its RNG with `fit.seed + 1`; its epochs continue phase 1's numbering; the
 /// backbone is frozen again at the end. Checkpoints (with `fit.checkpoint_dir`): phase 1 in `phase1/` when it is
 /// the two-phase recipe's or phase 2 follows, the final phase in the folder itself; `fit.resume` continues each.
 pub fn fine_tune_observed<MO>(
@@ -420,7 +423,7 @@ where
         };
         let m1 = if data.phase1_features() { head_only } else { model };
         let steps = data.steps_per_epoch(1);
-        let mut opt = make_optimizer(split_model_groups(model, discriminative_groups(model, cfg.base_lr, 1.0)))?;
+        let mut opt = make_optimizer(discriminative_groups(model, cfg.base_lr, 1.0))?;
         let schedule = match recipe {
             Recipe::TwoPhase => Schedule::OneCycle {
                 total_steps: (cfg.freeze_epochs * steps).max(1),
@@ -479,7 +482,7 @@ where
                 for g in &mut groups[..last] {
                     g.name = format!("backbone.{}", g.name);
                 }
-                split_model_groups(model, groups)
+                groups
             }
         };
         let mut opt = make_optimizer(groups)?;

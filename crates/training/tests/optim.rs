@@ -224,6 +224,12 @@ mod roles {
             groups.iter().map(|g| (g.name.as_str(), g.weight_decay)).collect::<Vec<_>>(),
             [("all", GroupDecay::All), ("all.no_decay", GroupDecay::Value(0.0))]
         );
+        let again = split_no_decay(groups.clone(), &store.roles());
+        assert_eq!(
+            again.iter().map(|g| (&g.name, g.params.len())).collect::<Vec<_>>(),
+            groups.iter().map(|g| (&g.name, g.params.len())).collect::<Vec<_>>(),
+            "splitting twice changes nothing"
+        );
         let cfg = AdamConfig {
             weight_decay: 0.1,
             ..AdamConfig::adamw()

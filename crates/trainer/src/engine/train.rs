@@ -534,7 +534,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
         model,
         &ft,
         &recipe,
-        |groups| make_optimizer(cfg, groups),
+        // timm's no-decay set: norms, biases, position embeddings, tokens and layer scales by parameter role.
+        |groups| make_optimizer(cfg, training::split_model_groups(model, groups)),
         &run_data,
         &mut progress,
     )?;

@@ -81,23 +81,24 @@ pub fn takes_decay(name: &str, rank: usize, roles: &HashMap<String, ParamRole>) 
     }
 }
 
-/// Split each group into its decay part (same name and rate; [`GroupDecay::All`] unless it had a
-/// [`GroupDecay::Value`]) and a no-decay twin `<name>.no_decay` ([`GroupDecay::Value`] 0), as timm's
+/// Split each group into its decay part (same name and rate, [`GroupDecay::All`]) and a no-decay twin `<name>.no_decay` ([`GroupDecay::Value`] 0), as timm's
 /// `param_groups_weight_decay`: norms, biases, position embeddings, tokens and layer scales go to the twin by their
 /// [`ParamRole`] in `roles`, parameters missing from `roles` by the fallback [`decays`]. Empty parts are dropped (a
-/// group with no parameters at all is kept as it was).
+/// group with no parameters at all is kept as it was); groups that already carry a [`GroupDecay::Value`] are kept
+/// as they are, so splitting twice changes nothing.
 pub fn split_no_decay(groups: Vec<ParamGroup>, roles: &HashMap<String, ParamRole>) -> Vec<ParamGroup> {
     let mut out = Vec::with_capacity(groups.len() * 2);
     for g in groups {
+        if matches!(g.weight_decay, GroupDecay::Value(_)) {
+            out.push(g);
+            continue;
+        }
         let (decay, no_decay): (Vec<_>, Vec<_>) = g
             .params
             .iter()
             .cloned()
             .partition(|(n, v)| takes_decay(n, v.rank(), roles));
-        let rule = match g.weight_decay {
-            GroupDecay::ByName => GroupDecay::All,
-            other => other,
-        };
+        let rule = GroupDecay::All;
         if no_decay.is_empty() {
             out.push(ParamGroup {
                 weight_decay: if decay.is_empty() { g.weight_decay } else { rule },
