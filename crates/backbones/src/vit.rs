@@ -556,7 +556,14 @@ impl Backbone for Vit {
     /// `group_matcher` differs in one point: it puts the final `norm` with the last block.
     fn layer_id(&self, name: &str) -> Option<usize> {
         let depth = self.cfg.depth;
-        let embed = ["patch_embed", "cls_token", "reg_token", "mask_token", "pos_embed", "norm_pre"];
+        let embed = [
+            "patch_embed",
+            "cls_token",
+            "reg_token",
+            "mask_token",
+            "pos_embed",
+            "norm_pre",
+        ];
         if embed.iter().any(|p| crate::params::name_has_prefix(name, p)) {
             return Some(0);
         }

@@ -334,7 +334,10 @@ mod tests {
             };
             let e: anyhow::Error = bad.validate().unwrap_err().into();
             assert_eq!(crate::error::exit_code(&e), 2);
-            assert!(e.to_string().contains("--layer-decay") && e.to_string().contains(flag), "{e}");
+            assert!(
+                e.to_string().contains("--layer-decay") && e.to_string().contains(flag),
+                "{e}"
+            );
         }
     }
 

@@ -37,8 +37,7 @@ pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
 pub use export::{ExportedModel, ModelMeta, WeightsRef};
 pub use finetune::{
     discriminative_groups, fine_tune, fine_tune_observed, fit_phase, layer_decay_groups, set_trainable,
-    split_model_groups, Batches, FineTuneConfig,
-    FitObserver, Phase, PhaseData, Recipe, Unfreeze,
+    split_model_groups, Batches, FineTuneConfig, FitObserver, Phase, PhaseData, Recipe, Unfreeze,
 };
 pub use fit::{
     batch_loss, fit, fit_observed, fit_task, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model,

@@ -746,7 +746,13 @@ fn fine_tune_with_layer_decay_gives_each_vit_layer_its_rate() {
         &mut Seen::default(),
     )
     .unwrap();
-    let rate = |n: &str| rates.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n}: {rates:?}")).1;
+    let rate = |n: &str| {
+        rates
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{n}: {rates:?}"))
+            .1
+    };
     // Depth 2: layer i at 0.01 · 0.5^(3 − i); the final norm and the head at 0.01.
     for (group, want) in [
         ("backbone.layer_0", 0.01 * 0.125),
@@ -760,6 +766,13 @@ fn fine_tune_with_layer_decay_gives_each_vit_layer_its_rate() {
         assert!((rate(group) - want).abs() < 1e-15, "{group}: {}", rate(group));
     }
     let after = store.state_dict()["blocks.0.attn.qkv.weight"].clone();
-    let moved: f32 = (after - before).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let moved: f32 = (after - before)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(moved > 0.0, "the backbone trained");
 }

@@ -221,7 +221,10 @@ mod roles {
         let vars = store.trainable_vars();
         let groups = split_no_decay(vec![ParamGroup::new("all", vars.clone(), 0.1)], &store.roles());
         assert_eq!(
-            groups.iter().map(|g| (g.name.as_str(), g.weight_decay)).collect::<Vec<_>>(),
+            groups
+                .iter()
+                .map(|g| (g.name.as_str(), g.weight_decay))
+                .collect::<Vec<_>>(),
             [("all", GroupDecay::All), ("all.no_decay", GroupDecay::Value(0.0))]
         );
         let again = split_no_decay(groups.clone(), &store.roles());
@@ -243,9 +246,18 @@ mod roles {
         // Multiplied by a zero tensor (not by the scalar 0, whose branch candle's backward prunes).
         let grads = zero.mul(&zero.zeros_like().unwrap()).unwrap().backward().unwrap();
         opt.step(&grads).unwrap();
-        let get = |n: &str| vars.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n}")).1.clone();
+        let get = |n: &str| {
+            vars.iter()
+                .find(|(k, _)| k == n)
+                .unwrap_or_else(|| panic!("{n}"))
+                .1
+                .clone()
+        };
         for n in decayed {
-            assert!(value(&get(n)).iter().all(|&x| (x - 0.5 * 0.99).abs() < 1e-7), "{n} decays");
+            assert!(
+                value(&get(n)).iter().all(|&x| (x - 0.5 * 0.99).abs() < 1e-7),
+                "{n} decays"
+            );
         }
         for n in kept {
             assert!(value(&get(n)).iter().all(|&x| x == 0.5), "{n} is not decayed");
@@ -261,7 +273,12 @@ mod roles {
     fn adamw_skips_decay_by_role_on_a_vit() {
         step_and_check(
             &tiny_vit(2),
-            &["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc1.weight", "head.weight"],
+            &[
+                "patch_embed.proj.weight",
+                "blocks.0.attn.qkv.weight",
+                "blocks.1.mlp.fc1.weight",
+                "head.weight",
+            ],
             &[
                 "pos_embed",
                 "cls_token",
@@ -280,7 +297,11 @@ mod roles {
     fn adamw_skips_decay_by_role_on_a_convnext() {
         step_and_check(
             &tiny_convnext(),
-            &["stem.0.weight", "stages.0.blocks.0.conv_dw.weight", "stages.1.downsample.1.weight"],
+            &[
+                "stem.0.weight",
+                "stages.0.blocks.0.conv_dw.weight",
+                "stages.1.downsample.1.weight",
+            ],
             &[
                 "stages.0.blocks.0.gamma",
                 "stages.0.blocks.0.norm.weight",
@@ -294,7 +315,8 @@ mod roles {
     #[test]
     fn a_group_decay_value_replaces_the_optimizers_and_is_checked() {
         let w = Var::from_tensor(&Tensor::ones((2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let groups = vec![ParamGroup::new("g", vec![("w".into(), w.clone())], 0.1).with_weight_decay(GroupDecay::Value(0.5))];
+        let groups =
+            vec![ParamGroup::new("g", vec![("w".into(), w.clone())], 0.1).with_weight_decay(GroupDecay::Value(0.5))];
         let mut opt = Adam::new(groups, AdamConfig::adamw()).unwrap();
         let sum = w.as_tensor().sum_all().unwrap();
         let grads = sum.mul(&sum.zeros_like().unwrap()).unwrap().backward().unwrap();
@@ -316,10 +338,20 @@ mod roles {
         let groups = layer_decay_groups(&vit, head, base, d).unwrap();
         // L = 3: layer i trains at base · d^(L + 1 − i): embed 0, blocks.i → i + 1, the final norm and head 4.
         let expect = |id: i32| base * d.powi(4 - id);
-        let by_name = |n: &str| groups.iter().find(|g| g.name == n).unwrap_or_else(|| panic!("no group {n}"));
+        let by_name = |n: &str| {
+            groups
+                .iter()
+                .find(|g| g.name == n)
+                .unwrap_or_else(|| panic!("no group {n}"))
+        };
         for id in 0..=4 {
             let g = by_name(&format!("backbone.layer_{id}.no_decay"));
-            assert!((g.lr - expect(id)).abs() < 1e-15, "layer {id}: {} vs {}", g.lr, expect(id));
+            assert!(
+                (g.lr - expect(id)).abs() < 1e-15,
+                "layer {id}: {} vs {}",
+                g.lr,
+                expect(id)
+            );
             assert_eq!(g.weight_decay, GroupDecay::Value(0.0));
         }
         let rate_of = |param: &str| {
@@ -383,9 +415,7 @@ mod roles {
         let stages: Vec<String> = model.stages().into_iter().flat_map(|s| s.prefixes).collect();
         let norms: BTreeSet<String> = roles
             .iter()
-            .filter(|(n, r)| {
-                **r == ParamRole::Norm && stages.iter().any(|p| backbones::params::name_has_prefix(n, p))
-            })
+            .filter(|(n, r)| **r == ParamRole::Norm && stages.iter().any(|p| backbones::params::name_has_prefix(n, p)))
             .map(|(n, _)| n.clone())
             .collect();
         assert!(norms.len() > 2, "{}", model.name());

@@ -659,7 +659,10 @@ mod tests {
         };
         let e = head_config(&cfg, &spec, backbone.as_ref(), &classes, &weights, &Device::Cpu).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2, "{e}");
-        assert!(e.to_string().contains("--pool flatten") && e.to_string().contains("--pool avg"), "{e}");
+        assert!(
+            e.to_string().contains("--pool flatten") && e.to_string().contains("--pool avg"),
+            "{e}"
+        );
 
         cfg.pool = Pooling::Avg;
         let head_cfg = head_config(&cfg, &spec, backbone.as_ref(), &classes, &weights, &Device::Cpu).unwrap();
@@ -670,7 +673,14 @@ mod tests {
         assert_eq!(tokens.dims(), [2, 197, 192]);
         let cls = tokens.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
         let pooled = backbone.forward_pooled(&x, false).unwrap();
-        let diff: f32 = (pooled - cls).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (pooled - cls)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(diff < 1e-6, "{diff}");
         let head = Head::seeded(head_cfg, &Device::Cpu, 1).unwrap();
         let model = Model {
