@@ -115,6 +115,19 @@ pub trait Backbone: Send + Sync {
     /// The store holding every parameter and buffer.
     fn store(&self) -> &ParamStore;
 
+    /// Depth for layer-wise learning-rate decay (timm's `param_groups_layer_decay`, BEiT): parameters get layer ids
+    /// from 0 (the embedding or stem) to `num_layers + 1` (everything after the last block). `None` when the
+    /// architecture defines no layer decay.
+    fn num_layers(&self) -> Option<usize> {
+        None
+    }
+
+    /// The layer-decay id of parameter `name`, in `0..=num_layers + 1`; `None` when [`Backbone::num_layers`] is.
+    fn layer_id(&self, name: &str) -> Option<usize> {
+        let _ = name;
+        None
+    }
+
     /// Whether [`Backbone::forward_features`] of `x` would take a dedicated inference path (a folded, frozen copy
     /// of the network) instead of the general autograd path; `false` for architectures that have none.
     fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
 use crate::layers::{gelu, global_avg_pool, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
-use crate::params::{Param, ParamStore};
+use crate::params::{Param, ParamRole, ParamStore};
 
 /// One ConvNeXt variant: timm's `ConvNeXt` arguments.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,7 +85,7 @@ impl Pointwise {
         };
         Ok(Self {
             weight,
-            bias: store.param(&format!("{prefix}.bias"), o)?,
+            bias: store.param_with_role(&format!("{prefix}.bias"), o, ParamRole::Bias, false)?,
             dims: (i, o),
         })
     }
@@ -131,7 +131,7 @@ impl Block {
             fc2: Pointwise::new(store, &format!("{prefix}.mlp.fc2"), (hidden, c), cfg.conv_mlp)?,
             gamma: cfg
                 .ls_init_value
-                .map(|_| store.param_ones(&format!("{prefix}.gamma"), c))
+                .map(|_| store.param_with_role(&format!("{prefix}.gamma"), c, ParamRole::LayerScale, true))
                 .transpose()?,
         })
     }
@@ -295,6 +295,32 @@ impl Backbone for ConvNext {
 
     fn store(&self) -> &ParamStore {
         &self.store
+    }
+
+    /// Every block of every stage (timm's fine `group_matcher`: one layer per block).
+    fn num_layers(&self) -> Option<usize> {
+        Some(self.cfg.depths.iter().sum())
+    }
+
+    /// timm's fine `group_matcher`: `stem` 0; `stages.i.blocks.j` 1 + (blocks of the stages before i) + j;
+    /// `stages.i.downsample` with `stages.i.blocks.0`; the rest (`head.norm`, `head.fc`) `num_layers + 1`.
+    fn layer_id(&self, name: &str) -> Option<usize> {
+        let total: usize = self.cfg.depths.iter().sum();
+        if crate::params::name_has_prefix(name, "stem") {
+            return Some(0);
+        }
+        let mut parts = name.split('.');
+        let id = match (parts.next(), parts.next().and_then(|i| i.parse::<usize>().ok())) {
+            (Some("stages"), Some(i)) if i < 4 => {
+                let before: usize = self.cfg.depths[..i].iter().sum();
+                match (parts.next(), parts.next().and_then(|j| j.parse::<usize>().ok())) {
+                    (Some("blocks"), Some(j)) => 1 + before + j.min(self.cfg.depths[i].saturating_sub(1)),
+                    _ => 1 + before,
+                }
+            }
+            _ => total + 1,
+        };
+        Some(id)
     }
 
     /// The last stage's map, N×C×h×w, before the head norm (timm's `forward_features`).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{Tensor, D};
 
 use crate::error::Result;
-use crate::params::{Buffer, Param, ParamStore};
+use crate::params::{Buffer, Param, ParamRole, ParamStore};
 
 pub use kernels::Padding;
 
@@ -64,7 +64,7 @@ impl Conv2d {
             (cfg.out_channels, cfg.in_channels / cfg.groups, cfg.kernel, cfg.kernel),
         )?;
         let bias = if cfg.bias {
-            Some(store.param(&format!("{prefix}.bias"), cfg.out_channels)?)
+            Some(store.param_with_role(&format!("{prefix}.bias"), cfg.out_channels, ParamRole::Bias, false)?)
         } else {
             None
         };
@@ -127,8 +127,8 @@ impl BatchNorm2d {
     /// Take the parameters under `prefix` from `store`.
     pub fn new(store: &ParamStore, prefix: &str, channels: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: store.param_ones(&format!("{prefix}.weight"), channels)?,
-            bias: store.param(&format!("{prefix}.bias"), channels)?,
+            weight: store.param_with_role(&format!("{prefix}.weight"), channels, ParamRole::Norm, true)?,
+            bias: store.param_with_role(&format!("{prefix}.bias"), channels, ParamRole::Norm, false)?,
             running_mean: store.buffer(&format!("{prefix}.running_mean"), channels, false)?,
             running_var: store.buffer(&format!("{prefix}.running_var"), channels, true)?,
             eps,
@@ -215,7 +215,7 @@ impl Linear {
     pub fn new(store: &ParamStore, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = store.param(&format!("{prefix}.weight"), (out_dim, in_dim))?;
         let bias = if bias {
-            Some(store.param(&format!("{prefix}.bias"), out_dim)?)
+            Some(store.param_with_role(&format!("{prefix}.bias"), out_dim, ParamRole::Bias, false)?)
         } else {
             None
         };
@@ -301,8 +301,8 @@ impl LayerNorm {
     /// Take the parameters under `prefix` from `store`.
     pub fn new(store: &ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: store.param_ones(&format!("{prefix}.weight"), dim)?,
-            bias: store.param(&format!("{prefix}.bias"), dim)?,
+            weight: store.param_with_role(&format!("{prefix}.weight"), dim, ParamRole::Norm, true)?,
+            bias: store.param_with_role(&format!("{prefix}.bias"), dim, ParamRole::Norm, false)?,
             eps,
         })
     }

@@ -29,6 +29,6 @@ pub mod zoo;
 
 pub use backbone::{freeze_all_but_last, unfreeze_all, Backbone, FeatureInfo, Stage};
 pub use error::{Error, Result};
-pub use params::{Buffer, Param, ParamStore};
+pub use params::{Buffer, Param, ParamRole, ParamStore};
 pub use pretrained::{pretrained, Pretrained, WeightsSource};
 pub use registry::ModelSpec;

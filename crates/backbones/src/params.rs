@@ -21,11 +21,39 @@ enum Slot {
     Trainable(Var),
 }
 
+/// What a parameter is for, recorded by the layer or model that creates it (optimizers use it to decide weight
+/// decay, `train_bn` to find the norm layers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamRole {
+    /// A convolution or linear weight (the only role that takes weight decay).
+    #[default]
+    Weight,
+    /// A convolution or linear bias.
+    Bias,
+    /// The scale or shift of a norm layer (BatchNorm, LayerNorm, GroupNorm).
+    Norm,
+    /// Position embeddings (ViT `pos_embed`).
+    PositionEmbedding,
+    /// Learned tokens: class, register and mask tokens.
+    Token,
+    /// Layer-scale factors (ViT `ls1.gamma` / `ls2.gamma`, ConvNeXt `gamma`).
+    LayerScale,
+}
+
+impl ParamRole {
+    /// Whether weight decay applies to parameters of this role (timm's `no_weight_decay` set: all but weights).
+    pub fn decays(self) -> bool {
+        self == ParamRole::Weight
+    }
+}
+
 /// A learnable parameter: frozen (constant tensor) or trainable (`Var`).
 #[derive(Debug, Clone)]
 pub struct Param {
     name: Arc<str>,
     slot: Arc<RwLock<Slot>>,
+    role: Arc<RwLock<ParamRole>>,
     version: Version,
 }
 
@@ -41,6 +69,24 @@ impl Param {
     /// The parameter's timm name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The parameter's role (set where the layer creates it; [`ParamRole::Weight`] unless said otherwise).
+    pub fn role(&self) -> ParamRole {
+        *self.role.read().expect("param lock")
+    }
+
+    /// Record the parameter's role (shared by every handle to it).
+    pub fn set_role(&self, role: ParamRole) {
+        *self.role.write().expect("param lock") = role;
+    }
+
+    /// The rank of the value.
+    pub fn rank(&self) -> usize {
+        match &*self.slot.read().expect("param lock") {
+            Slot::Frozen(t) => t.rank(),
+            Slot::Trainable(v) => v.rank(),
+        }
     }
 
     /// The current value; a variable (tracked by autograd) when trainable.
@@ -237,25 +283,64 @@ impl ParamStore {
         }
     }
 
-    /// The parameter `name` with `shape`, created frozen; asking twice returns the same handle.
+    /// The parameter `name` with `shape`, created frozen with role [`ParamRole::Weight`]; asking twice returns the
+    /// same handle.
     pub fn param<S: Into<Shape>>(&self, name: &str, shape: S) -> Result<Param> {
-        self.param_init(name, shape, false)
+        self.param_init(name, shape, false, None)
     }
 
     /// Like [`ParamStore::param`], defaulting to ones when the checkpoint lacks it and the store allows that.
     pub fn param_ones<S: Into<Shape>>(&self, name: &str, shape: S) -> Result<Param> {
-        self.param_init(name, shape, true)
+        self.param_init(name, shape, true, None)
     }
 
-    fn param_init<S: Into<Shape>>(&self, name: &str, shape: S, default_one: bool) -> Result<Param> {
+    /// Like [`ParamStore::param`] with `role` recorded (defaulting to ones when `ones` and the checkpoint lacks it
+    /// in a store that allows that). Asking again with a role sets it on the existing handle.
+    pub fn param_with_role<S: Into<Shape>>(&self, name: &str, shape: S, role: ParamRole, ones: bool) -> Result<Param> {
+        self.param_init(name, shape, ones, Some(role))
+    }
+
+    /// Record `role` for the already-created parameter `name`; `false` when the store has no such parameter.
+    pub fn set_role(&self, name: &str, role: ParamRole) -> bool {
+        match self.inner.read().expect("store lock").params.get(name) {
+            Some(p) => {
+                p.set_role(role);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every parameter's role, by name.
+    pub fn roles(&self) -> HashMap<String, ParamRole> {
+        self.inner
+            .read()
+            .expect("store lock")
+            .params
+            .iter()
+            .map(|(k, p)| (k.clone(), p.role()))
+            .collect()
+    }
+
+    fn param_init<S: Into<Shape>>(
+        &self,
+        name: &str,
+        shape: S,
+        default_one: bool,
+        role: Option<ParamRole>,
+    ) -> Result<Param> {
         let shape = shape.into();
         if let Some(p) = self.inner.read().expect("store lock").params.get(name) {
+            if let Some(r) = role {
+                p.set_role(r);
+            }
             return Ok(p.clone());
         }
         let t = self.take(name, &shape, default_one)?;
         let p = Param {
             name: Arc::from(name),
             slot: Arc::new(RwLock::new(Slot::Frozen(t))),
+            role: Arc::new(RwLock::new(role.unwrap_or_default())),
             version: self.version.clone(),
         };
         self.inner

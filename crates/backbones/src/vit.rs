@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
 use crate::layers::{gelu, linear_nd, softmax_last_dim, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
-use crate::params::{Param, ParamStore};
+use crate::params::{Param, ParamRole, ParamStore};
 
 /// How the token sequence is pooled into the pre-logits features (timm's `global_pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +292,7 @@ impl Block {
         let (c, hidden) = (cfg.embed_dim, cfg.mlp_hidden());
         let ls = |name: &str| -> Result<Option<Param>> {
             cfg.init_values
-                .map(|_| store.param_ones(&format!("{prefix}.{name}.gamma"), c))
+                .map(|_| store.param_with_role(&format!("{prefix}.{name}.gamma"), c, ParamRole::LayerScale, true))
                 .transpose()
         };
         Ok(Self {
@@ -361,12 +361,17 @@ impl Vit {
         )?;
         let cls_token = cfg
             .class_token
-            .then(|| store.param("cls_token", (1, 1, c)))
+            .then(|| store.param_with_role("cls_token", (1, 1, c), ParamRole::Token, false))
             .transpose()?;
         let reg_token = (cfg.reg_tokens > 0)
-            .then(|| store.param("reg_token", (1, cfg.reg_tokens, c)))
+            .then(|| store.param_with_role("reg_token", (1, cfg.reg_tokens, c), ParamRole::Token, false))
             .transpose()?;
-        let pos_embed = store.param("pos_embed", (1, cfg.pos_embed_len(), c))?;
+        let pos_embed = store.param_with_role(
+            "pos_embed",
+            (1, cfg.pos_embed_len(), c),
+            ParamRole::PositionEmbedding,
+            false,
+        )?;
         let norm_pre = cfg
             .pre_norm
             .then(|| LayerNorm::new(store, "norm_pre", c, cfg.eps))
@@ -539,6 +544,35 @@ impl Backbone for Vit {
 
     fn store(&self) -> &ParamStore {
         &self.store
+    }
+
+    /// The blocks (`depth`).
+    fn num_layers(&self) -> Option<usize> {
+        Some(self.cfg.depth)
+    }
+
+    /// BEiT's `get_num_layer_for_vit`: 0 for `patch_embed`, `cls_token`, `reg_token`, `mask_token`, `pos_embed`
+    /// (and `norm_pre`), `i + 1` for `blocks.i`, `depth + 1` for the rest (final `norm` / `fc_norm`, `head`). timm's
+    /// `group_matcher` differs in one point: it puts the final `norm` with the last block.
+    fn layer_id(&self, name: &str) -> Option<usize> {
+        let depth = self.cfg.depth;
+        let embed = [
+            "patch_embed",
+            "cls_token",
+            "reg_token",
+            "mask_token",
+            "pos_embed",
+            "norm_pre",
+        ];
+        if embed.iter().any(|p| crate::params::name_has_prefix(name, p)) {
+            return Some(0);
+        }
+        let block = name
+            .strip_prefix("blocks.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|&i| i < depth);
+        Some(block.map_or(depth + 1, |i| i + 1))
     }
 
     /// Every token after the final norm, N×T×C (T = prefix tokens + patches), as timm's `forward_features`.

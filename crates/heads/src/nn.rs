@@ -31,8 +31,8 @@ impl GroupNorm {
             )));
         }
         Ok(Self {
-            weight: store.param_ones(&format!("{prefix}.weight"), channels)?,
-            bias: store.param(&format!("{prefix}.bias"), channels)?,
+            weight: store.param_with_role(&format!("{prefix}.weight"), channels, backbones::ParamRole::Norm, true)?,
+            bias: store.param_with_role(&format!("{prefix}.bias"), channels, backbones::ParamRole::Norm, false)?,
             groups,
             eps: 1e-5,
         })

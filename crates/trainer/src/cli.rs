@@ -114,9 +114,14 @@ pub struct TrainArgs {
     /// 0 = one phase).
     #[arg(long, value_name = "N")]
     pub freeze_epochs: Option<usize>,
-    /// Also train BatchNorm layers of unfrozen stages.
+    /// fastai's train_bn: norm layers (BatchNorm, LayerNorm) train in frozen stages too; BatchNorm also uses batch
+    /// statistics (ConvNeXt, ViT: their LayerNorms).
     #[arg(long)]
     pub train_bn: bool,
+    /// Fine-tune mode: layer-wise learning-rate decay X in (0, 1] (timm/BEiT; ViT, DINOv2, ConvNeXt) instead of the
+    /// discriminative rates: layer i of L trains at lr·X^(L+1−i).
+    #[arg(long, value_name = "X")]
+    pub layer_decay: Option<f64>,
     /// Head: `linear` or `mlp:W1[,W2...]` (classify); `fpn` (default) or `unet` (segment); `fcos` (detect).
     #[arg(long, value_name = "HEAD")]
     pub head: Option<HeadSpec>,
@@ -421,6 +426,17 @@ mod tests {
             (OptimizerKind::AdamW, 0.0),
             "train's defaults"
         );
+    }
+
+    #[test]
+    fn layer_decay_parses_and_a_bad_value_is_exit_code_2() {
+        let cli = Cli::try_parse_from(["trainer", "train", "--mode", "fine-tune", "--layer-decay", "0.75"]).unwrap();
+        let Some(Command::Train(t)) = cli.command else {
+            panic!("not train")
+        };
+        assert_eq!(t.layer_decay, Some(0.75));
+        let e = Cli::try_parse_from(["trainer", "train", "--layer-decay", "steep"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

@@ -36,8 +36,10 @@ pub struct TrainConfig {
     /// Fine-tune mode: of `epochs`, how many train only the head (on cached features) before unfreezing
     /// (fastai's `fine_tune`); 0 trains in one phase.
     pub freeze_epochs: usize,
-    /// Train BatchNorm statistics and affine parameters of unfrozen stages.
+    /// fastai's `train_bn`: norm layers train in frozen stages too, BatchNorm with batch statistics.
     pub train_bn: bool,
+    /// Fine-tune mode: layer-wise learning-rate decay in (0, 1] instead of discriminative rates.
+    pub layer_decay: Option<f64>,
     /// Head on the features.
     pub head: HeadSpec,
     /// Average-pool or flatten the feature map.
@@ -120,6 +122,7 @@ impl Default for TrainConfig {
             unfreeze: None,
             freeze_epochs: 1,
             train_bn: false,
+            layer_decay: None,
             head: HeadSpec::Linear,
             pool: Pooling::Avg,
             binary: false,
@@ -370,6 +373,14 @@ impl TrainConfig {
         if self.unfreeze.is_some() && self.mode == Mode::FeatureExtract {
             return fail("--unfreeze needs --mode fine-tune".into());
         }
+        if let Some(x) = self.layer_decay {
+            if !(x > 0.0 && x <= 1.0) {
+                return fail(format!("--layer-decay must be in (0, 1], got {x}"));
+            }
+            if self.mode != Mode::FineTune {
+                return fail("--layer-decay needs --mode fine-tune".into());
+            }
+        }
         if self.patience == Some(0) {
             return fail("--patience must be at least 1".into());
         }
@@ -386,6 +397,31 @@ mod tests {
 
     fn layer(text: &str) -> Layer {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn layer_decay_is_a_config_key_checked_with_its_flag_name() {
+        let cfg = resolve(vec![layer("data = \"d\"\nmode = \"fine-tune\"\nlayer_decay = 0.65\n")]).unwrap();
+        assert_eq!(cfg.layer_decay, Some(0.65));
+        cfg.validate().unwrap();
+        assert!(cfg.to_toml().contains("layer_decay = 0.65"));
+        for (x, mode, flag) in [
+            (1.5, Mode::FineTune, "(0, 1]"),
+            (0.0, Mode::FineTune, "(0, 1]"),
+            (0.7, Mode::FeatureExtract, "--mode fine-tune"),
+        ] {
+            let bad = TrainConfig {
+                layer_decay: Some(x),
+                mode,
+                ..cfg.clone()
+            };
+            let e: anyhow::Error = bad.validate().unwrap_err().into();
+            assert_eq!(crate::error::exit_code(&e), 2);
+            assert!(
+                e.to_string().contains("--layer-decay") && e.to_string().contains(flag),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! Fine-tuning helpers: unfreezing stages, BatchNorm mode, discriminative rates and fastai's two-phase recipe.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use backbones::{freeze_all_but_last, unfreeze_all, Backbone};
-use candle_core::Tensor;
+use backbones::{freeze_all_but_last, unfreeze_all, Backbone, ParamRole};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointMeta;
 use crate::error::{Error, Result};
 use crate::fit::{fit_observed, BatchProgress, EpochRecord, FitConfig, FitResult, Model};
-use crate::optim::{Optimizer, ParamGroup};
+use crate::optim::{split_no_decay, Optimizer, ParamGroup};
 use crate::schedule::Schedule;
 
 /// Which backbone stages train.
@@ -25,7 +26,9 @@ pub enum Unfreeze {
     All,
 }
 
-/// Apply `which` to `backbone` and set whether its BatchNorm layers use batch statistics (`train_bn`).
+/// Apply `which` to `backbone`; `train_bn` is fastai's: BatchNorm layers use batch statistics, and the norm
+/// layers' parameters (role [`ParamRole::Norm`]: BatchNorm, LayerNorm, GroupNorm scales and shifts) train in the
+/// frozen stages too (for models without BatchNorm, such as ConvNeXt and ViT, that is all it does).
 pub fn set_trainable(backbone: &dyn Backbone, which: Unfreeze, train_bn: bool) -> Result<()> {
     match which {
         Unfreeze::None => freeze_all_but_last(backbone, 0)?,
@@ -45,8 +48,74 @@ pub fn set_trainable(backbone: &dyn Backbone, which: Unfreeze, train_bn: bool) -
             }
         }
     }
+    if train_bn {
+        let stage_params: Vec<String> = backbone.stages().into_iter().flat_map(|s| s.prefixes).collect();
+        for p in backbone.store().params() {
+            let in_stage = stage_params
+                .iter()
+                .any(|pre| backbones::params::name_has_prefix(p.name(), pre));
+            if in_stage && p.role() == ParamRole::Norm {
+                p.set_trainable(true)?;
+            }
+        }
+    }
     backbone.store().set_batchnorm_train(train_bn);
     Ok(())
+}
+
+/// [`split_no_decay`] for groups over `model`: backbone parameters by their [`ParamRole`], the head's by the name
+/// fallback (groups named `head` or `head.*` hold the head's parameters, all others the backbone's). What a
+/// `make_optimizer` of [`fine_tune_observed`] applies to get timm's no-decay set (the trainer does).
+pub fn split_model_groups(model: Model<'_>, groups: Vec<ParamGroup>) -> Vec<ParamGroup> {
+    let roles = model.backbone.map(|b| b.store().roles()).unwrap_or_default();
+    let none = HashMap::new();
+    groups
+        .into_iter()
+        .flat_map(|g| {
+            let r = if g.name == "head" || g.name.starts_with("head.") {
+                &none
+            } else {
+                &roles
+            };
+            split_no_decay(vec![g], r)
+        })
+        .collect()
+}
+
+/// Layer-wise learning-rate decay (timm's `param_groups_layer_decay`, BEiT): each trainable backbone parameter goes
+/// to the group of its layer id `i` ([`Backbone::layer_id`], 0 ..= L + 1 with L = [`Backbone::num_layers`]) at rate
+/// `base_lr · decay^(L + 1 − i)`; `head_vars` train at `base_lr`. Groups are `backbone.layer_<i>` and `head`, each
+/// split into decay and `.no_decay` parts by role as [`split_no_decay`] (the head's by the name fallback). An
+/// error for architectures without layer ids or `decay` outside (0, 1].
+pub fn layer_decay_groups(
+    backbone: &dyn Backbone,
+    head_vars: Vec<(String, Var)>,
+    base_lr: f64,
+    decay: f64,
+) -> Result<Vec<ParamGroup>> {
+    if !(decay > 0.0 && decay <= 1.0) {
+        return Err(Error::Config(format!("layer decay must be in (0, 1], got {decay}")));
+    }
+    let not_defined = || Error::Config(format!("layer decay is not defined for {}", backbone.name()));
+    let layers = backbone.num_layers().ok_or_else(not_defined)?;
+    let mut by_layer: BTreeMap<usize, Vec<(String, Var)>> = BTreeMap::new();
+    for (name, var) in backbone.store().trainable_vars() {
+        let id = backbone.layer_id(&name).ok_or_else(not_defined)?.min(layers + 1);
+        by_layer.entry(id).or_default().push((name, var));
+    }
+    let mut groups: Vec<ParamGroup> = by_layer
+        .into_iter()
+        .map(|(id, params)| {
+            let lr = base_lr * decay.powi((layers + 1 - id) as i32);
+            ParamGroup::new(&format!("backbone.layer_{id}"), params, lr)
+        })
+        .collect();
+    groups = split_no_decay(groups, &backbone.store().roles());
+    groups.extend(split_no_decay(
+        vec![ParamGroup::new("head", head_vars, base_lr)],
+        &HashMap::new(),
+    ));
+    Ok(groups)
 }
 
 /// Parameter groups with discriminative rates: each backbone stage with trainable parameters, then the head.
@@ -89,8 +158,12 @@ pub struct FineTuneConfig {
     pub lr_mult: f64,
     /// Stages unfrozen in phase 2.
     pub unfreeze: Unfreeze,
-    /// Whether BatchNorm uses batch statistics in phase 2.
+    /// fastai's `train_bn` in phase 2: BatchNorm uses batch statistics and norm layers train in frozen stages
+    /// (see [`set_trainable`]).
     pub train_bn: bool,
+    /// Layer-wise learning-rate decay for phase 2 (see [`layer_decay_groups`]), replacing the discriminative rates
+    /// (`lr_mult`); `None`: discriminative rates.
+    pub layer_decay: Option<f64>,
     /// Optimizer steps per epoch (for the one-cycle schedules) of [`fine_tune`]; [`fine_tune_observed`] asks its
     /// [`PhaseData`] instead.
     pub steps_per_epoch: usize,
@@ -309,10 +382,12 @@ where
 }
 
 /// The recipe's phases over `data`: phase 1 trains the head with the backbone frozen for `freeze_epochs` (on
-/// features when `data.phase1_features()`), phase 2 unfreezes `cfg.unfreeze` (BatchNorm per `train_bn`) and trains
+/// features when `data.phase1_features()`), phase 2 unfreezes `cfg.unfreeze` (norm layers per `train_bn`) and trains
 /// it with the head for `epochs`, its stages' rates rising geometrically to the head's (see
-/// [`discriminative_groups`]; stage groups are named `backbone.<stage>`). A phase with no epochs is skipped (its
-/// result is empty). Phase 2 seeds its RNG with `fit.seed + 1`; its epochs continue phase 1's numbering; the
+/// [`discriminative_groups`]; stage groups are named `backbone.<stage>`), or with `cfg.layer_decay` the groups of
+/// [`layer_decay_groups`] (already split by role). `make_optimizer` gets the groups as built; it may split them
+/// with [`split_model_groups`] (groups that already carry a weight-decay value are left as they are). A phase with
+/// no epochs is skipped (its result is empty). Phase 2 seeds its RNG with `fit.seed + 1`; its epochs continue phase 1's numbering; the
 /// backbone is frozen again at the end. Checkpoints (with `fit.checkpoint_dir`): phase 1 in `phase1/` when it is
 /// the two-phase recipe's or phase 2 follows, the final phase in the folder itself; `fit.resume` continues each.
 pub fn fine_tune_observed<MO>(
@@ -398,12 +473,18 @@ where
             ),
             Recipe::Plain(s) => (cfg.base_lr, *s),
         };
-        let mut groups = discriminative_groups(model, lr, cfg.lr_mult);
-        // Stage names may clash with the head's group (EfficientNet has a `head` stage).
-        let last = groups.len() - 1;
-        for g in &mut groups[..last] {
-            g.name = format!("backbone.{}", g.name);
-        }
+        let groups = match cfg.layer_decay {
+            Some(decay) => layer_decay_groups(backbone, model.head.vars(), lr, decay)?,
+            None => {
+                let mut groups = discriminative_groups(model, lr, cfg.lr_mult);
+                // Stage names may clash with the head's group (EfficientNet has a `head` stage).
+                let last = groups.len() - 1;
+                for g in &mut groups[..last] {
+                    g.name = format!("backbone.{}", g.name);
+                }
+                groups
+            }
+        };
         let mut opt = make_optimizer(groups)?;
         let phase = Phase {
             phase: 2,

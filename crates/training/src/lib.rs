@@ -22,7 +22,9 @@ pub use lr_finder::{lr_find, LrFinderConfig, LrFinderResult};
 pub use metrics::coco::{CocoDet, CocoGt, CocoStats};
 pub use metrics::segmentation::SegMetrics;
 pub use metrics::{ClassMetrics, ClassificationReport};
-pub use optim::{Adam, AdamConfig, OptimState, Optimizer, ParamGroup, Sgd, SgdConfig};
+pub use optim::{
+    split_no_decay, Adam, AdamConfig, GroupDecay, OptimState, Optimizer, ParamGroup, ParamRole, Sgd, SgdConfig,
+};
 pub use schedule::{LrSchedule, Schedule};
 pub mod cache;
 pub mod checkpoint;
@@ -34,8 +36,8 @@ pub use cache::{extract_features, load_or_compute, CacheKey, CacheStatus, Cached
 pub use checkpoint::{Checkpoint, CheckpointMeta, RngState};
 pub use export::{ExportedModel, ModelMeta, WeightsRef};
 pub use finetune::{
-    discriminative_groups, fine_tune, fine_tune_observed, fit_phase, set_trainable, Batches, FineTuneConfig,
-    FitObserver, Phase, PhaseData, Recipe, Unfreeze,
+    discriminative_groups, fine_tune, fine_tune_observed, fit_phase, layer_decay_groups, set_trainable,
+    split_model_groups, Batches, FineTuneConfig, FitObserver, Phase, PhaseData, Recipe, Unfreeze,
 };
 pub use fit::{
     batch_loss, fit, fit_observed, fit_task, BatchProgress, EpochRecord, FitConfig, FitResult, LossConfig, Model,

@@ -419,6 +419,7 @@ fn fine_tune_trains_head_first_then_the_backbone() {
         lr_mult: 10.0,
         unfreeze: Unfreeze::Last(1),
         train_bn: false,
+        layer_decay: None,
         steps_per_epoch: 3,
         fit: FitConfig {
             seed: 1,
@@ -626,6 +627,7 @@ fn run_fine_tune(
         lr_mult: 10.0,
         unfreeze: Unfreeze::All,
         train_bn: false,
+        layer_decay: None,
         steps_per_epoch: 0,
         fit: FitConfig {
             seed: 1,
@@ -693,4 +695,84 @@ fn fine_tune_observed_numbers_epochs_over_the_run_checkpoints_per_phase_and_resu
     let (seen, _) = run_fine_tune(plain.path(), &training::Recipe::Plain(Schedule::Constant), 2, 0, false);
     assert_eq!(seen.ended, [(1, 0), (1, 1)]);
     assert!(plain.path().join("last.json").is_file() && !plain.path().join("phase1").exists());
+}
+
+#[test]
+fn fine_tune_with_layer_decay_gives_each_vit_layer_its_rate() {
+    let (x, y) = images(2, 12, 7);
+    let (vx, vy) = images(2, 6, 8);
+    let data = Images { x, y, vx, vy };
+    let mut vcfg = backbones::vit::VitConfig::vit("tiny_vit", 4, 8, 2, 2);
+    vcfg.img_size = 8;
+    vcfg.num_classes = 0;
+    let store = ParamStore::empty(DType::F32, &Device::Cpu);
+    let bb = backbones::vit::Vit::new(&vcfg, &store).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for p in store.params() {
+        let t = p.tensor();
+        let v: Vec<f32> = (0..t.elem_count()).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+        p.set(&Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+    let before = store.state_dict()["blocks.0.attn.qkv.weight"].clone();
+    let head = head_for(2, 0.0);
+    let model = Model {
+        backbone: Some(&bb),
+        head: &head,
+    };
+    let cfg = FineTuneConfig {
+        freeze_epochs: 0,
+        epochs: 1,
+        base_lr: 0.01,
+        lr_mult: 10.0,
+        unfreeze: Unfreeze::All,
+        train_bn: false,
+        layer_decay: Some(0.5),
+        steps_per_epoch: 0,
+        fit: FitConfig {
+            seed: 1,
+            ..Default::default()
+        },
+    };
+    let mut rates = Vec::new();
+    training::fine_tune_observed(
+        model,
+        &cfg,
+        &training::Recipe::Plain(Schedule::Constant),
+        |groups| {
+            rates = groups.iter().map(|g| (g.name.clone(), g.lr)).collect::<Vec<_>>();
+            Ok(Box::new(Adam::new(groups, AdamConfig::adamw())?) as Box<dyn Optimizer>)
+        },
+        &data,
+        &mut Seen::default(),
+    )
+    .unwrap();
+    let rate = |n: &str| {
+        rates
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{n}: {rates:?}"))
+            .1
+    };
+    // Depth 2: layer i at 0.01 · 0.5^(3 − i); the final norm and the head at 0.01.
+    for (group, want) in [
+        ("backbone.layer_0", 0.01 * 0.125),
+        ("backbone.layer_0.no_decay", 0.01 * 0.125),
+        ("backbone.layer_1", 0.01 * 0.25),
+        ("backbone.layer_2.no_decay", 0.01 * 0.5),
+        ("backbone.layer_3.no_decay", 0.01),
+        ("head", 0.01),
+        ("head.no_decay", 0.01),
+    ] {
+        assert!((rate(group) - want).abs() < 1e-15, "{group}: {}", rate(group));
+    }
+    let after = store.state_dict()["blocks.0.attn.qkv.weight"].clone();
+    let moved: f32 = (after - before)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(moved > 0.0, "the backbone trained");
 }

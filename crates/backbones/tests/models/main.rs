@@ -11,6 +11,7 @@ mod efficientnet_training;
 mod mobilenetv3_manifest;
 mod mobilenetv3_training;
 mod mobilenetv4;
+mod param_roles;
 mod perf_conv;
 mod plan_cache;
 mod registry_models;

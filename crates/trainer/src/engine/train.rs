@@ -179,7 +179,16 @@ pub fn head_config(
         Pooling::Flatten => {
             let [h, w] = spec.preprocess.input_size;
             let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
-            let (_, c, fh, fw) = backbone.forward_features(&probe, false)?.dims4()?;
+            let features = backbone.forward_features(&probe, false)?;
+            let Ok((_, c, fh, fw)) = features.dims4() else {
+                return Err(UsageError(format!(
+                    "--pool flatten: {} returns tokens ({:?}), not a feature map; use --pool avg (the model's own \
+                     pooling, as timm's global_pool)",
+                    spec.name,
+                    features.dims()
+                ))
+                .into());
+            };
             InputKind::FeatureMap {
                 channels: c,
                 height: fh,
@@ -405,6 +414,13 @@ fn train_classifier(
         (_, None | Some(Unfreeze::All)) => training::Unfreeze::All,
         (_, Some(Unfreeze::Last(n))) => training::Unfreeze::Last(n),
     };
+    if cfg.layer_decay.is_some() && backbone.num_layers().is_none() {
+        return Err(UsageError(format!(
+            "--layer-decay: layer decay is not defined for {} (ViT, DINOv2 and ConvNeXt have it)",
+            spec.name
+        ))
+        .into());
+    }
     if fine_tuned {
         // A bad --unfreeze is the user's mistake: say so before any work.
         training::set_trainable(backbone.as_ref(), unfreeze, cfg.train_bn)
@@ -527,6 +543,7 @@ fn train_classifier(
         lr_mult,
         unfreeze,
         train_bn: cfg.train_bn,
+        layer_decay: cfg.layer_decay,
         steps_per_epoch: 0,
         fit: FitConfig {
             epochs: cfg.epochs,
@@ -553,7 +570,8 @@ fn train_classifier(
         model,
         &ft,
         &recipe,
-        |groups| make_optimizer(cfg, groups),
+        // timm's no-decay set: norms, biases, position embeddings, tokens and layer scales by parameter role.
+        |groups| make_optimizer(cfg, training::split_model_groups(model, groups)),
         &run_data,
         &mut progress,
     )?;
@@ -655,6 +673,58 @@ mod tests {
         let step = schedule(SchedulerSpec::Step { step: 2, gamma: 0.1 }, 6, 5);
         assert_eq!((step.multiplier(9), step.multiplier(10)), (1.0, 0.1f64.powi(1)));
         assert_eq!(schedule(SchedulerSpec::None, 3, 3).multiplier(7), 1.0);
+    }
+
+    #[test]
+    fn a_vit_pools_as_timm_and_rejects_a_flattened_token_map() {
+        let Some(path) = ::tests::assets::require("parity/vit_tiny_patch16_224.weights.safetensors") else {
+            return;
+        };
+        let name = "vit_tiny_patch16_224";
+        let store = backbones::ParamStore::from_safetensors(&path, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let backbone = backbones::zoo::build(name, &store).unwrap();
+        let spec = model_spec(name).unwrap();
+        let weights = WeightsRef {
+            path: path.clone(),
+            sha256: "fixture".into(),
+        };
+        let classes = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let mut cfg = TrainConfig {
+            model: name.into(),
+            pool: Pooling::Flatten,
+            ..TrainConfig::default()
+        };
+        let e = head_config(&cfg, &spec, backbone.as_ref(), &classes, &weights, &Device::Cpu).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2, "{e}");
+        assert!(
+            e.to_string().contains("--pool flatten") && e.to_string().contains("--pool avg"),
+            "{e}"
+        );
+
+        cfg.pool = Pooling::Avg;
+        let head_cfg = head_config(&cfg, &spec, backbone.as_ref(), &classes, &weights, &Device::Cpu).unwrap();
+        assert_eq!(head_cfg.input, InputKind::Pooled { features: 192 });
+        // The head sees timm's pre-logits features: the class token after the final norm.
+        let x = Tensor::rand(-1f32, 1f32, (2, 3, 224, 224), &Device::Cpu).unwrap();
+        let tokens = backbone.forward_features(&x, false).unwrap();
+        assert_eq!(tokens.dims(), [2, 197, 192]);
+        let cls = tokens.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let pooled = backbone.forward_pooled(&x, false).unwrap();
+        let diff: f32 = (pooled - cls)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let head = Head::seeded(head_cfg, &Device::Cpu, 1).unwrap();
+        let model = Model {
+            backbone: Some(backbone.as_ref()),
+            head: &head,
+        };
+        assert_eq!(model.forward(&x, None).unwrap().dims(), [2, 3]);
     }
 
     #[test]

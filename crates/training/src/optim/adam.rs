@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{decays, get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
+use super::{get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
 use crate::error::Result;
 
 /// Adam / AdamW hyper-parameters.
@@ -19,7 +19,8 @@ pub struct AdamConfig {
     pub eps: f64,
     /// Weight decay: an L2 term in the gradient (Adam) or decoupled `p -= lr·wd·p` (AdamW).
     pub weight_decay: f64,
-    /// Decoupled decay (AdamW), skipping 1-d parameters, biases and norm layers.
+    /// Decoupled decay (AdamW); groups without a weight-decay override skip 1-d parameters and biases
+    /// ([`super::decays`]), [`super::split_no_decay`] sets it by parameter role.
     pub decoupled: bool,
 }
 
@@ -74,14 +75,13 @@ impl Optimizer for Adam {
             decoupled,
         } = self.cfg;
         let state = &mut self.state;
-        self.groups.each_grad(grads, |lr, group, name, var, grad| {
+        self.groups.each_grad(grads, |lr, rule, group, name, var, grad| {
             let mut p = var.as_tensor().clone();
             let mut grad = grad.to_dtype(p.dtype())?;
+            let weight_decay = rule.resolve(weight_decay, name, p.rank(), decoupled);
             if weight_decay != 0.0 {
                 if decoupled {
-                    if decays(name, p.rank()) {
-                        p = (&p * (1.0 - lr * weight_decay))?;
-                    }
+                    p = (&p * (1.0 - lr * weight_decay))?;
                 } else {
                     grad = (grad + (&p * weight_decay)?)?;
                 }

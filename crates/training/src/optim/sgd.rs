@@ -15,7 +15,7 @@ pub struct SgdConfig {
     pub momentum: f64,
     /// Nesterov momentum (needs momentum > 0).
     pub nesterov: bool,
-    /// L2 penalty added to the gradient.
+    /// L2 penalty added to the gradient (a group's [`super::GroupDecay::Value`] replaces it).
     pub weight_decay: f64,
 }
 
@@ -60,9 +60,10 @@ impl Optimizer for Sgd {
             weight_decay,
         } = self.cfg;
         let buffers = &mut self.buffers;
-        self.groups.each_grad(grads, |lr, group, name, var, grad| {
+        self.groups.each_grad(grads, |lr, rule, group, name, var, grad| {
             let p = var.as_tensor();
             let mut d = grad.to_dtype(p.dtype())?;
+            let weight_decay = rule.resolve(weight_decay, name, p.rank(), false);
             if weight_decay != 0.0 {
                 d = (d + (p * weight_decay)?)?;
             }
