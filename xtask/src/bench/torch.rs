@@ -288,7 +288,7 @@ mod tests {
             ]
         );
         assert_eq!(script_args(&a, &[Measure::E2eJpeg, Measure::Data1]), None);
-        assert!(a.compare_torch == false && a.json.is_none());
+        assert!(!a.compare_torch && a.json.is_none());
         let b = args(&["--compare-torch", "--json", "out.json"]);
         assert!(b.compare_torch);
         assert_eq!(b.json.as_deref(), Some(Path::new("out.json")));
