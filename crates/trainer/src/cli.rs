@@ -158,7 +158,8 @@ pub struct TrainArgs {
     /// Dropout before each head layer.
     #[arg(long, value_name = "F")]
     pub dropout: Option<f32>,
-    /// Training epochs.
+    /// Training epochs, exactly (default 10; feature-extract with validation data: up to 200, stopping when val
+    /// accuracy has not improved for --patience epochs, default 10, best epoch kept).
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     /// Images per batch.
@@ -191,7 +192,7 @@ pub struct TrainArgs {
     /// Class weights: none or auto (inverse frequency).
     #[arg(long, value_name = "W")]
     pub class_weights: Option<ClassWeights>,
-    /// Early stopping: epochs without validation improvement.
+    /// Early stopping: epochs without a better validation accuracy (feature-extract default without --epochs: 10).
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
     /// Fail on unreadable images instead of skipping them.

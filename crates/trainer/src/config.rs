@@ -258,13 +258,30 @@ pub fn overlay(base: &mut Layer, top: Layer) {
     base.extend(top);
 }
 
+/// Feature extraction's epoch budget when no layer sets `epochs` and there is validation data: the head trains on
+/// cached features (milliseconds an epoch) until validation accuracy plateaus ([`PLATEAU_PATIENCE`]).
+pub const PLATEAU_EPOCHS: usize = 200;
+
+/// Feature extraction's default patience under [`PLATEAU_EPOCHS`]: epochs without a better validation accuracy.
+pub const PLATEAU_PATIENCE: usize = 10;
+
 /// Build the configuration from layers listed lowest precedence first (defaults fill the rest).
+///
+/// Feature extraction with validation data and no `epochs` in any layer trains to its plateau: up to
+/// [`PLATEAU_EPOCHS`] epochs with early stopping after `patience` (default [`PLATEAU_PATIENCE`]) epochs without a
+/// better validation accuracy, the best epoch restored. A typed `epochs` (flag, file, recipe, resumed run) is exact.
 pub fn resolve(layers: Vec<Layer>) -> Result<TrainConfig, UsageError> {
     let mut merged = Layer::new();
     for layer in layers {
         overlay(&mut merged, layer);
     }
-    from_table(merged).map_err(UsageError)
+    let epochs_set = merged.contains_key("epochs");
+    let mut cfg = from_table(merged).map_err(UsageError)?;
+    if !epochs_set && cfg.mode == Mode::FeatureExtract && (cfg.val.is_some() || cfg.val_split.is_some()) {
+        cfg.epochs = PLATEAU_EPOCHS;
+        cfg.patience = cfg.patience.or(Some(PLATEAU_PATIENCE));
+    }
+    Ok(cfg)
 }
 
 fn from_table(table: Layer) -> Result<TrainConfig, String> {
@@ -461,6 +478,39 @@ mod tests {
         assert_eq!(cfg.batch_size, 4, "recipe beats default");
         assert_eq!(cfg.val, Some(PathBuf::from("v")));
         assert_eq!(cfg.val_split, None, "--val clears a lower val_split");
+    }
+
+    #[test]
+    fn feature_extraction_without_epochs_trains_to_its_plateau() {
+        let val = layer("data = \"d\"\nval = \"v\"\n");
+        let cfg = resolve(vec![val.clone()]).unwrap();
+        assert_eq!((cfg.epochs, cfg.patience), (PLATEAU_EPOCHS, Some(PLATEAU_PATIENCE)));
+        let cfg = resolve(vec![layer("data = \"d\"\nval_split = 0.2\npatience = 3\n")]).unwrap();
+        assert_eq!(
+            (cfg.epochs, cfg.patience),
+            (PLATEAU_EPOCHS, Some(3)),
+            "a typed patience is kept"
+        );
+        let cfg = resolve(vec![val.clone(), layer("epochs = 10\n")]).unwrap();
+        assert_eq!((cfg.epochs, cfg.patience), (10, None), "a typed --epochs is exact");
+        let cfg = resolve(vec![layer("data = \"d\"\n")]).unwrap();
+        assert_eq!(
+            (cfg.epochs, cfg.patience),
+            (10, None),
+            "no validation data: a fixed count"
+        );
+        let cfg = resolve(vec![val.clone(), layer("mode = \"fine-tune\"\n")]).unwrap();
+        assert_eq!((cfg.epochs, cfg.patience), (10, None), "fine-tuning keeps its default");
+        let keras = non_default_layer(&recipe_config(Recipe::KerasVgg16Binary));
+        assert_eq!(
+            resolve(vec![keras, val.clone()]).unwrap().epochs,
+            20,
+            "a recipe's epochs are exact"
+        );
+        // The resolved budget is written to config.toml, so a resumed run keeps it.
+        let first = resolve(vec![val]).unwrap();
+        let resumed = resolve(vec![layer(&first.to_toml())]).unwrap();
+        assert_eq!((resumed.epochs, resumed.patience), (first.epochs, first.patience));
     }
 
     #[test]

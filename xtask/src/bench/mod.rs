@@ -7,6 +7,7 @@
 
 mod dense;
 mod measure;
+mod torch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -117,6 +118,13 @@ pub struct Args {
     /// Output folder of the JSON files (default: `target/bench`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also measure forward / train-* in PyTorch + timm (`xtask/torch_bench.py`, interpreter `$TL_PYTHON` or
+    /// `python3`) and print a table with the ratio graft ÷ PyTorch; skipped with a note when torch is missing.
+    #[arg(long)]
+    pub compare_torch: bool,
 }
 
 /// Options of the hidden `xtask bench-one` child.
@@ -189,7 +197,11 @@ struct Report<'a> {
     threads: usize,
     available_cpus: usize,
     load_average: Option<String>,
+    cpu_model: String,
     rows: &'a [Row],
+    /// The PyTorch side of `--compare-torch`, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch: Option<torch::TorchReport>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -323,8 +335,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     });
 
+    let python = torch::python();
+    let compare = match (args.compare_torch, torch::script_args(&args, &measures)) {
+        (false, _) => None,
+        (true, None) => {
+            println!("--compare-torch: none of these measurements has a PyTorch equivalent (forward, train-*)");
+            None
+        }
+        (true, Some(script_args)) => match torch::available(&python) {
+            Ok(()) => Some(script_args),
+            Err(why) => {
+                println!("--compare-torch: PyTorch + timm unavailable, graft only ({why}; set TL_PYTHON)");
+                None
+            }
+        },
+    };
+    let cpu_model = torch::cpu_model();
     println!(
-        "graft bench: batch {}, {}×{}, {} warm-up + {} reps, {} threads (median img/s, min–max over reps)",
+        "graft bench on {cpu_model}: batch {}, {}×{}, {} warm-up + {} reps, {} threads (median img/s, min–max over reps)",
         args.batch, args.size, args.size, args.warmup, args.reps, args.threads
     );
     let mut rows = Vec::new();
@@ -349,6 +377,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_row(&row);
         rows.push(row);
     }
+    let torch_report = match compare {
+        Some(script_args) => {
+            eprintln!("bench: PyTorch side ({python} {}) …", torch::script_path().display());
+            match torch::run_script(&python, &script_args, args.threads) {
+                Ok(r) => {
+                    print!("{}", torch::table(&rows, &r, &cpu_model, &args));
+                    Some(r)
+                }
+                Err(e) => {
+                    println!("--compare-torch: the PyTorch side failed, graft only ({e:#})");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
 
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -365,12 +409,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         load_average: std::fs::read_to_string("/proc/loadavg")
             .ok()
             .map(|s| s.trim().to_string()),
+        cpu_model,
         rows: &rows,
+        torch: torch_report,
     };
     let json = serde_json::to_vec_pretty(&report)?;
     let path = out_dir.join(format!("bench-{created_unix}.json"));
     data::fsutil::write_atomic(&path, &json)?;
     data::fsutil::write_atomic(&out_dir.join("latest.json"), &json)?;
     println!("wrote {}", path.display());
+    if let Some(file) = &args.json {
+        data::fsutil::write_atomic(file, &json).with_context(|| format!("--json {}", file.display()))?;
+        println!("wrote {}", file.display());
+    }
     Ok(())
 }
