@@ -267,7 +267,7 @@ pub const PLATEAU_PATIENCE: usize = 10;
 
 /// Build the configuration from layers listed lowest precedence first (defaults fill the rest).
 ///
-/// Feature extraction with validation data and no `epochs` in any layer trains to its plateau: up to
+/// Classification by feature extraction with validation data and no `epochs` in any layer trains to its plateau: up to
 /// [`PLATEAU_EPOCHS`] epochs with early stopping after `patience` (default [`PLATEAU_PATIENCE`]) epochs without a
 /// better validation accuracy, the best epoch restored. A typed `epochs` (flag, file, recipe, resumed run) is exact.
 pub fn resolve(layers: Vec<Layer>) -> Result<TrainConfig, UsageError> {
@@ -277,7 +277,12 @@ pub fn resolve(layers: Vec<Layer>) -> Result<TrainConfig, UsageError> {
     }
     let epochs_set = merged.contains_key("epochs");
     let mut cfg = from_table(merged).map_err(UsageError)?;
-    if !epochs_set && cfg.mode == Mode::FeatureExtract && (cfg.val.is_some() || cfg.val_split.is_some()) {
+    // Only classification caches features; a dense task's epoch runs the backbone on every image.
+    if !epochs_set
+        && cfg.task == TaskKind::Classify
+        && cfg.mode == Mode::FeatureExtract
+        && (cfg.val.is_some() || cfg.val_split.is_some())
+    {
         cfg.epochs = PLATEAU_EPOCHS;
         cfg.patience = cfg.patience.or(Some(PLATEAU_PATIENCE));
     }
@@ -501,6 +506,8 @@ mod tests {
         );
         let cfg = resolve(vec![val.clone(), layer("mode = \"fine-tune\"\n")]).unwrap();
         assert_eq!((cfg.epochs, cfg.patience), (10, None), "fine-tuning keeps its default");
+        let cfg = resolve(vec![val.clone(), layer("task = \"segment\"\n")]).unwrap();
+        assert_eq!((cfg.epochs, cfg.patience), (10, None), "dense tasks cache no features");
         let keras = non_default_layer(&recipe_config(Recipe::KerasVgg16Binary));
         assert_eq!(
             resolve(vec![keras, val.clone()]).unwrap().epochs,
