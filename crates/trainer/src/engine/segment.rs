@@ -714,7 +714,7 @@ mod tests {
         assert_eq!(back.dims(), [2, 50, 90]);
         let mask = to_gray(&back.argmax(0).unwrap()).unwrap();
         assert_eq!(mask.dimensions(), (90, 50));
-        for x in 0..90 {
+        for x in 0..90u32 {
             let expected = u8::from(x >= 45);
             if x.abs_diff(45) > 1 {
                 assert_eq!(mask.get_pixel(x, 25).0[0], expected, "column {x}");
