@@ -108,7 +108,6 @@ fn segment_train_evaluate_predict_export() {
     let report = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(report.contains("Per-class IoU") && report.contains("bee"), "report lacks per-class IoU");
     assert!(report.contains("Worst validation images"));
-    assert!(report.contains("mIoU"), "the report's curves are titled by the score");
 
     // Better than predicting the majority class (background) everywhere. That baseline is about 0.25 here (≈ 75 %
     // background pixels / 3 classes present); a frozen ImageNet encoder with a trained FPN finds the pasted
@@ -214,7 +213,8 @@ fn segment_unet_head_trains() {
     let root = synth_root(&hym, &tmp.path().join("seg"), 8, 4, 128);
     let run_dir = tmp.path().join("unet");
     let mut extra = vec!["--head", "unet", "--imgsz", "96", "--epochs", "1", "--batch-size", "4"];
-    extra.extend(["--val", root.join("val").to_str().unwrap()]);
+    let val = root.join("val");
+    extra.extend(["--val", val.to_str().unwrap()]);
     extra.extend(["--loss", "ce+dice", "--class-weights", "auto"]);
     let out = train_cmd(&weights, &root.join("train"), &run_dir, &extra);
     assert!(out.status.success(), "unet train failed:\n{}", log_of(&out));
