@@ -70,6 +70,7 @@ fn segment_train_evaluate_predict_export() {
     let tmp = tempfile::tempdir().unwrap();
     let root = synth_root(&hym, &tmp.path().join("seg"), 32, 8, 160);
     let run_dir = tmp.path().join("run");
+    let t0 = std::time::Instant::now();
     let out = train_cmd(
         &weights,
         &root,
@@ -80,6 +81,7 @@ fn segment_train_evaluate_predict_export() {
         ],
     );
     assert!(out.status.success(), "train failed:\n{}", log_of(&out));
+    println!("segment train: {:.0} s", t0.elapsed().as_secs_f64());
 
     // The run folder.
     for f in [
@@ -108,6 +110,7 @@ fn segment_train_evaluate_predict_export() {
     let report = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(report.contains("Per-class IoU") && report.contains("bee"), "report lacks per-class IoU");
     assert!(report.contains("Worst validation images"));
+    assert!(report.contains("best val miou"), "the report's summary names the score");
 
     // Better than predicting the majority class (background) everywhere. That baseline is about 0.25 here (≈ 75 %
     // background pixels / 3 classes present); a frozen ImageNet encoder with a trained FPN finds the pasted
