@@ -49,13 +49,20 @@ fn masks_in(dir: &Path) -> Vec<image::GrayImage> {
 
 fn train_cmd(weights: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut cmd = trainer();
-    cmd.args(["train", "--task", "segment", "--model", "tf_efficientnet_lite0", "--weights"])
-        .arg(weights)
-        .arg("--data")
-        .arg(data)
-        .args(["--mode", "feature-extract", "--seed", "0", "--out"])
-        .arg(out)
-        .args(extra);
+    cmd.args([
+        "train",
+        "--task",
+        "segment",
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+    ])
+    .arg(weights)
+    .arg("--data")
+    .arg(data)
+    .args(["--mode", "feature-extract", "--seed", "0", "--out"])
+    .arg(out)
+    .args(extra);
     run(&mut cmd)
 }
 
@@ -76,7 +83,17 @@ fn segment_train_evaluate_predict_export() {
         &root,
         &run_dir,
         &[
-            "--head", "fpn", "--imgsz", "128", "--epochs", "6", "--batch-size", "8", "--lr", "3e-3", "--augment",
+            "--head",
+            "fpn",
+            "--imgsz",
+            "128",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+            "--augment",
             "torchvision",
         ],
     );
@@ -98,7 +115,11 @@ fn segment_train_evaluate_predict_export() {
         assert!(run_dir.join(f).is_file(), "{f} missing from the run folder");
     }
     let samples = image::open(run_dir.join("val_samples.png")).expect("val_samples.png decodes");
-    assert!(samples.width() >= 3 * 128 && samples.height() >= 4 * 128, "{:?}", (samples.width(), samples.height()));
+    assert!(
+        samples.width() >= 3 * 128 && samples.height() >= 4 * 128,
+        "{:?}",
+        (samples.width(), samples.height())
+    );
     image::open(run_dir.join("curves.png")).expect("curves.png decodes");
     let run_json = read_json(&run_dir.join("run.json"));
     assert_eq!(run_json["task"], "segment");
@@ -108,7 +129,10 @@ fn segment_train_evaluate_predict_export() {
         assert!(header.split(',').any(|c| c == col), "metrics.csv lacks {col}: {header}");
     }
     let report = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
-    assert!(report.contains("Per-class IoU") && report.contains("bee"), "report lacks per-class IoU");
+    assert!(
+        report.contains("Per-class IoU") && report.contains("bee"),
+        "report lacks per-class IoU"
+    );
     assert!(report.contains("Worst validation images"));
     assert!(report.contains("best val miou"), "the report's summary names the score");
 
@@ -137,11 +161,16 @@ fn segment_train_evaluate_predict_export() {
     assert_eq!(eval["task"], "segment");
     assert_eq!(eval["images"], 8);
     for k in ["miou", "pixel_accuracy", "mean_dice", "iou/background"] {
-        let v = eval["metrics"][k].as_f64().unwrap_or_else(|| panic!("evaluate lacks {k}: {eval}"));
+        let v = eval["metrics"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("evaluate lacks {k}: {eval}"));
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
     }
     let eval_miou = eval["metrics"]["miou"].as_f64().unwrap();
-    assert!(eval_miou > baseline, "evaluate mIoU {eval_miou:.4} vs constant {baseline:.4}");
+    assert!(
+        eval_miou > baseline,
+        "evaluate mIoU {eval_miou:.4} vs constant {baseline:.4}"
+    );
 
     // predict: a mask per input at its original size (a 160² composite and a real 500×375-ish photo), classes only.
     let photo = std::fs::read_dir(hym.join("val/ants"))
@@ -167,7 +196,12 @@ fn segment_train_evaluate_predict_export() {
         let mask_file = pred_dir.join(format!("{stem}.png"));
         let mask = image::open(&mask_file).expect("mask decodes");
         let (w, h) = image::image_dimensions(input).unwrap();
-        assert_eq!((mask.width(), mask.height()), (w, h), "{} at the original size", mask_file.display());
+        assert_eq!(
+            (mask.width(), mask.height()),
+            (w, h),
+            "{} at the original size",
+            mask_file.display()
+        );
         // The palette PNG's colours are VOC's for classes 0-2 (black, dark red, dark green): values within the classes.
         let rgb = mask.to_rgb8();
         let voc = [[0u8, 0, 0], [128, 0, 0], [0, 128, 0]];
@@ -179,7 +213,11 @@ fn segment_train_evaluate_predict_export() {
 
     // export + predict --model: byte-identical masks.
     let exported = tmp.path().join("seg.safetensors");
-    let e = run(trainer().args(["export", "--run"]).arg(&run_dir).arg("--out").arg(&exported));
+    let e = run(trainer()
+        .args(["export", "--run"])
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&exported));
     assert!(e.status.success(), "export failed:\n{}", log_of(&e));
     let model_dir = tmp.path().join("pred_model");
     let p2 = run(trainer()
@@ -192,7 +230,12 @@ fn segment_train_evaluate_predict_export() {
     assert!(p2.status.success(), "predict --model failed:\n{}", log_of(&p2));
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&p2.stdout).lines().next().unwrap()).unwrap();
-    let fractions: f64 = first["classes"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+    let fractions: f64 = first["classes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
     assert!((fractions - 1.0).abs() < 1e-6, "class fractions sum to 1: {first}");
     for input in &inputs {
         let name = format!("{}.png", input.file_stem().unwrap().to_string_lossy());
@@ -221,7 +264,10 @@ fn segment_unet_head_trains() {
     extra.extend(["--loss", "ce+dice", "--class-weights", "auto"]);
     let out = train_cmd(&weights, &root.join("train"), &run_dir, &extra);
     assert!(out.status.success(), "unet train failed:\n{}", log_of(&out));
-    assert!(log_of(&out).contains("inverse pixel frequency"), "class weights reported");
+    assert!(
+        log_of(&out).contains("inverse pixel frequency"),
+        "class weights reported"
+    );
     let metrics = read_json(&run_dir.join("metrics.json"));
     let score = metrics["score"].as_f64().expect("a validation mIoU");
     assert!((0.0..=1.0).contains(&score));
@@ -240,12 +286,19 @@ fn assert_usage_error(data: &Path, needle: &str) {
     let weights = tmp.path().join("unused.safetensors");
     std::fs::write(&weights, b"").unwrap();
     let mut cmd = trainer();
-    cmd.args(["train", "--task", "segment", "--model", "tf_efficientnet_lite0", "--weights"])
-        .arg(&weights)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(tmp.path().join("run"));
+    cmd.args([
+        "train",
+        "--task",
+        "segment",
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+    ])
+    .arg(&weights)
+    .arg("--data")
+    .arg(data)
+    .arg("--out")
+    .arg(tmp.path().join("run"));
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "exit code 2 expected:\n{err}");

@@ -110,7 +110,13 @@ pub fn render_task_curves(
             ),
         ];
         if scored {
-            specs.push((&score_title, 1.0, |_| None, |r| r.score, SeriesLabelPosition::LowerRight));
+            specs.push((
+                &score_title,
+                1.0,
+                |_| None,
+                |r| r.score,
+                SeriesLabelPosition::LowerRight,
+            ));
         }
         for (panel, (title, y_max, train, val, legend_at)) in panels.iter().zip(specs) {
             let mut chart = ChartBuilder::on(panel)
@@ -295,7 +301,10 @@ mod tests {
         let near =
             |c: RGBColor| move |p: &image::Rgb<u8>| p.0.iter().zip([c.0, c.1, c.2]).all(|(a, b)| a.abs_diff(b) < 8);
         let third = image::imageops::crop_imm(&img, 600, 0, 300, 300).to_image();
-        assert!(count(&third, near(VAL)) > 50, "the score series is drawn in the third panel");
+        assert!(
+            count(&third, near(VAL)) > 50,
+            "the score series is drawn in the third panel"
+        );
         assert_eq!(count(&third, near(TRAIN)), 0, "no training score");
         // Without scores the layout stays two panels: the third of the width holds the accuracy panel's val series.
         let plain = render_task_curves(&history(5, true), Some("miou"), 900, 300).unwrap();

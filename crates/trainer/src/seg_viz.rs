@@ -38,7 +38,11 @@ fn class_color(v: u8) -> Option<[u8; 3]> {
 /// `image` blended with the colours of `mask` (same size): each pixel of a class whose colour is not black (VOC's
 /// background, class 0) takes [`OVERLAY_ALPHA`] of its class colour; background and ignored pixels stay as they are.
 pub fn overlay(image: &RgbImage, mask: &GrayImage) -> RgbImage {
-    assert_eq!(image.dimensions(), mask.dimensions(), "overlay of a mask of another size");
+    assert_eq!(
+        image.dimensions(),
+        mask.dimensions(),
+        "overlay of a mask of another size"
+    );
     let mut out = image.clone();
     for (p, m) in out.pixels_mut().zip(mask.pixels()) {
         if let Some(c) = class_color(m.0[0]).filter(|c| *c != [0, 0, 0]) {
@@ -195,7 +199,15 @@ mod tests {
 
     #[test]
     fn class_fractions_count_pixels_per_class() {
-        let m = mask(4, 2, |x, y| if y == 0 { 1 } else if x == 0 { 255 } else { 0 });
+        let m = mask(4, 2, |x, y| {
+            if y == 0 {
+                1
+            } else if x == 0 {
+                255
+            } else {
+                0
+            }
+        });
         let f = class_fractions(&m, &["bg".into(), "fg".into(), "other".into()]);
         assert_eq!(
             f,

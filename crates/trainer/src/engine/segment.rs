@@ -24,7 +24,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use training::export::{DenseHead, DenseMeta};
 use training::metrics::segmentation::{image_mious_tensor, ConfusionMatrix, DEFAULT_IGNORE_INDEX};
-use training::{Segment, SegLoss, Task};
+use training::{SegLoss, Segment, Task};
 
 use super::dense::{self, EpochData};
 use super::train::{best_path, device_of, pretrained, write_run_info, RunInfo};
@@ -220,7 +220,13 @@ pub fn train_pipeline(augment: Augment, imgsz: usize, pp: &PreprocessConfig) -> 
     }
 }
 
-fn loader(ds: &SegDataset, pipeline: Pipeline, cfg: &TrainConfig, shuffle: bool, device: &Device) -> anyhow::Result<Loader<SegDataset>> {
+fn loader(
+    ds: &SegDataset,
+    pipeline: Pipeline,
+    cfg: &TrainConfig,
+    shuffle: bool,
+    device: &Device,
+) -> anyhow::Result<Loader<SegDataset>> {
     let config = LoaderConfig {
         batch_size: cfg.batch_size,
         shuffle,
@@ -266,10 +272,17 @@ fn denormalize(x: &Tensor, mean: [f32; 3], std: [f32; 3]) -> anyhow::Result<RgbI
 /// An H×W u32 class map as a gray image.
 fn to_gray(m: &Tensor) -> anyhow::Result<GrayImage> {
     let (h, w) = m.dims2()?;
-    let v: Vec<u32> = m.to_device(&Device::Cpu)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    let v: Vec<u32> = m
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1()?;
     let bytes = v.into_iter().map(|c| c.min(255) as u8).collect();
     GrayImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| anyhow::anyhow!("mask buffer size"))
 }
+
+/// An image and its score (per-image mIoU).
+type Scored = (PathBuf, f64);
 
 /// One pass of the kept model over the validation loader: the sample rows of `val_samples.png` (the first
 /// [`SAMPLE_IMAGES`] images) and every image's mIoU, worst first.
@@ -277,7 +290,7 @@ fn validation_pictures(
     task: &Segment<'_>,
     loader: &Loader<SegDataset>,
     pp: &PreprocessConfig,
-) -> anyhow::Result<(Vec<SampleRow>, Vec<(PathBuf, f64)>)> {
+) -> anyhow::Result<(Vec<SampleRow>, Vec<Scored>)> {
     let ds = loader.dataset();
     let k = ds.classes.len();
     let (mut rows, mut scored) = (Vec::new(), Vec::new());
@@ -291,7 +304,10 @@ fn validation_pictures(
         for (j, (&index, iou)) in b.indices.iter().zip(ious).enumerate() {
             let path = ds.samples[index].image.clone();
             if rows.len() < SAMPLE_IMAGES {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 rows.push(SampleRow {
                     image: denormalize(&b.images.get(j)?, pp.mean, pp.std)?,
                     truth: to_gray(&masks.get(j)?)?,
@@ -322,7 +338,9 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     })?;
     if let Some(v) = &val {
         let flag = if cfg.val.is_some() { "--val" } else { "--data" };
-        scan_masks(v, flag, cfg.strict, &mut |d, t| observer.progress("checking masks (val)", d, t))?;
+        scan_masks(v, flag, cfg.strict, &mut |d, t| {
+            observer.progress("checking masks (val)", d, t)
+        })?;
     }
     let (pre, weights) = pretrained(&cfg.model, cfg.weights.as_deref(), &device)?;
     let spec = pre.spec.clone();
@@ -361,7 +379,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     };
     if let Some(w) = &class_weights {
         let shown: Vec<String> = classes.iter().zip(w).map(|(c, w)| format!("{c} {w:.3}")).collect();
-        observer.info(&format!("class weights (inverse pixel frequency): {}", shown.join(", ")));
+        observer.info(&format!(
+            "class weights (inverse pixel frequency): {}",
+            shown.join(", ")
+        ));
     }
     let loss = seg_loss(cfg.loss, class_weights);
     let task = Segment {
@@ -475,7 +496,12 @@ impl SegModel {
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
         let m = training::export::load_dense(path, device)?;
         let DenseHead::Segment(head) = m.head else {
-            return Err(UsageError(format!("{}: a `{}` model, not a segmentation model", path.display(), m.meta.task)).into());
+            return Err(UsageError(format!(
+                "{}: a `{}` model, not a segmentation model",
+                path.display(),
+                m.meta.task
+            ))
+            .into());
         };
         Ok(Self {
             meta: m.meta,
@@ -488,8 +514,8 @@ impl SegModel {
     /// The class mask of `image` at its own size: the shorter side resized to the model's `imgsz`, padded to the
     /// decoder's stride, logits brought back to the original pixels (bilinear), then the argmax.
     pub fn predict_image(&self, image: RgbImage, device: &Device) -> anyhow::Result<GrayImage> {
-        let rsp = ResizeShorterPad::new(self.meta.imgsz, self.head.config().stride())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rsp =
+            ResizeShorterPad::new(self.meta.imgsz, self.head.config().stride()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let a = rsp
             .apply_annotated(Annotated::new(image), &mut ChaCha8Rng::seed_from_u64(0))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -669,12 +695,23 @@ mod tests {
     #[test]
     fn class_weights_auto_is_inverse_pixel_frequency() {
         let mut counts = vec![0u64; 3];
-        let m = GrayImage::from_fn(4, 4, |x, y| Luma([if y == 0 { 255 } else if x == 0 { 1 } else { 0 }]));
+        let m = GrayImage::from_fn(4, 4, |x, y| {
+            Luma([if y == 0 {
+                255
+            } else if x == 0 {
+                1
+            } else {
+                0
+            }])
+        });
         add_pixel_counts(&mut counts, &m);
         // 4 ignored pixels, 3 of class 1, 9 of class 0, none of class 2.
         assert_eq!(counts, [9, 3, 0]);
         let w = pixel_class_weights(&counts);
-        assert!((w[0] - 12.0 / 27.0).abs() < 1e-6 && (w[1] - 12.0 / 9.0).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - 12.0 / 27.0).abs() < 1e-6 && (w[1] - 12.0 / 9.0).abs() < 1e-6,
+            "{w:?}"
+        );
         assert_eq!(w[2], 0.0);
         assert!(w[1] > w[0], "the rarer class weighs more");
     }
