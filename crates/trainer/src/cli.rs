@@ -74,7 +74,18 @@ Examples:
   trainer train --data data/hymenoptera/train --val data/hymenoptera/val --model resnet18 \\
       --mode fine-tune --unfreeze 2 --epochs 10 --project runs --name ants
   trainer train --recipe torchvision-resnet18 --data data/hymenoptera/train --val data/hymenoptera/val
-  trainer train --config my.toml --lr 3e-4 --out runs/sweep1";
+  trainer train --config my.toml --lr 3e-4 --out runs/sweep1
+  trainer train --task segment --data data/seg --val-split 0.2 --model tf_efficientnet_lite0 --head fpn \\
+      --loss ce+dice --imgsz 256 --augment torchvision --epochs 20
+
+Segmentation (--task segment): --data is images/ + masks/ (paired by stem), a CSV `image,mask`, or a root with
+train/ and val/; masks hold class indices (255 = ignore) or go through --value-map; class names come from
+--classes or classes.txt. Training crops are --imgsz² (with any --augment preset: a joint random resized crop of
+25-100 % of the area and a horizontal flip, masks nearest; --augment none: the validation resize only). Validation
+during training resizes each image to --imgsz² and counts its confusion matrix at that size; `evaluate` and
+`predict` resize the shorter side to --imgsz, pad to the decoder's stride and map the logits back, so their masks
+and metrics are at the original resolution. mIoU is the mean over classes present in the truth or the prediction
+(classes absent from both are left out, as mmseg and torchmetrics do).";
 
 const PREDICT_AFTER: &str = "\
 Output (stdout): CSV `path,rank,class,probability`, one row per file and rank (rank 1 is the best), or with
@@ -125,7 +136,8 @@ pub struct TrainArgs {
     /// Head: `linear` or `mlp:W1[,W2...]` (classify); `fpn` (default) or `unet` (segment); `fcos` (detect).
     #[arg(long, value_name = "HEAD")]
     pub head: Option<HeadSpec>,
-    /// Segment/detect: square input size in pixels (training crops, evaluation letterbox).
+    /// Segment/detect: square input size in pixels (training crops, evaluation letterbox). Segment: default 256, a
+    /// multiple of the decoder's stride (32).
     #[arg(long, value_name = "PX")]
     pub imgsz: Option<usize>,
     /// Segment: loss, `ce` (cross-entropy, ignore index 255), `dice` or `ce+dice`.
@@ -180,7 +192,7 @@ pub struct TrainArgs {
     /// LR schedule: none, step:STEP,GAMMA, cosine[:WARMUP] or onecycle.
     #[arg(long, value_name = "SCHED")]
     pub scheduler: Option<SchedulerSpec>,
-    /// Augmentation preset: none, keras, torchvision or timm.
+    /// Augmentation preset: none, keras, torchvision or timm (segment: any preset = joint random resized crop + flip).
     #[arg(long, value_name = "PRESET")]
     pub augment: Option<Augment>,
     /// Augmented views of each image per epoch.
@@ -189,7 +201,7 @@ pub struct TrainArgs {
     /// Label smoothing.
     #[arg(long, value_name = "X")]
     pub label_smoothing: Option<f32>,
-    /// Class weights: none or auto (inverse frequency).
+    /// Class weights: none or auto (inverse frequency; segment: of the training masks' pixels).
     #[arg(long, value_name = "W")]
     pub class_weights: Option<ClassWeights>,
     /// Early stopping: epochs without a better validation accuracy (feature-extract default without --epochs: 10).
@@ -262,10 +274,11 @@ pub struct PredictArgs {
     /// Test-time augmentation (average with the horizontal flip).
     #[arg(long)]
     pub tta: bool,
-    /// Segment/detect: write mask PNGs (segment) here; default `predictions/` in the current folder.
+    /// Segment/detect: write mask PNGs (segment: `<stem>.png`, palette PNG of class indices at the original size)
+    /// here; default `predictions/` in the current folder.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Segment: also write the image blended with its coloured mask.
+    /// Segment: also write `<stem>_overlay.png`, the image blended with its coloured mask.
     #[arg(long)]
     pub overlay: bool,
     /// Detect: write each image with its boxes drawn into DIR.

@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command, DataCommand, EvaluateArgs, ExportArgs, LrFindArgs
 use crate::config::{non_default_layer, read_config_file, recipe_config, resolve, Layer, TrainConfig};
 use crate::error::UsageError;
 use crate::events::{Event, LogFormat, Reporter};
-use crate::plots::{encode_png, render_confusion, render_curves};
+use crate::plots::{encode_png, render_confusion, render_task_curves};
 use crate::predict_out::{write_dense_predictions, write_predictions, FilePrediction};
 use crate::report::{render_report, ReportInput};
 use crate::spec::{Recipe, TaskKind};
@@ -312,7 +312,8 @@ pub fn write_run_artifacts(run_dir: &Path, cfg: &TrainConfig, outcome: &TrainOut
             put(name, png)?;
         }
     }
-    let curves = encode_png(&render_curves(&outcome.history, 1000, 400)?)?;
+    let score_name = outcome.dense.as_ref().map(|d| d.score_name.as_str());
+    let curves = encode_png(&render_task_curves(&outcome.history, score_name, 1000, 400)?)?;
     put("curves.png", &curves)?;
     let confusion = match &outcome.eval {
         Some(e) => {

@@ -16,6 +16,7 @@ pub mod plots;
 pub mod predict_out;
 pub mod report;
 pub mod run_dir;
+pub mod seg_viz;
 pub mod spec;
 pub mod summary;
 pub mod tutorial;

@@ -52,14 +52,37 @@ pub fn ensure_font() {
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
 const VAL: RGBColor = RGBColor(255, 127, 14);
 
-/// Loss (left) and accuracy (right) per epoch, train vs validation, as an RGB image of `width × height`.
+/// Loss (left) and accuracy (right) per epoch, train vs validation, as an RGB image of `width × height`; rows
+/// with a task score add its panel (see [`render_task_curves`]).
 pub fn render_curves(history: &[EpochRow], width: u32, height: u32) -> Result<RgbImage, PlotError> {
+    render_task_curves(history, None, width, height)
+}
+
+/// How a task's score is titled: `miou` → mIoU, `map` → mAP, others as named.
+pub fn score_title(name: &str) -> String {
+    match name {
+        "miou" => "mIoU".into(),
+        "map" => "mAP".into(),
+        other => other.to_string(),
+    }
+}
+
+/// [`render_curves`], plus a third panel with the validation score (segmentation mIoU, detection mAP) when any
+/// row has one ([`EpochRow::score`]), titled by `score_name` ([`score_title`]; `score` when absent).
+pub fn render_task_curves(
+    history: &[EpochRow],
+    score_name: Option<&str>,
+    width: u32,
+    height: u32,
+) -> Result<RgbImage, PlotError> {
     ensure_font();
+    let scored = history.iter().any(|r| r.score.is_some());
+    let score_title = score_title(score_name.unwrap_or("score"));
     let mut buf = vec![0u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err("curves"))?;
-        let panels = root.split_evenly((1, 2));
+        let panels = root.split_evenly((1, if scored { 3 } else { 2 }));
         let epochs = history.len().max(1) as f64;
         let loss_max = history
             .iter()
@@ -70,7 +93,7 @@ pub fn render_curves(history: &[EpochRow], width: u32, height: u32) -> Result<Rg
         let loss_max = if loss_max > 0.0 { loss_max * 1.1 } else { 1.0 };
         type Pick = fn(&EpochRow) -> Option<f64>;
         // Legends where the curves usually are not: loss falls (upper right is free), accuracy rises (lower right).
-        let specs: [(&str, f64, Pick, Pick, SeriesLabelPosition); 2] = [
+        let mut specs: Vec<(&str, f64, Pick, Pick, SeriesLabelPosition)> = vec![
             (
                 "Loss",
                 loss_max,
@@ -86,6 +109,15 @@ pub fn render_curves(history: &[EpochRow], width: u32, height: u32) -> Result<Rg
                 SeriesLabelPosition::LowerRight,
             ),
         ];
+        if scored {
+            specs.push((
+                &score_title,
+                1.0,
+                |_| None,
+                |r| r.score,
+                SeriesLabelPosition::LowerRight,
+            ));
+        }
         for (panel, (title, y_max, train, val, legend_at)) in panels.iter().zip(specs) {
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, (FAMILY, 22))
@@ -257,6 +289,28 @@ mod tests {
         }
         // Text and axes: plenty of dark pixels.
         assert!(count(&img, |p| p.0.iter().all(|&v| v < 60)) > 500);
+    }
+
+    #[test]
+    fn rows_with_a_score_get_a_third_panel_with_the_validation_score() {
+        let mut rows = history(5, true);
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.score = Some(0.1 + 0.15 * i as f64);
+        }
+        let img = render_task_curves(&rows, Some("miou"), 900, 300).unwrap();
+        let near =
+            |c: RGBColor| move |p: &image::Rgb<u8>| p.0.iter().zip([c.0, c.1, c.2]).all(|(a, b)| a.abs_diff(b) < 8);
+        let third = image::imageops::crop_imm(&img, 600, 0, 300, 300).to_image();
+        assert!(
+            count(&third, near(VAL)) > 50,
+            "the score series is drawn in the third panel"
+        );
+        assert_eq!(count(&third, near(TRAIN)), 0, "no training score");
+        // Without scores the layout stays two panels: the third of the width holds the accuracy panel's val series.
+        let plain = render_task_curves(&history(5, true), Some("miou"), 900, 300).unwrap();
+        assert_ne!(plain, img);
+        assert_eq!(score_title("miou"), "mIoU");
+        assert_eq!(score_title("map"), "mAP");
     }
 
     #[test]
