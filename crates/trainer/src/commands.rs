@@ -284,8 +284,14 @@ pub fn train_run(cfg: TrainConfig, backend: &dyn Backend, reporter: &mut Reporte
     for path in write_run_artifacts(&run_dir, &cfg, &outcome)? {
         reporter.emit(Event::Artifact { path });
     }
-    let val_accuracy = best_epoch(&outcome.history).and_then(|b| b.val_acc);
+    let best = best_epoch(&outcome.history);
+    let val_accuracy = best.and_then(|b| b.val_acc);
+    let best_score = match (&outcome.dense, best.and_then(|b| b.score)) {
+        (Some(d), Some(v)) => Some((d.score_name.clone(), v)),
+        _ => None,
+    };
     reporter.emit(Event::Finished {
+        best_score,
         run_dir: Some(run_dir.clone()),
         val_accuracy,
     });

@@ -84,6 +84,9 @@ pub enum Event {
         run_dir: Option<PathBuf>,
         /// Best validation accuracy, when known.
         val_accuracy: Option<f64>,
+        /// Segmentation/detection: the best validation score and its name (`miou`, `map`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        best_score: Option<(String, f64)>,
     },
 }
 
@@ -290,12 +293,32 @@ impl Reporter {
     }
 }
 
-/// `epoch 3: train loss 0.4120 acc 0.8200 | val loss 0.3010 acc 0.9100 | lr 1.0e-3 | 12.3s`.
+/// How a score is written for people (`mIoU`, `mAP`).
+pub fn score_label(name: &str) -> &str {
+    match name {
+        "miou" => "mIoU",
+        "map" => "mAP",
+        other => other,
+    }
+}
+
+/// `epoch 3: train loss 0.4120 acc 0.8200 | val loss 0.3010 acc 0.9100 | lr 1.0e-3 | 12.3s`; dense tasks add their
+/// score (`mIoU 0.4990`, `mAP 0.3100` with `AP50`) after the validation accuracy (pixel accuracy, AP50).
 pub fn epoch_line(r: &EpochRow) -> String {
-    let val = match (r.val_loss, r.val_acc) {
+    let mut val = match (r.val_loss, r.val_acc) {
         (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {a:.4}"),
         _ => String::new(),
     };
+    if r.score.is_some() {
+        for name in ["miou", "map", "map50"] {
+            if let Some(v) = r.metrics.get(name) {
+                val.push_str(&format!(
+                    " {} {v:.4}",
+                    if name == "map50" { "AP50" } else { score_label(name) }
+                ));
+            }
+        }
+    }
     format!(
         "epoch {}: train loss {:.4} acc {:.4}{val} | lr {:.1e} | {:.1}s",
         r.epoch, r.train_loss, r.train_acc, r.lr, r.seconds
@@ -309,10 +332,17 @@ fn text_line(e: &Event) -> String {
         }
         Event::Artifact { path } => format!("wrote {}", path.display()),
         Event::Info { message } => message.clone(),
-        Event::Finished { run_dir, val_accuracy } => {
-            let acc = val_accuracy
-                .map(|a| format!(", best val accuracy {a:.4}"))
-                .unwrap_or_default();
+        Event::Finished {
+            run_dir,
+            val_accuracy,
+            best_score,
+        } => {
+            let acc = match best_score {
+                Some((name, v)) => format!(", best val {} {v:.4}", score_label(name)),
+                None => val_accuracy
+                    .map(|a| format!(", best val accuracy {a:.4}"))
+                    .unwrap_or_default(),
+            };
             match run_dir {
                 Some(d) => format!("done: results in {}{acc}", d.display()),
                 None => format!("done{acc}"),
@@ -378,6 +408,7 @@ mod tests {
         let row = crate::summary::tests::history(1, true).remove(0);
         r.emit(Event::EpochEnded(row));
         r.emit(Event::Finished {
+            best_score: None,
             run_dir: Some("runs/train2".into()),
             val_accuracy: Some(0.5),
         });
@@ -522,5 +553,23 @@ mod tests {
             out.starts_with("extracting features (train): 398 images in ") && out.lines().count() == 1,
             "one summary line once the bar is gone: {out}"
         );
+    }
+
+    #[test]
+    fn dense_epochs_and_the_finish_line_show_the_score() {
+        let mut row = crate::summary::tests::history(1, true).remove(0);
+        row.score = Some(0.5);
+        row.metrics = [("miou".to_string(), 0.5), ("iou/ant".to_string(), 0.25)].into();
+        assert!(
+            epoch_line(&row).contains("acc 0.5000 mIoU 0.5000 |"),
+            "{}",
+            epoch_line(&row)
+        );
+        let done = text_line(&Event::Finished {
+            run_dir: None,
+            val_accuracy: Some(0.9),
+            best_score: Some(("map".into(), 0.3125)),
+        });
+        assert_eq!(done, "done, best val mAP 0.3125");
     }
 }
