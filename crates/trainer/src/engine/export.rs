@@ -29,6 +29,9 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
             .into());
         }
     }
+    if export::task_of_file(&best).ok().as_deref() == Some("detect") {
+        return super::detect::export(run_dir, out);
+    }
     let (mut meta, tensors) = export::read(&best, &Device::Cpu)?;
     let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
     if !meta.backbone_included {
