@@ -51,6 +51,13 @@ pub const EVAL_MAX_DET: usize = 100;
 /// Validation images drawn in `val_samples.png` (the first ones, in dataset order).
 pub const VAL_SAMPLES: usize = 8;
 
+/// Width of the FPN and the towers: half of torchvision's 256, which suits the narrow maps of CPU-sized
+/// backbones (Lite0's 40/112/320 channels) at an eighth of the towers' cost.
+pub const HEAD_CHANNELS: usize = 128;
+
+/// Convolutions per tower (torchvision: 4).
+pub const HEAD_TOWER_CONVS: usize = 2;
+
 /// Label problems listed one line each before the rest are summarised in one line.
 const MAX_NOTES: usize = 20;
 
@@ -503,8 +510,12 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, observer: &mut dyn TrainObserver
     write_run_info(cfg, run_dir, &info)?;
     let backbone = pretrained.backbone;
     apply_mode(cfg, backbone.as_ref())?;
-    let head_cfg = DetHeadConfig::for_encoder(classes.clone(), &backbone.feature_info(), cfg.levels)
-        .map_err(|e| UsageError(format!("--levels {} with --model {}: {e}", cfg.levels, cfg.model)))?;
+    let head_cfg = DetHeadConfig {
+        channels: HEAD_CHANNELS,
+        tower_convs: HEAD_TOWER_CONVS,
+        ..DetHeadConfig::for_encoder(classes.clone(), &backbone.feature_info(), cfg.levels)
+            .map_err(|e| UsageError(format!("--levels {} with --model {}: {e}", cfg.levels, cfg.model)))?
+    };
     let head = DetHead::new(head_cfg, &device, cfg.seed)?;
     let task = training::Detect {
         backbone: backbone.as_ref(),
