@@ -31,10 +31,17 @@ fn log(out: &Output) -> String {
 
 fn train(weights: &Path, data: &[&str], val: Option<PathBuf>, out: &Path, extra: &[&str]) -> Output {
     let mut cmd = trainer();
-    cmd.args(["train", "--task", "detect", "--model", "tf_efficientnet_lite0", "--weights"])
-        .arg(weights)
-        .args(["--data"])
-        .args(data);
+    cmd.args([
+        "train",
+        "--task",
+        "detect",
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+    ])
+    .arg(weights)
+    .args(["--data"])
+    .args(data);
     if let Some(v) = val {
         cmd.arg("--val").arg(v);
     }
@@ -80,7 +87,12 @@ fn check_run_folder(run_dir: &Path) {
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run_dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["task"], "detect");
     assert_eq!(info["classes"], serde_json::json!(["ant", "bee"]));
-    for png in ["pr_curves/ant.png", "pr_curves/bee.png", "val_samples.png", "curves.png"] {
+    for png in [
+        "pr_curves/ant.png",
+        "pr_curves/bee.png",
+        "val_samples.png",
+        "curves.png",
+    ] {
         let img = image::open(run_dir.join(png)).unwrap_or_else(|e| panic!("{png} does not decode: {e}"));
         assert!(img.width() > 100 && img.height() > 100, "{png}");
     }
@@ -139,7 +151,11 @@ fn random_ap50(set: &[tests::synth::Synth]) -> f64 {
 }
 
 fn evaluate(run_dir: &Path, data: &Path) -> serde_json::Value {
-    let out = run(trainer().args(["evaluate", "--run"]).arg(run_dir).arg("--data").arg(data));
+    let out = run(trainer()
+        .args(["evaluate", "--run"])
+        .arg(run_dir)
+        .arg("--data")
+        .arg(data));
     assert!(out.status.success(), "evaluate failed");
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).expect("evaluate prints JSON");
     assert_eq!(eval["task"], "detect");
@@ -189,7 +205,13 @@ fn detection_yolo_and_coco_train_evaluate_predict_export() {
     std::fs::write(&label, text).unwrap();
 
     let yolo_run = t.join("run_yolo");
-    let out = train(&weights, &[yolo.to_str().unwrap()], None, &yolo_run, &["--augment", "torchvision"]);
+    let out = train(
+        &weights,
+        &[yolo.to_str().unwrap()],
+        None,
+        &yolo_run,
+        &["--augment", "torchvision"],
+    );
     assert!(out.status.success(), "YOLO train failed");
     let text = log(&out);
     assert!(
@@ -202,7 +224,10 @@ fn detection_yolo_and_coco_train_evaluate_predict_export() {
     );
     check_run_folder(&yolo_run);
     let eval = evaluate(&yolo_run, &yolo);
-    let (map, map50) = (eval["metrics"]["map"].as_f64().unwrap(), eval["metrics"]["map50"].as_f64().unwrap());
+    let (map, map50) = (
+        eval["metrics"]["map"].as_f64().unwrap(),
+        eval["metrics"]["map50"].as_f64().unwrap(),
+    );
     println!("YOLO: AP {map:.3}, AP50 {map50:.3} after {EPOCHS} epochs; random boxes AP50 {baseline:.3}");
     assert!(map50 > baseline + MARGIN, "AP50 {map50:.3} vs random {baseline:.3}");
 
@@ -226,7 +251,10 @@ fn detection_yolo_and_coco_train_evaluate_predict_export() {
         assert!(r[1] == "ant" || r[1] == "bee", "{r:?}");
         let v: Vec<f32> = r[2..].iter().map(|x| x.parse().unwrap()).collect();
         assert!(v[0] >= 0.2 && v[0] <= 1.0, "{r:?}");
-        assert!(v[1] >= 0.0 && v[1] < v[3] && v[3] <= SIZE as f32 && v[2] < v[4] && v[4] <= SIZE as f32, "{r:?}");
+        assert!(
+            v[1] >= 0.0 && v[1] < v[3] && v[3] <= SIZE as f32 && v[2] < v[4] && v[4] <= SIZE as f32,
+            "{r:?}"
+        );
     }
     for i in 0..N_VAL {
         let img = image::open(drawn.join(format!("{i:03}.png"))).expect("a drawn image per input");
@@ -235,7 +263,11 @@ fn detection_yolo_and_coco_train_evaluate_predict_export() {
 
     // export, then predict --model gives the same boxes without the run folder.
     let exported = t.join("model.safetensors");
-    let out = run(trainer().args(["export", "--run"]).arg(&yolo_run).arg("--out").arg(&exported));
+    let out = run(trainer()
+        .args(["export", "--run"])
+        .arg(&yolo_run)
+        .arg("--out")
+        .arg(&exported));
     assert!(out.status.success(), "export failed");
     let moved = t.join("moved-away");
     std::fs::rename(&yolo_run, &moved).unwrap();
@@ -245,7 +277,11 @@ fn detection_yolo_and_coco_train_evaluate_predict_export() {
         .arg(&val_images)
         .args(["--conf", "0.2"]));
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), csv, "exported model predicts the same boxes");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        csv,
+        "exported model predicts the same boxes"
+    );
 
     // COCO layout (non-contiguous category ids), no augmentation.
     let coco_dir = t.join("coco");
@@ -278,7 +314,11 @@ fn label_mistakes_are_one_line_usage_errors() {
     // A class id not in names.
     let yolo = t.join("yolo");
     tests::synth::write_yolo(&yolo, &set[..2], &set[2..]);
-    std::fs::write(yolo.join("labels/train/001.txt"), "0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n").unwrap();
+    std::fs::write(
+        yolo.join("labels/train/001.txt"),
+        "0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n",
+    )
+    .unwrap();
     // An annotation pointing at a missing image.
     let coco = t.join("coco");
     tests::synth::write_coco(&coco, &set);
@@ -289,7 +329,14 @@ fn label_mistakes_are_one_line_usage_errors() {
         (t.join("nothing-here"), "nothing-here"),
     ] {
         let out = run(trainer()
-            .args(["train", "--task", "detect", "--model", "tf_efficientnet_lite0", "--data"])
+            .args([
+                "train",
+                "--task",
+                "detect",
+                "--model",
+                "tf_efficientnet_lite0",
+                "--data",
+            ])
             .arg(&data)
             .arg("--out")
             .arg(t.join("run")));
@@ -301,7 +348,14 @@ fn label_mistakes_are_one_line_usage_errors() {
     }
     let err = String::from_utf8_lossy(
         &run(trainer()
-            .args(["train", "--task", "detect", "--model", "tf_efficientnet_lite0", "--data"])
+            .args([
+                "train",
+                "--task",
+                "detect",
+                "--model",
+                "tf_efficientnet_lite0",
+                "--data",
+            ])
             .arg(&yolo)
             .arg("--out")
             .arg(t.join("run")))
@@ -310,4 +364,3 @@ fn label_mistakes_are_one_line_usage_errors() {
     .to_string();
     assert!(err.contains("line 2") && err.contains("class 5"), "{err}");
 }
-

@@ -120,7 +120,7 @@ pub struct TrainArgs {
     /// Head: `linear` or `mlp:W1[,W2...]` (classify); `fpn` (default) or `unet` (segment); `fcos` (detect).
     #[arg(long, value_name = "HEAD")]
     pub head: Option<HeadSpec>,
-    /// Segment/detect: square input size in pixels (training crops, evaluation letterbox).
+    /// Segment/detect: square input size in pixels (training crops, evaluation letterbox; detect: default 320).
     #[arg(long, value_name = "PX")]
     pub imgsz: Option<usize>,
     /// Segment: loss, `ce` (cross-entropy, ignore index 255), `dice` or `ce+dice`.
@@ -174,7 +174,7 @@ pub struct TrainArgs {
     /// LR schedule: none, step:STEP,GAMMA, cosine[:WARMUP] or onecycle.
     #[arg(long, value_name = "SCHED")]
     pub scheduler: Option<SchedulerSpec>,
-    /// Augmentation preset: none, keras, torchvision or timm.
+    /// Augmentation preset: none, keras, torchvision or timm (detect: any but none = flip, zoom ±25 %, colour jitter).
     #[arg(long, value_name = "PRESET")]
     pub augment: Option<Augment>,
     /// Augmented views of each image per epoch.

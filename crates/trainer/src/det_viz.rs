@@ -84,7 +84,13 @@ pub fn draw_predictions(img: &mut RgbImage, boxes: &[BoxPrediction]) -> Result<(
     }
     for b in boxes {
         let text = format!("{} {:.2}", b.class, b.score);
-        draw_label(img, b.bbox[0] as i32, b.bbox[1] as i32 - 16, &text, class_color(b.class_id))?;
+        draw_label(
+            img,
+            b.bbox[0] as i32,
+            b.bbox[1] as i32 - 16,
+            &text,
+            class_color(b.class_id),
+        )?;
     }
     Ok(())
 }
@@ -97,7 +103,13 @@ pub fn draw_truth(img: &mut RgbImage, boxes: &[([f32; 4], usize)], names: &[Stri
     }
     for (b, c) in boxes {
         let name = names.get(*c).map(String::as_str).unwrap_or("?");
-        draw_label(img, b[0] as i32, b[3] as i32 - 16, &format!("true {name}"), class_color(*c))?;
+        draw_label(
+            img,
+            b[0] as i32,
+            b[3] as i32 - 16,
+            &format!("true {name}"),
+            class_color(*c),
+        )?;
     }
     Ok(())
 }
@@ -113,7 +125,10 @@ pub fn sample_tile(
 ) -> Result<RgbImage, PlotError> {
     let (w, h) = img.dimensions();
     let s = (size as f32 / w.max(1) as f32).min(size as f32 / h.max(1) as f32);
-    let (nw, nh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
+    let (nw, nh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
     let mut tile = image::imageops::resize(img, nw, nh, FilterType::Triangle);
     let scale = |b: [f32; 4]| b.map(|v| v * s);
     let truth: Vec<_> = truth.iter().map(|(b, c)| (scale(*b), *c)).collect();
@@ -147,7 +162,12 @@ pub fn sheet(tiles: &[RgbImage], cols: usize) -> RgbImage {
     );
     for (i, t) in tiles.iter().enumerate() {
         let (r, c) = ((i / cols) as u32, (i % cols) as u32);
-        image::imageops::replace(&mut out, t, (gap + c * (tw + gap)) as i64, (gap + r * (th + gap)) as i64);
+        image::imageops::replace(
+            &mut out,
+            t,
+            (gap + c * (tw + gap)) as i64,
+            (gap + r * (th + gap)) as i64,
+        );
     }
     out
 }

@@ -201,8 +201,20 @@ fn split(ds: DetDataset, fraction: f32, seed: u64) -> anyhow::Result<(DetDataset
         is_val[i] = true;
     }
     let (mut t, mut v) = (ds.clone(), ds);
-    t.samples = t.samples.into_iter().zip(&is_val).filter(|(_, &x)| !x).map(|(s, _)| s).collect();
-    v.samples = v.samples.into_iter().zip(&is_val).filter(|(_, &x)| x).map(|(s, _)| s).collect();
+    t.samples = t
+        .samples
+        .into_iter()
+        .zip(&is_val)
+        .filter(|(_, &x)| !x)
+        .map(|(s, _)| s)
+        .collect();
+    v.samples = v
+        .samples
+        .into_iter()
+        .zip(&is_val)
+        .filter(|(_, &x)| x)
+        .map(|(s, _)| s)
+        .collect();
     v.issues = Default::default();
     Ok((t, v))
 }
@@ -232,7 +244,10 @@ pub fn issue_lines(name: &str, ds: &DetDataset) -> Vec<String> {
         lines.push(format!("warning: {}: {}", n.path.display(), n.reason));
     }
     if i.notes.len() > MAX_NOTES {
-        lines.push(format!("warning: {name}: {} more label problems", i.notes.len() - MAX_NOTES));
+        lines.push(format!(
+            "warning: {name}: {} more label problems",
+            i.notes.len() - MAX_NOTES
+        ));
     }
     lines
 }
@@ -334,7 +349,11 @@ impl Detector<'_> {
                 // The letterbox draws no random numbers.
                 let mut rng = ChaCha8Rng::seed_from_u64(0);
                 let a = pipeline.apply_annotated(Annotated::new(img.clone()), &mut rng)?;
-                values.extend(data::transforms::to_tensor_normalized(&a.image, pipeline.mean, pipeline.std));
+                values.extend(data::transforms::to_tensor_normalized(
+                    &a.image,
+                    pipeline.mean,
+                    pipeline.std,
+                ));
                 placements.push(a.placement);
             }
             let x = Tensor::from_vec(values, (chunk.len(), 3, self.imgsz, self.imgsz), self.device)?;
@@ -723,7 +742,11 @@ fn load(model: &ModelSource, device: &Device) -> anyhow::Result<Loaded> {
         ModelSource::File(f) => (f.clone(), "--model"),
     };
     if !file.is_file() {
-        return Err(UsageError(format!("{flag}: {} does not exist (not a finished run?)", file.display())).into());
+        return Err(UsageError(format!(
+            "{flag}: {} does not exist (not a finished run?)",
+            file.display()
+        ))
+        .into());
     }
     let m = training::export::load_dense(&file, device)
         .map_err(|e| UsageError(format!("{flag} {}: {e}", file.display())))?;
@@ -807,7 +830,10 @@ pub fn predict(
                 Err(e) => Err(e),
                 Ok(_) => {
                     // Invariant: one result per decoded image, in order.
-                    let (b, img) = (boxes.next().expect("one result per image"), images.next().expect("image"));
+                    let (b, img) = (
+                        boxes.next().expect("one result per image"),
+                        images.next().expect("image"),
+                    );
                     match &opts.draw {
                         Some(dir) => draw_file(dir, path, img, &b).map(|drawn| DenseOutput::Boxes {
                             boxes: b,
@@ -841,7 +867,10 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
 /// Write `img` with `boxes` drawn as `dir/<file stem>.png` (atomically).
 fn draw_file(dir: &Path, path: &Path, mut img: RgbImage, boxes: &[BoxPrediction]) -> Result<PathBuf, String> {
     det_viz::draw_predictions(&mut img, boxes).map_err(|e| e.to_string())?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let target = dir.join(format!("{}.png", file_safe(&stem)));
     let png = encode_png(&img).map_err(|e| e.to_string())?;
     data::fsutil::write_atomic(&target, &png).map_err(|e| e.to_string())?;
@@ -857,7 +886,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("train.json"), "{}").unwrap();
-        assert_eq!(layout_of(&d.join("train.json"), "--data").unwrap(), Layout::Coco(d.join("train.json")));
+        assert_eq!(
+            layout_of(&d.join("train.json"), "--data").unwrap(),
+            Layout::Coco(d.join("train.json"))
+        );
         let yolo = d.join("yolo");
         std::fs::create_dir(&yolo).unwrap();
         std::fs::write(yolo.join("data.yaml"), "names: [a]\n").unwrap();
@@ -869,15 +901,24 @@ mod tests {
         let rf = d.join("roboflow");
         std::fs::create_dir(&rf).unwrap();
         std::fs::write(rf.join("_annotations.coco.json"), "{}").unwrap();
-        assert_eq!(layout_of(&rf, "--val").unwrap(), Layout::Coco(rf.join("_annotations.coco.json")));
+        assert_eq!(
+            layout_of(&rf, "--val").unwrap(),
+            Layout::Coco(rf.join("_annotations.coco.json"))
+        );
         let empty = d.join("empty");
         std::fs::create_dir(&empty).unwrap();
         let e = layout_of(&empty, "--data").unwrap_err().to_string();
-        assert!(e.starts_with("--data ") && e.contains("data.yaml") && !e.contains('\n'), "{e}");
+        assert!(
+            e.starts_with("--data ") && e.contains("data.yaml") && !e.contains('\n'),
+            "{e}"
+        );
         std::fs::write(d.join("labels.csv"), "a").unwrap();
         let e = layout_of(&d.join("labels.csv"), "--val").unwrap_err().to_string();
         assert!(e.starts_with("--val ") && e.contains("COCO"), "{e}");
-        assert!(layout_of(&d.join("missing"), "--data").unwrap_err().0.contains("no such"));
+        assert!(layout_of(&d.join("missing"), "--data")
+            .unwrap_err()
+            .0
+            .contains("no such"));
     }
 
     #[test]
@@ -889,13 +930,24 @@ mod tests {
             bbox: b,
         };
         let truth = [([0.0, 0.0, 10.0, 10.0], 0), ([20.0, 20.0, 30.0, 30.0], 1)];
-        assert_eq!(image_f1(&truth, &[p(0, 0.9, [0.0, 0.0, 10.0, 10.0]), p(1, 0.8, [20.0, 20.0, 30.0, 30.0])], 0.5), 1.0);
+        assert_eq!(
+            image_f1(
+                &truth,
+                &[p(0, 0.9, [0.0, 0.0, 10.0, 10.0]), p(1, 0.8, [20.0, 20.0, 30.0, 30.0])],
+                0.5
+            ),
+            1.0
+        );
         // Wrong class, or below the threshold, or a box shifted by half its size: no match.
         assert_eq!(image_f1(&truth, &[p(1, 0.9, [0.0, 0.0, 10.0, 10.0])], 0.5), 0.0);
         assert_eq!(image_f1(&truth, &[p(0, 0.3, [0.0, 0.0, 10.0, 10.0])], 0.5), 0.0);
         assert_eq!(image_f1(&truth, &[p(0, 0.9, [5.0, 0.0, 15.0, 10.0])], 0.5), 0.0);
         // One of two found, one false positive: F1 = 2·1 / (2 + 2).
-        let f = image_f1(&truth, &[p(0, 0.9, [1.0, 0.0, 10.0, 10.0]), p(0, 0.8, [50.0, 50.0, 60.0, 60.0])], 0.5);
+        let f = image_f1(
+            &truth,
+            &[p(0, 0.9, [1.0, 0.0, 10.0, 10.0]), p(0, 0.8, [50.0, 50.0, 60.0, 60.0])],
+            0.5,
+        );
         assert!((f - 0.5).abs() < 1e-12);
         assert_eq!(image_f1(&[], &[], 0.5), 1.0);
         assert_eq!(image_f1(&[], &[p(0, 0.9, [0.0, 0.0, 1.0, 1.0])], 0.5), 0.0);
@@ -946,6 +998,8 @@ mod tests {
         let curve = &s.per_category[0].pr_curve;
         assert_eq!(curve.len(), 101);
         assert!(curve.windows(2).all(|w| w[1].1 <= w[0].1 + 1e-12 && w[1].0 > w[0].0));
-        assert!(curve.iter().all(|(r, p)| (0.0..=1.0).contains(r) && (0.0..=1.0).contains(p)));
+        assert!(curve
+            .iter()
+            .all(|(r, p)| (0.0..=1.0).contains(r) && (0.0..=1.0).contains(p)));
     }
 }
