@@ -136,8 +136,8 @@ pub struct TrainArgs {
     /// Head: `linear` or `mlp:W1[,W2...]` (classify); `fpn` (default) or `unet` (segment); `fcos` (detect).
     #[arg(long, value_name = "HEAD")]
     pub head: Option<HeadSpec>,
-    /// Segment/detect: square input size in pixels (training crops, evaluation letterbox). Segment: default 256, a
-    /// multiple of the decoder's stride (32).
+    /// Segment/detect: square input size in pixels, a multiple of 32 (training crops, evaluation letterbox;
+    /// default: segment 256, detect 320).
     #[arg(long, value_name = "PX")]
     pub imgsz: Option<usize>,
     /// Segment: loss, `ce` (cross-entropy, ignore index 255), `dice` or `ce+dice`.
@@ -192,7 +192,8 @@ pub struct TrainArgs {
     /// LR schedule: none, step:STEP,GAMMA, cosine[:WARMUP] or onecycle.
     #[arg(long, value_name = "SCHED")]
     pub scheduler: Option<SchedulerSpec>,
-    /// Augmentation preset: none, keras, torchvision or timm (segment: any preset = joint random resized crop + flip).
+    /// Augmentation preset: none, keras, torchvision or timm (segment: any preset = joint random resized crop + flip;
+    /// detect: any but none = flip, zoom ±25 %, colour jitter).
     #[arg(long, value_name = "PRESET")]
     pub augment: Option<Augment>,
     /// Augmented views of each image per epoch.

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod det_viz;
 pub mod engine;
 pub mod error;
 pub mod events;

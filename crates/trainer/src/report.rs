@@ -224,7 +224,12 @@ fn render_dense(h: &mut String, d: &DenseOutcome) {
                 "<figure>{img}<figcaption title=\"{}\">{}<br>{} {score:.3}</figcaption></figure>",
                 escape(&path.display().to_string()),
                 escape(&file),
-                escape(&d.score_name)
+                // Detection ranks images by their F1 at IoU 0.5 (`engine::detect::image_f1`), not by mAP.
+                escape(if d.task == crate::spec::TaskKind::Detect {
+                    "F1@.5"
+                } else {
+                    &d.score_name
+                })
             );
         }
         h.push_str("</div></section>\n");

@@ -101,7 +101,8 @@ where
         checkpoint_dir: Some(run_dir.to_path_buf()),
         resume: cfg.resume.is_some(),
         loss: training::LossConfig::default(),
-        restore_best: true,
+        // Without validation every epoch scores alike: keep the last one, not the first.
+        restore_best: has_val,
     };
     let observer = RefCell::new(observer);
     let rows = RefCell::new(Vec::new());

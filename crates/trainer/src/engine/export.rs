@@ -29,8 +29,15 @@ pub fn export(run_dir: &Path, out: &Path) -> anyhow::Result<()> {
             .into());
         }
     }
-    if export::task_of_file(&best)? == "segment" {
-        return super::segment::export(&best, out);
+    if matches!(export::task_of_file(&best).ok().as_deref(), Some("segment" | "detect")) {
+        // A dense model: the same file with the backbone included.
+        let m = export::load_dense(&best, &Device::Cpu)?;
+        let head = match &m.head {
+            export::DenseHead::Segment(h) => h.store(),
+            export::DenseHead::Detect(h) => h.store(),
+        };
+        return export::save_dense(out, &m.meta, head, Some(m.backbone.as_ref()))
+            .map_err(|e| UsageError(format!("--out {}: {e}", out.display())).into());
     }
     let (mut meta, tensors) = export::read(&best, &Device::Cpu)?;
     let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();

@@ -679,13 +679,6 @@ pub fn predict(
         .collect())
 }
 
-/// `export` of a segmentation run: its `best.safetensors` rewritten with the backbone's tensors included.
-pub fn export(best: &Path, out: &Path) -> anyhow::Result<()> {
-    let m = SegModel::load(best, &Device::Cpu)?;
-    training::export::save_dense(out, &m.meta, m.head.store(), Some(m.backbone.as_ref()))
-        .map_err(|e| usage("--out", format!("{}: {e}", out.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
