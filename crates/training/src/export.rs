@@ -139,6 +139,11 @@ pub fn save(path: &Path, meta: &ModelMeta, head: &Head, backbone: Option<&dyn Ba
 
 /// Serialise tensors (moved to the CPU) with `meta` in the header, atomically.
 pub fn write(path: &Path, meta: &ModelMeta, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    write_file(path, meta, tensors)
+}
+
+/// Serialise tensors (moved to the CPU) with any metadata under [`META_KEY`], atomically.
+fn write_file<M: Serialize>(path: &Path, meta: &M, tensors: Vec<(String, Tensor)>) -> Result<()> {
     let tensors = tensors
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?)))
@@ -149,6 +154,41 @@ pub fn write(path: &Path, meta: &ModelMeta, tensors: Vec<(String, Tensor)>) -> R
         .map_err(|e| Error::io(path, format!("cannot serialise: {e}")))?;
     data::fsutil::write_atomic(path, &bytes)?;
     Ok(())
+}
+
+/// The `head.` and `backbone.` tensors of a model file, prefixes stripped.
+type SplitTensors = (HashMap<String, Tensor>, HashMap<String, Tensor>);
+
+fn split_tensors(tensors: HashMap<String, Tensor>) -> SplitTensors {
+    let mut head_t = HashMap::new();
+    let mut backbone_t = HashMap::new();
+    for (k, t) in tensors {
+        if let Some(n) = k.strip_prefix("head.") {
+            head_t.insert(n.to_string(), t);
+        } else if let Some(n) = k.strip_prefix("backbone.") {
+            backbone_t.insert(n.to_string(), t);
+        }
+    }
+    (head_t, backbone_t)
+}
+
+/// The backbone of a model file: its own tensors when `included`, else the recorded (and checked) weights file.
+fn file_backbone(
+    path: &Path,
+    architecture: &str,
+    included: bool,
+    weights: Option<&WeightsRef>,
+    backbone_t: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<Box<dyn Backbone>> {
+    let backbone_t = if included {
+        backbone_t
+    } else {
+        let w = weights.ok_or_else(|| Error::io(path, "has neither backbone tensors nor a weights file"))?;
+        backbones::weights::load_tensors(&check_weights(w)?)?
+    };
+    backbones::pretrained::build(architecture, backbone_t, device)
+        .map_err(|e| Error::io(path, format!("backbone tensors do not fit {architecture}: {e}")))
 }
 
 /// Read the metadata and tensors of a classifier's model file (a segmentation or detection file is an error naming
@@ -187,26 +227,15 @@ pub fn check_weights(w: &WeightsRef) -> Result<PathBuf> {
 /// Rebuild the model saved in `path` (a run's `best.safetensors` or an exported file) on `device`.
 pub fn load(path: &Path, device: &Device) -> Result<ExportedModel> {
     let (meta, tensors) = read(path, device)?;
-    let mut head_t = HashMap::new();
-    let mut backbone_t = HashMap::new();
-    for (k, t) in tensors {
-        if let Some(n) = k.strip_prefix("head.") {
-            head_t.insert(n.to_string(), t);
-        } else if let Some(n) = k.strip_prefix("backbone.") {
-            backbone_t.insert(n.to_string(), t);
-        }
-    }
-    let backbone_t = if meta.backbone_included {
-        backbone_t
-    } else {
-        let w = meta
-            .weights
-            .as_ref()
-            .ok_or_else(|| Error::io(path, "has neither backbone tensors nor a weights file"))?;
-        backbones::weights::load_tensors(&check_weights(w)?)?
-    };
-    let backbone = backbones::pretrained::build(&meta.architecture, backbone_t, device)
-        .map_err(|e| Error::io(path, format!("backbone tensors do not fit {}: {e}", meta.architecture)))?;
+    let (head_t, backbone_t) = split_tensors(tensors);
+    let backbone = file_backbone(
+        path,
+        &meta.architecture,
+        meta.backbone_included,
+        meta.weights.as_ref(),
+        backbone_t,
+        device,
+    )?;
     let head = restore_head(&meta.head, &head_t, device).map_err(|e| Error::io(path, e))?;
     Ok(ExportedModel { meta, backbone, head })
 }
@@ -327,16 +356,7 @@ pub fn save_dense(
     }
     let mut meta = meta.clone();
     meta.backbone_included = backbone.is_some();
-    let tensors = tensors
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?)))
-        .collect::<Result<Vec<_>>>()?;
-    let json = serde_json::to_string(&meta).map_err(|e| Error::io(path, e))?;
-    let info = HashMap::from([(META_KEY.to_string(), json)]);
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(info))
-        .map_err(|e| Error::io(path, format!("cannot serialise: {e}")))?;
-    data::fsutil::write_atomic(path, &bytes)?;
-    Ok(())
+    write_file(path, &meta, tensors)
 }
 
 /// Rebuild the dense model saved in `path` (a run's `best.safetensors` or an exported file) on `device`.
@@ -346,26 +366,19 @@ pub fn load_dense(path: &Path, device: &Device) -> Result<DenseModel> {
         .map_err(|e| Error::io(path, format!("not a segmentation or detection model: {e}")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::io(path, format!("cannot read the tensors: {e}")))?;
-    let mut head_t = HashMap::new();
-    let mut backbone_t = HashMap::new();
-    for (k, t) in tensors {
-        if let Some(n) = k.strip_prefix("head.") {
-            head_t.insert(n.to_string(), t.to_dtype(DType::F32)?);
-        } else if let Some(n) = k.strip_prefix("backbone.") {
-            backbone_t.insert(n.to_string(), t);
-        }
-    }
-    let backbone_t = if meta.backbone_included {
-        backbone_t
-    } else {
-        let w = meta
-            .weights
-            .as_ref()
-            .ok_or_else(|| Error::io(path, "has neither backbone tensors nor a weights file"))?;
-        backbones::weights::load_tensors(&check_weights(w)?)?
-    };
-    let backbone = backbones::pretrained::build(&meta.architecture, backbone_t, device)
-        .map_err(|e| Error::io(path, format!("backbone tensors do not fit {}: {e}", meta.architecture)))?;
+    let (head_t, backbone_t) = split_tensors(tensors);
+    let head_t = head_t
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    let backbone = file_backbone(
+        path,
+        &meta.architecture,
+        meta.backbone_included,
+        meta.weights.as_ref(),
+        backbone_t,
+        device,
+    )?;
     let bad_head = |e: String| Error::io(path, format!("head: {e}"));
     let head = match meta.task.as_str() {
         "segment" => {

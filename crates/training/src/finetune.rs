@@ -118,24 +118,28 @@ pub fn layer_decay_groups(
     Ok(groups)
 }
 
-/// Parameter groups with discriminative rates: each backbone stage with trainable parameters, then the head.
-/// Rates rise geometrically from `head_lr / lr_mult` (first trainable stage) to `head_lr` (the head), as fastai's
-/// `slice(lr / lr_mult, lr)`.
-pub fn discriminative_groups(model: Model<'_>, head_lr: f64, lr_mult: f64) -> Vec<ParamGroup> {
-    let mut groups = Vec::new();
-    if let Some(b) = model.backbone {
-        let vars = b.store().trainable_vars();
-        for stage in b.stages() {
+/// One group per backbone stage with trainable parameters (named as the stage), each at rate `lr`.
+pub fn stage_groups(backbone: &dyn Backbone, lr: f64) -> Vec<ParamGroup> {
+    let vars = backbone.store().trainable_vars();
+    backbone
+        .stages()
+        .into_iter()
+        .filter_map(|stage| {
             let params: Vec<_> = vars
                 .iter()
                 .filter(|(n, _)| stage.prefixes.iter().any(|p| backbones::params::name_has_prefix(n, p)))
                 .cloned()
                 .collect();
-            if !params.is_empty() {
-                groups.push(ParamGroup::new(&stage.name, params, 0.0));
-            }
-        }
-    }
+            (!params.is_empty()).then(|| ParamGroup::new(&stage.name, params, lr))
+        })
+        .collect()
+}
+
+/// Parameter groups with discriminative rates: each backbone stage with trainable parameters, then the head.
+/// Rates rise geometrically from `head_lr / lr_mult` (first trainable stage) to `head_lr` (the head), as fastai's
+/// `slice(lr / lr_mult, lr)`.
+pub fn discriminative_groups(model: Model<'_>, head_lr: f64, lr_mult: f64) -> Vec<ParamGroup> {
+    let mut groups = model.backbone.map(|b| stage_groups(b, 0.0)).unwrap_or_default();
     groups.push(ParamGroup::new("head", model.head.vars(), 0.0));
     let n = groups.len();
     for (i, g) in groups.iter_mut().enumerate() {

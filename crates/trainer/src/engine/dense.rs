@@ -39,17 +39,7 @@ pub fn param_groups(
     head_vars: Vec<(String, candle_core::Var)>,
 ) -> Vec<ParamGroup> {
     let mut groups = vec![ParamGroup::new("head", head_vars, cfg.lr)];
-    let vars = backbone.store().trainable_vars();
-    for stage in backbone.stages() {
-        let params: Vec<_> = vars
-            .iter()
-            .filter(|(n, _)| stage.prefixes.iter().any(|p| backbones::params::name_has_prefix(n, p)))
-            .cloned()
-            .collect();
-        if !params.is_empty() {
-            groups.push(ParamGroup::new(&stage.name, params, cfg.lr * BACKBONE_LR_FACTOR));
-        }
-    }
+    groups.extend(training::finetune::stage_groups(backbone, cfg.lr * BACKBONE_LR_FACTOR));
     groups
 }
 
