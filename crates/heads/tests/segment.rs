@@ -206,3 +206,37 @@ fn group_norm_normalises_each_group() {
     assert!(var.iter().all(|v| (v - 1.0).abs() < 1e-3), "{var:?}");
     assert!(GroupNorm::new(&store, "bad", 3, 4).is_err());
 }
+
+/// Issue 12 ("works with every backbone in the registry") and the detector alike: every registered architecture
+/// (default weights; the shapes are what is checked) under an FPN and a U-Net decoder gives logits at the input
+/// size, and under FCOS a prediction per location of every level.
+#[test]
+fn dense_heads_fit_every_registered_backbone() {
+    let dev = Device::Cpu;
+    for spec in backbones::registry::all() {
+        let store = backbones::ParamStore::empty(DType::F32, &dev);
+        let backbone = backbones::zoo::build(&spec.architecture, &store).unwrap();
+        let info = backbone.feature_info();
+        let (h, w) = (112, 112);
+        let x = Tensor::randn(0f32, 1.0, (1, 3, h, w), &dev).unwrap();
+        for decoder in [Decoder::Fpn, Decoder::Unet] {
+            let cfg = SegHeadConfig::for_encoder(decoder, names(3), &info)
+                .unwrap_or_else(|e| panic!("{} {decoder:?}: {e}", spec.name));
+            let head = SegHead::new(cfg, &dev, 0).unwrap();
+            let feats = backbone
+                .forward_multiscale(&x, false, &head.config().out_indices)
+                .unwrap();
+            let logits = head.forward(&feats, (h, w), None).unwrap();
+            assert_eq!(logits.dims(), &[1, 3, h, w], "{} {decoder:?}", spec.name);
+        }
+        let cfg =
+            heads::DetHeadConfig::for_encoder(names(2), &info, 3).unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+        let det = heads::DetHead::new(cfg, &dev, 0).unwrap();
+        let feats = backbone
+            .forward_multiscale(&x, false, &det.config().out_indices)
+            .unwrap();
+        let out = det.forward(&feats, (h, w)).unwrap();
+        let locations: usize = out.levels.iter().map(|l| l.len()).sum();
+        assert_eq!(out.cls.dims(), &[1, locations, 2], "{}", spec.name);
+    }
+}
