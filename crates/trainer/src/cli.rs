@@ -20,7 +20,7 @@ Examples:
   trainer train --data data/flowers --model resnet18 --epochs 5 --project runs --name flowers
   trainer predict --run runs/flowers image.jpg --top-k 3";
 
-/// Transfer learning for image classification.
+/// Transfer learning for image classification, semantic segmentation and object detection.
 #[derive(Debug, Parser)]
 #[command(name = "trainer", version, about, after_help = ROOT_AFTER)]
 pub struct Cli {
@@ -44,13 +44,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a classifier on a pretrained backbone; writes a run folder.
+    /// Train a classifier, a segmenter or a detector (--task) on a pretrained backbone; writes a run folder.
     #[command(after_help = TRAIN_AFTER)]
     Train(Box<TrainArgs>),
-    /// Evaluate a trained run on labelled data.
+    /// Evaluate a trained run on labelled data (accuracy and per-class metrics, mIoU, or COCO mAP), as JSON.
     #[command(after_help = "Example:\n  trainer evaluate --run runs/train --data data/hymenoptera/val")]
     Evaluate(EvaluateArgs),
-    /// Classify images with a trained run or an exported model.
+    /// Predict with a trained run or an exported model: classes, mask PNGs or boxes, per the model's task.
     #[command(after_help = PREDICT_AFTER)]
     Predict(PredictArgs),
     /// Export a run's model as one safetensors file (weights, classes, preprocessing).
