@@ -1,4 +1,4 @@
-//! The inference path of frozen mobile networks (EfficientNet, MobileNetV3; not MobileNetV4) on the CPU: when it applies, how a
+//! The inference path of frozen mobile networks (EfficientNet, MobileNetV3, MobileNetV4) on the CPU: when it applies, how a
 //! network's blocks become a `kernels::plan::MobilePlan`, and the per-model cache that keeps one plan until a
 //! parameter or buffer of the store changes.
 //!
@@ -88,13 +88,29 @@ fn step(block: &Block) -> kernels::Result<Step> {
             pwl: folded(conv_pwl, bn3, Activation::None)?,
             skip: *skip,
         },
-        Block::ConvBnAct { conv, bn1, act } => Step::Pointwise(folded(conv, bn1, *act)?),
-        // MobileNetV4's UIB (a start depthwise without activation, a residual around up to four layers) has no
-        // plan step; MobileNetV4 reports `uses_inference_path() == false` and never builds a plan.
-        Block::UniversalInverted { .. } => {
-            return Err(kernels::Error::Unsupported(
-                "a universal inverted residual (MobileNetV4)".to_string(),
-            ))
+        Block::ConvBnAct { conv, bn1, act } => {
+            let f = folded(conv, bn1, *act)?;
+            if conv.cfg.kernel == 1 && conv.cfg.stride == 1 {
+                Step::Pointwise(f)
+            } else {
+                Step::Dense(f)
+            }
+        }
+        Block::UniversalInverted {
+            dw_start,
+            pw_exp,
+            dw_mid,
+            pw_proj,
+            skip,
+        } => {
+            let cna = |l: &ConvNormAct| folded(&l.conv, &l.bn, l.act);
+            Step::Universal {
+                start: dw_start.as_ref().map(cna).transpose()?,
+                pw: cna(pw_exp)?,
+                mid: dw_mid.as_ref().map(cna).transpose()?,
+                pwl: cna(pw_proj)?,
+                skip: *skip,
+            }
         }
     })
 }

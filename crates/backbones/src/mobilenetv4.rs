@@ -2,11 +2,13 @@
 //! stages of conv-bn-act and universal inverted residual (UIB) blocks → 1×1 conv to 960 → pool → 1×1 conv (no bias)
 //! to 1280 → BatchNorm → ReLU → classifier.
 //!
-//! No inference plan: the UIB's start depthwise (no activation) and residual around up to four layers, and the
-//! strided dense 3×3 conv-bn-act blocks, are not steps of `kernels::plan::MobilePlan`, so frozen inference takes
-//! the general path (with BatchNorm folded per layer) and [`Backbone::uses_inference_path`] says `false`.
+//! Frozen inference (eval, CPU f32, nothing trainable) runs the folded NHWC plan of `kernels::plan::MobilePlan`:
+//! strided dense 3×3 conv-bn-act blocks as `Step::Dense`, UIBs as `Step::Universal`.
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
+use kernels::plan::MobilePlan;
 
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage};
 use crate::blocks::{
@@ -15,6 +17,7 @@ use crate::blocks::{
 };
 use crate::error::Result;
 use crate::fused::conv_bn_act;
+use crate::infer::{build_plan, PlanCache};
 use crate::layers::{global_avg_pool, Activation, BatchNorm2d, Conv2d, ConvConfig, Linear};
 use crate::params::ParamStore;
 
@@ -67,6 +70,7 @@ pub struct MobileNetV4 {
     conv_head: Conv2d,
     norm_head: BatchNorm2d,
     classifier: Option<Linear>,
+    plan: PlanCache,
 }
 
 impl MobileNetV4 {
@@ -103,7 +107,22 @@ impl MobileNetV4 {
             conv_head,
             norm_head,
             classifier,
+            plan: PlanCache::default(),
         })
+    }
+
+    /// How many inference plans this model has built: one is reused until a parameter or buffer changes.
+    pub fn plan_builds(&self) -> usize {
+        self.plan.builds()
+    }
+
+    fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
+        if !crate::infer::eligible(&self.store, x, train) {
+            self.plan.release_stale(&self.store);
+            return Ok(None);
+        }
+        self.plan
+            .get(&self.store, || build_plan(&self.stem, &self.blocks, None))
     }
 }
 
@@ -124,13 +143,16 @@ impl Backbone for MobileNetV4 {
         &self.store
     }
 
-    /// Always `false`: MobileNetV4's blocks are not expressible in the NHWC inference plan (see the module docs).
-    fn uses_inference_path(&self, _x: &Tensor, _train: bool) -> Result<bool> {
-        Ok(false)
+    /// Whether `forward_features(x, train)` takes the folded NHWC inference path (eval, CPU f32, all frozen).
+    fn uses_inference_path(&self, x: &Tensor, train: bool) -> Result<bool> {
+        Ok(self.inference_plan(x, train)?.is_some())
     }
 
     /// The last feature map before the head: N×960×h×w.
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(plan) = self.inference_plan(x, train)? {
+            return Ok(plan.forward(x)?);
+        }
         let x = self.stem.forward(x, train)?;
         forward_stages(&self.blocks, &x, train)
     }

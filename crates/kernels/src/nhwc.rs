@@ -2,18 +2,27 @@
 //!
 //! Depthwise convolution keeps a block of channel accumulators in registers across every tap; pointwise convolution
 //! is a GEMM in row blocks with bias, activation and the residual added while the block is still in cache. The hot
-//! loops are compiled twice (AVX2+FMA, chosen at run time, and the portable baseline).
+//! loops are compiled three times (AVX-512F, AVX2+FMA, chosen at run time, and the portable baseline).
 
 use crate::conv::gemm;
 use crate::window::Window;
 
-/// Define `fn $name(args)` running `$body(args)` compiled for AVX2+FMA when the CPU has them, else the portable build.
+/// Define `fn $name(args)` running `$body(args)` compiled for AVX-512F, else AVX2+FMA, when the CPU has them, else
+/// the portable build.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
         $(#[$m])*
         $vis fn $name($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide($($a: $t),*) {
+                    $body($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports the features `wide` was compiled for (checked just above).
+                    return unsafe { wide($($a),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast($($a: $t),*) {
                     $body($($a),*)
@@ -249,4 +258,43 @@ pub fn dense_from_nchw(
         }
     }
     pointwise(col, hw, kd, w, bias, act, None, out, threads);
+}
+
+/// A dense `k × k` convolution of one NHWC map `x` (`h × w × ci`) by `w` (`co × k·k·ci`, tap-major: `(ky, kx, ci)`)
+/// + bias, then `act`, into NHWC `out` (`ho × wo × co`); `col` is the im2col scratch (`ho·wo × k·k·ci`).
+#[allow(clippy::too_many_arguments)]
+pub fn dense(
+    x: &[f32],
+    ci: usize,
+    g: &Window,
+    w: &[f32],
+    bias: &[f32],
+    act: Activation,
+    col: &mut Vec<f32>,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let (k, hw) = (g.k, g.ho * g.wo);
+    let kd = ci * k * k;
+    if col.len() < hw * kd {
+        col.resize(hw * kd, 0.0);
+    }
+    for oy in 0..g.ho {
+        let (ky0, ky1) = g.row_taps(oy);
+        for ox in 0..g.wo {
+            let (kx0, kx1) = g.col_taps(ox);
+            let row = &mut col[(oy * g.wo + ox) * kd..][..kd];
+            if !(ky0 == 0 && ky1 == k && kx0 == 0 && kx1 == k) {
+                row.fill(0.0);
+            }
+            // The taps kx0..kx1 of one kernel row are consecutive pixels: one copy of (kx1 − kx0)·ci values.
+            let ix = ox * g.stride + kx0 - g.pad[2];
+            for ky in ky0..ky1 {
+                let iy = oy * g.stride + ky - g.pad[0];
+                let src = &x[(iy * g.w + ix) * ci..][..(kx1 - kx0) * ci];
+                row[(ky * k + kx0) * ci..(ky * k + kx1) * ci].copy_from_slice(src);
+            }
+        }
+    }
+    pointwise(&col[..hw * kd], hw, kd, w, bias, act, None, out, threads);
 }

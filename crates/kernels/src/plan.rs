@@ -1,4 +1,4 @@
-//! The inference plan of a frozen mobile network (EfficientNet, MobileNetV3) and its runner on the CPU.
+//! The inference plan of a frozen mobile network (EfficientNet, MobileNetV3, MobileNetV4) and its runner on the CPU.
 //!
 //! When no parameter is trainable and BatchNorm uses running statistics, a network is a fixed function: every
 //! BatchNorm is folded into its convolution once, when the plan is built, and each image runs through the whole
@@ -101,6 +101,20 @@ impl FoldedConv {
         self.bias.len()
     }
 
+    /// Reorder a dense weight from `co × (ci, ky, kx)` to `co × (ky, kx, ci)`, the column order of an NHWC im2col.
+    fn taps_major(&mut self) {
+        let (ci, kk) = (self.ci, self.k * self.k);
+        let mut t = vec![0f32; self.w.len()];
+        for (src, dst) in self.w.chunks_exact(ci * kk).zip(t.chunks_exact_mut(ci * kk)) {
+            for ch in 0..ci {
+                for tap in 0..kk {
+                    dst[tap * ci + ch] = src[ch * kk + tap];
+                }
+            }
+        }
+        self.w = t;
+    }
+
     fn window(&self, h: usize, w: usize) -> Result<Window> {
         Window::padded("inference path", h, w, self.k, self.stride, self.padding)
     }
@@ -201,6 +215,23 @@ pub enum Step {
     },
     /// A 1×1 convolution with activation.
     Pointwise(FoldedConv),
+    /// A dense `k × k` convolution with activation, any stride (MobileNetV4's `cn` blocks): im2col of the NHWC map,
+    /// then one GEMM.
+    Dense(FoldedConv),
+    /// MobileNetV4's universal inverted residual: optional start depthwise (no activation), pointwise expansion,
+    /// optional middle depthwise, pointwise projection (+ residual).
+    Universal {
+        /// Optional start depthwise convolution (its own activation, none in MobileNetV4).
+        start: Option<FoldedConv>,
+        /// Pointwise expansion.
+        pw: FoldedConv,
+        /// Optional middle depthwise convolution.
+        mid: Option<FoldedConv>,
+        /// Pointwise projection.
+        pwl: FoldedConv,
+        /// Residual connection.
+        skip: bool,
+    },
 }
 
 /// A frozen mobile network, folded and laid out for the inference path.
@@ -214,15 +245,17 @@ pub struct MobilePlan {
 /// Output geometry of every windowed layer for one input size.
 struct Shapes {
     stem: Window,
-    dw: Vec<Window>,
+    /// The windows of the steps' windowed layers (depthwise and dense), in the order the steps use them.
+    windows: Vec<Window>,
     out: (usize, usize, usize),
 }
 
-/// Per-thread buffers: the current map, the next, two block intermediates and the stem's im2col.
+/// Per-thread buffers: the current map, the next, three block intermediates and the im2col of dense layers.
 #[derive(Default)]
 struct Scratch {
     cur: Vec<f32>,
     next: Vec<f32>,
+    pre: Vec<f32>,
     mid: Vec<f32>,
     mid2: Vec<f32>,
     col: Vec<f32>,
@@ -242,9 +275,9 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 impl MobilePlan {
     /// A plan from a dense stem, the blocks and an optional 1×1 head; [`Error::Unsupported`] when a layer has a
     /// shape the kernels do not run (a depthwise layer that is not depthwise, a projection that is not 1×1, …).
-    pub fn new(stem: FoldedConv, steps: Vec<Step>, head: Option<FoldedConv>) -> Result<Self> {
+    pub fn new(stem: FoldedConv, mut steps: Vec<Step>, head: Option<FoldedConv>) -> Result<Self> {
         stem.require(!stem.depthwise, "stem (dense)")?;
-        for step in &steps {
+        for step in &mut steps {
             match step {
                 Step::Separable { dw, pw, .. } => {
                     dw.require(dw.depthwise, "depthwise layer")?;
@@ -256,6 +289,24 @@ impl MobilePlan {
                     pwl.require(pwl.is_pointwise(), "projection")?;
                 }
                 Step::Pointwise(f) => f.require(f.is_pointwise(), "conv-bn-act block")?,
+                Step::Dense(f) => {
+                    if f.depthwise {
+                        return Err(Error::Unsupported("a dense step that is depthwise".into()));
+                    }
+                    f.taps_major();
+                }
+                Step::Universal {
+                    start, pw, mid, pwl, ..
+                } => {
+                    if let Some(dw) = start {
+                        dw.require(dw.depthwise, "start depthwise layer")?;
+                    }
+                    pw.require(pw.is_pointwise(), "expansion")?;
+                    if let Some(dw) = mid {
+                        dw.require(dw.depthwise, "middle depthwise layer")?;
+                    }
+                    pwl.require(pwl.is_pointwise(), "projection")?;
+                }
             }
         }
         if let Some(h) = &head {
@@ -267,15 +318,30 @@ impl MobilePlan {
     fn shapes(&self, h: usize, w: usize) -> Result<Shapes> {
         let stem = self.stem.window(h, w)?;
         let (mut h, mut w, mut c) = (stem.ho, stem.wo, self.stem.co());
-        let mut dws = Vec::new();
+        let mut windows = Vec::new();
+        let mut push = |f: &FoldedConv, h: &mut usize, w: &mut usize| -> Result<()> {
+            let g = f.window(*h, *w)?;
+            (*h, *w) = (g.ho, g.wo);
+            windows.push(g);
+            Ok(())
+        };
         for step in &self.steps {
             match step {
                 Step::Separable { dw, pw, .. } | Step::Inverted { dw, pwl: pw, .. } => {
-                    let g = dw.window(h, w)?;
-                    (h, w, c) = (g.ho, g.wo, pw.co());
-                    dws.push(g);
+                    push(dw, &mut h, &mut w)?;
+                    c = pw.co();
                 }
                 Step::Pointwise(f) => c = f.co(),
+                Step::Dense(f) => {
+                    push(f, &mut h, &mut w)?;
+                    c = f.co();
+                }
+                Step::Universal { start, mid, pwl, .. } => {
+                    for dw in [start, mid].into_iter().flatten() {
+                        push(dw, &mut h, &mut w)?;
+                    }
+                    c = pwl.co();
+                }
             }
         }
         if let Some(head) = &self.head {
@@ -283,7 +349,7 @@ impl MobilePlan {
         }
         Ok(Shapes {
             stem,
-            dw: dws,
+            windows,
             out: (h, w, c),
         })
     }
@@ -342,7 +408,7 @@ impl MobilePlan {
             sized(&mut s.cur, rows * c),
             threads,
         );
-        let mut dws = shapes.dw.iter();
+        let mut dws = shapes.windows.iter();
         for step in &self.steps {
             match step {
                 Step::Separable { dw, se, pw, skip } => {
@@ -380,6 +446,57 @@ impl MobilePlan {
                     let co = f.co();
                     let next = sized(&mut s.next, rows * co);
                     nhwc::pointwise(&s.cur[..rows * c], rows, c, &f.w, &f.bias, f.act, None, next, threads);
+                    c = co;
+                }
+                Step::Dense(f) => {
+                    let g = dws.next().expect("a window per dense layer");
+                    let (orows, co) = (g.ho * g.wo, f.co());
+                    let next = sized(&mut s.next, orows * co);
+                    nhwc::dense(
+                        &s.cur[..rows * c],
+                        c,
+                        g,
+                        &f.w,
+                        &f.bias,
+                        f.act,
+                        &mut s.col,
+                        next,
+                        threads,
+                    );
+                    (rows, c) = (orows, co);
+                }
+                Step::Universal {
+                    start,
+                    pw,
+                    mid,
+                    pwl,
+                    skip,
+                } => {
+                    let input_rows = rows;
+                    let mut x: &[f32] = &s.cur[..rows * c];
+                    if let Some(dw) = start {
+                        let g = dws.next().expect("a window per depthwise layer");
+                        let orows = g.ho * g.wo;
+                        let pre = sized(&mut s.pre, orows * c);
+                        nhwc::depthwise(x, c, g, &dw.w, &dw.bias, dw.act, pre);
+                        (x, rows) = (&s.pre[..orows * c], orows);
+                    }
+                    let e = pw.co();
+                    let m = sized(&mut s.mid, rows * e);
+                    nhwc::pointwise(x, rows, c, &pw.w, &pw.bias, pw.act, None, m, threads);
+                    let mut y: &[f32] = &s.mid[..rows * e];
+                    if let Some(dw) = mid {
+                        let g = dws.next().expect("a window per depthwise layer");
+                        let orows = g.ho * g.wo;
+                        let m2 = sized(&mut s.mid2, orows * e);
+                        nhwc::depthwise(y, e, g, &dw.w, &dw.bias, dw.act, m2);
+                        (y, rows) = (&s.mid2[..orows * e], orows);
+                    }
+                    let co = pwl.co();
+                    debug_assert!(!*skip || (rows == input_rows && co == c));
+                    let skip = skip.then_some(&s.cur[..rows * c]);
+                    let next = sized(&mut s.next, rows * co);
+                    nhwc::pointwise(y, rows, e, &pwl.w, &pwl.bias, pwl.act, skip, next, threads);
                     c = co;
                 }
             }

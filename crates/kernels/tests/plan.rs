@@ -127,3 +127,75 @@ fn layers_in_the_wrong_role_are_unsupported() {
     )
     .is_err());
 }
+
+/// MobileNetV4's steps: a strided dense 3×3 conv-bn-act on the NHWC map, a universal inverted residual with a
+/// strided start depthwise (no activation) and no middle one, and one with both depthwise layers and a residual.
+#[test]
+fn dense_and_universal_steps_match_the_composed_kernels() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let p = |k: usize| Padding::Symmetric(k / 2);
+    let (stem, stem_bn) = layer(&mut rng, &[8, 3, 3, 3]);
+    let (d3, d3_bn) = layer(&mut rng, &[12, 8, 3, 3]);
+    // UIB 1: start dw 5×5/2 (no act), pw 12→24, pwl 24→16.
+    let (s1, s1_bn) = layer(&mut rng, &[12, 1, 5, 5]);
+    let (e1, e1_bn) = layer(&mut rng, &[24, 12, 1, 1]);
+    let (l1, l1_bn) = layer(&mut rng, &[16, 24, 1, 1]);
+    // UIB 2: start dw 3×3, pw 16→32, mid dw 3×3, pwl 32→16, residual.
+    let (s2, s2_bn) = layer(&mut rng, &[16, 1, 3, 3]);
+    let (e2, e2_bn) = layer(&mut rng, &[32, 16, 1, 1]);
+    let (m2, m2_bn) = layer(&mut rng, &[32, 1, 3, 3]);
+    let (l2, l2_bn) = layer(&mut rng, &[16, 32, 1, 1]);
+    let re = Activation::Relu;
+    let none = Activation::None;
+    let dense = |w: &Tensor, bn: &BatchNormStats, s: usize, act| {
+        FoldedConv::dense(w, None, bn, s, p(w.dim(2).unwrap()), act).unwrap()
+    };
+    let dw = |w: &Tensor, bn: &BatchNormStats, s: usize, act| {
+        FoldedConv::depthwise(w, None, bn, s, p(w.dim(2).unwrap()), act).unwrap()
+    };
+    let plan = MobilePlan::new(
+        dense(&stem, &stem_bn, 2, re),
+        vec![
+            Step::Dense(dense(&d3, &d3_bn, 2, re)),
+            Step::Universal {
+                start: Some(dw(&s1, &s1_bn, 2, none)),
+                pw: dense(&e1, &e1_bn, 1, re),
+                mid: None,
+                pwl: dense(&l1, &l1_bn, 1, none),
+                skip: false,
+            },
+            Step::Universal {
+                start: Some(dw(&s2, &s2_bn, 1, none)),
+                pw: dense(&e2, &e2_bn, 1, re),
+                mid: Some(dw(&m2, &m2_bn, 1, re)),
+                pwl: dense(&l2, &l2_bn, 1, none),
+                skip: true,
+            },
+        ],
+        None,
+    )
+    .unwrap();
+    let x = uniform(&mut rng, &[2, 3, 37, 29], -1.0, 1.0);
+    let got = plan.forward(&x).unwrap();
+
+    let conv = |x: &Tensor, w: &Tensor, bn: &BatchNormStats, dw: bool, s: usize, epi: Epilogue| {
+        let (_, _, h, wd) = x.dims4().unwrap();
+        let pad = p(w.dim(2).unwrap()).amounts(h, wd, w.dim(2).unwrap(), s, 1);
+        conv_bn_act(x, w, None, bn, dw, s, pad, epi).unwrap()
+    };
+    let y = conv(&x, &stem, &stem_bn, false, 2, Epilogue::Relu);
+    let y = conv(&y, &d3, &d3_bn, false, 2, Epilogue::Relu);
+    let t = conv(&y, &s1, &s1_bn, true, 2, Epilogue::None);
+    let t = conv(&t, &e1, &e1_bn, false, 1, Epilogue::Relu);
+    let y = conv(&t, &l1, &l1_bn, false, 1, Epilogue::None);
+    let t = conv(&y, &s2, &s2_bn, true, 1, Epilogue::None);
+    let t = conv(&t, &e2, &e2_bn, false, 1, Epilogue::Relu);
+    let t = conv(&t, &m2, &m2_bn, true, 1, Epilogue::Relu);
+    let want = (conv(&t, &l2, &l2_bn, false, 1, Epilogue::None) + y).unwrap();
+
+    assert_eq!(got.dims(), want.dims());
+    assert_eq!(got.dims(), [2, 16, 5, 4]);
+    let diff = max_abs(&(&got - &want).unwrap());
+    let scale = max_abs(&want);
+    assert!(scale > 0.0 && diff <= 1e-5 * scale.max(1.0), "{diff} vs scale {scale}");
+}

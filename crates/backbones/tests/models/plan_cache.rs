@@ -173,21 +173,21 @@ fn the_store_version_moves_on_every_change() {
     assert_eq!(store.version(), unchanged, "reading or a no-op freeze is not a change");
 }
 
-/// Mobile architectures whose blocks the plan cannot express (MobileNetV4's UIB): they must say so.
-const WITHOUT_PLAN: &[&str] = &["mobilenetv4_conv_small"];
-
 /// Every registered EfficientNet / MobileNet architecture takes the inference path when frozen in eval: a block
-/// the plan cannot run shows up here instead of silently running on the slow path. The exceptions are listed in
-/// [`WITHOUT_PLAN`] and report `uses_inference_path() == false`.
+/// the plan cannot run shows up here instead of silently running on the slow path.
 #[test]
 fn every_registered_mobile_architecture_takes_the_inference_path() {
     let mobile: Vec<&str> = backbones::zoo::ARCHITECTURES
         .iter()
         .copied()
         .filter(|a| a.contains("efficientnet") || a.contains("mobilenet"))
-        .filter(|a| !WITHOUT_PLAN.contains(a))
         .collect();
-    for arch in ["tf_efficientnet_lite0", "efficientnet_b0", "mobilenetv3_large_100"] {
+    for arch in [
+        "tf_efficientnet_lite0",
+        "efficientnet_b0",
+        "mobilenetv3_large_100",
+        "mobilenetv4_conv_small",
+    ] {
         assert!(mobile.contains(&arch), "{arch} is registered");
     }
     let x = random_input(1, 64, 5);
@@ -205,27 +205,5 @@ fn every_registered_mobile_architecture_takes_the_inference_path() {
         );
         let y = model.forward_features(&x, false).unwrap();
         assert_eq!(y.dim(0).unwrap(), 1, "{arch}");
-    }
-}
-
-/// MobileNetV4 has no plan: frozen eval reports the general path (and still runs), in eval and in train mode.
-#[test]
-fn mobilenetv4_reports_no_inference_path() {
-    let x = random_input(1, 64, 5);
-    for &arch in WITHOUT_PLAN {
-        assert!(backbones::zoo::ARCHITECTURES.contains(&arch), "{arch} is registered");
-        let store = ParamStore::empty(DType::F32, &Device::Cpu);
-        let model = backbones::zoo::build(arch, &store).unwrap();
-        assert!(store.trainable_vars().is_empty(), "{arch}: built frozen");
-        assert!(
-            !model.uses_inference_path(&x, false).unwrap(),
-            "{arch}: no plan in eval"
-        );
-        assert!(
-            !model.uses_inference_path(&x, true).unwrap(),
-            "{arch}: nor in train mode"
-        );
-        let y = model.forward_features(&x, false).unwrap();
-        assert_eq!(y.dims(), &[1, 960, 2, 2], "{arch}");
     }
 }

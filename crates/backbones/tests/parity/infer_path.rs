@@ -3,6 +3,7 @@
 use crate::support::{max_abs, max_abs_diff, random_input, random_store};
 use backbones::efficientnet::EfficientNet;
 use backbones::mobilenetv3::MobileNetV3;
+use backbones::mobilenetv4::MobileNetV4;
 use backbones::{Backbone, ParamStore};
 use candle_core::Tensor;
 
@@ -61,4 +62,16 @@ fn mobilenetv3_matches_the_general_path() {
     let Some(store) = random_store(arch, 4) else { return };
     let model = MobileNetV3::large_100(&store).unwrap();
     check(arch, &model, &store, &|x, t| model.uses_inference_path(x, t).unwrap());
+}
+
+/// MobileNetV4's plan: strided dense 3×3 conv-bn-act steps and universal inverted residuals (start depthwise
+/// without activation, strided start depthwise, residual around the block), against the general path.
+#[test]
+fn mobilenetv4_matches_the_general_path() {
+    let arch = "mobilenetv4_conv_small";
+    let Some(store) = random_store(arch, 5) else { return };
+    let model = MobileNetV4::conv_small(&store).unwrap();
+    assert_eq!(model.plan_builds(), 0);
+    check(arch, &model, &store, &|x, t| model.uses_inference_path(x, t).unwrap());
+    assert!(model.plan_builds() >= 1, "the plan was built");
 }
