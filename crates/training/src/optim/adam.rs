@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
+use super::{fused, get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
 use crate::error::Result;
 
 /// Adam / AdamW hyper-parameters.
@@ -79,6 +79,35 @@ impl Optimizer for Adam {
             let mut p = var.as_tensor().clone();
             let mut grad = grad.to_dtype(p.dtype())?;
             let weight_decay = rule.resolve(weight_decay, name, p.rank(), decoupled);
+            let k = key(group, name, "");
+            let (m, v, t) = match state.remove(&k) {
+                Some(s) => s,
+                None => (p.zeros_like()?, p.zeros_like()?, 0),
+            };
+            let t = t + 1;
+            let bc1 = 1.0 - beta1.powi(t as i32);
+            let bc2 = 1.0 - beta2.powi(t as i32);
+            if fused::applies(&[&p, &grad, &m, &v]) {
+                // One pass per moment and one over the parameter, in place.
+                let l2 = if decoupled { 0.0 } else { weight_decay as f32 };
+                for (moment, beta, square) in [(&m, beta1, false), (&v, beta2, true)] {
+                    let op = fused::AdamMoment {
+                        beta: beta as f32,
+                        square,
+                        weight_decay: l2,
+                    };
+                    moment.inplace_op3(&grad, &p, &op)?;
+                }
+                let apply = fused::AdamApply {
+                    lr: lr as f32,
+                    decoupled_decay: if decoupled { weight_decay as f32 } else { 0.0 },
+                    bc: (bc1 as f32, bc2 as f32),
+                    eps: eps as f32,
+                };
+                p.inplace_op3(&m, &v, &apply)?;
+                state.insert(k, (m, v, t));
+                return Ok(());
+            }
             if weight_decay != 0.0 {
                 if decoupled {
                     p = (&p * (1.0 - lr * weight_decay))?;
@@ -86,16 +115,8 @@ impl Optimizer for Adam {
                     grad = (grad + (&p * weight_decay)?)?;
                 }
             }
-            let k = key(group, name, "");
-            let (m, v, t) = match state.remove(&k) {
-                Some(s) => s,
-                None => (p.zeros_like()?, p.zeros_like()?, 0),
-            };
             let m = ((m * beta1)? + (&grad * (1.0 - beta1))?)?;
             let v = ((v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-            let t = t + 1;
-            let bc1 = 1.0 - beta1.powi(t as i32);
-            let bc2 = 1.0 - beta2.powi(t as i32);
             let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
             let p = (p - (m.div(&denom)? * (lr / bc1))?)?;
             var.set(&p)?;
@@ -115,8 +136,8 @@ impl Optimizer for Adam {
     fn state(&self) -> OptimState {
         let mut out = OptimState::default();
         for (k, (m, v, t)) in &self.state {
-            out.tensors.insert(format!("{k}exp_avg"), m.clone());
-            out.tensors.insert(format!("{k}exp_avg_sq"), v.clone());
+            out.tensors.insert(format!("{k}exp_avg"), fused::snapshot(m));
+            out.tensors.insert(format!("{k}exp_avg_sq"), fused::snapshot(v));
             out.scalars.insert(format!("{k}step"), *t as f64);
         }
         out.scalars.extend([self.groups.scale_entry()]);
@@ -128,8 +149,8 @@ impl Optimizer for Adam {
         for (group, name) in self.groups.names() {
             let k = key(group, name, "");
             if let Some(t) = state.scalars.get(&format!("{k}step")) {
-                let m = get_tensor(state, &format!("{k}exp_avg"))?;
-                let v = get_tensor(state, &format!("{k}exp_avg_sq"))?;
+                let m = fused::snapshot(&get_tensor(state, &format!("{k}exp_avg"))?);
+                let v = fused::snapshot(&get_tensor(state, &format!("{k}exp_avg_sq"))?);
                 st.insert(k, (m, v, *t as u64));
             }
         }

@@ -1,6 +1,7 @@
 //! Optimizers with PyTorch's update rules, parameter groups and exact-resume state.
 
 mod adam;
+mod fused;
 mod sgd;
 
 use std::collections::HashMap;

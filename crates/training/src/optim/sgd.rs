@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
+use super::{fused, get_tensor, key, Groups, OptimState, Optimizer, ParamGroup};
 use crate::error::{Error, Result};
 
 /// SGD hyper-parameters (dampening is 0).
@@ -62,13 +62,47 @@ impl Optimizer for Sgd {
         let buffers = &mut self.buffers;
         self.groups.each_grad(grads, |lr, rule, group, name, var, grad| {
             let p = var.as_tensor();
-            let mut d = grad.to_dtype(p.dtype())?;
             let weight_decay = rule.resolve(weight_decay, name, p.rank(), false);
+            let k = key(group, name, "momentum_buffer");
+            let grad = grad.to_dtype(p.dtype())?;
+            if fused::applies(&[p, &grad]) {
+                // One pass over the buffer and one over the parameter, in place.
+                let wd = weight_decay as f32;
+                if momentum != 0.0 {
+                    match buffers.get(&k) {
+                        Some(b) if fused::applies(&[p, b]) => b.inplace_op3(
+                            &grad,
+                            p,
+                            &fused::SgdMomentum {
+                                momentum: momentum as f32,
+                                weight_decay: wd,
+                            },
+                        )?,
+                        _ => {
+                            let first = if weight_decay != 0.0 {
+                                (&grad + (p * weight_decay)?)?
+                            } else {
+                                grad.copy()?
+                            };
+                            buffers.insert(k.clone(), first);
+                        }
+                    }
+                }
+                let buf = buffers.get(&k).unwrap_or(&grad);
+                let apply = fused::SgdApply {
+                    lr: lr as f32,
+                    momentum: momentum as f32,
+                    nesterov,
+                    weight_decay: wd,
+                };
+                p.inplace_op3(buf, &grad, &apply)?;
+                return Ok(());
+            }
+            let mut d = grad;
             if weight_decay != 0.0 {
                 d = (d + (p * weight_decay)?)?;
             }
             if momentum != 0.0 {
-                let k = key(group, name, "momentum_buffer");
                 let buf = match buffers.get(&k) {
                     Some(b) => ((b * momentum)? + &d)?,
                     None => d.copy()?,
@@ -94,8 +128,13 @@ impl Optimizer for Sgd {
     }
 
     fn state(&self) -> OptimState {
+        let tensors = self
+            .buffers
+            .iter()
+            .map(|(k, t)| (k.clone(), fused::snapshot(t)))
+            .collect();
         OptimState {
-            tensors: self.buffers.clone(),
+            tensors,
             scalars: HashMap::from([self.groups.scale_entry()]),
         }
     }
@@ -105,7 +144,7 @@ impl Optimizer for Sgd {
         for (group, name) in self.groups.names() {
             let k = key(group, name, "momentum_buffer");
             if state.tensors.contains_key(&k) {
-                buffers.insert(k.clone(), get_tensor(state, &k)?);
+                buffers.insert(k.clone(), fused::snapshot(&get_tensor(state, &k)?));
             }
         }
         self.buffers = buffers;
