@@ -27,7 +27,7 @@ pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, act: Activation, x: &Tensor,
     let depthwise = conv.is_depthwise();
     let fold = !bn.uses_batch_stats(train) && (depthwise || conv.cfg.groups == 1);
     if !fold {
-        return act.forward(&bn.forward(&conv.forward(x)?, train)?);
+        return bn.forward_act(&conv.forward(x)?, train, act);
     }
     let (_, _, h, wd) = x.dims4()?;
     let c = &conv.cfg;

@@ -1,7 +1,7 @@
 //! The fast CPU convolution, ReLU6 and training BatchNorm match candle's reference ops, forward and backward.
 
 use candle_core::{DType, Device, Tensor, Var};
-use kernels::conv::{batch_norm_train, conv2d, conv2d_bias_act, relu6, Epilogue};
+use kernels::conv::{add_relu, batch_norm_act_train, batch_norm_train, conv2d, conv2d_bias_act, relu6, Epilogue};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -192,5 +192,116 @@ fn batch_norm_train_matches_composed_ops_forward_and_backward() {
     for t in [&x, &gamma, &beta] {
         let d = max_abs_diff(g.get(t.as_tensor()).unwrap(), gw.get(t.as_tensor()).unwrap());
         assert!(d < 1e-3, "gradient max diff {d}");
+    }
+}
+
+/// BatchNorm (batch statistics) composed of tensor ops, then `act`.
+fn composed_bn_act(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, act: Epilogue) -> Tensor {
+    let c = x.dim(1).unwrap();
+    let mean = |t: &Tensor| {
+        t.mean_keepdim(0)
+            .unwrap()
+            .mean_keepdim(2)
+            .unwrap()
+            .mean_keepdim(3)
+            .unwrap()
+    };
+    let cen = x.broadcast_sub(&mean(x)).unwrap();
+    let v = mean(&cen.sqr().unwrap());
+    let y = cen
+        .broadcast_div(&(v + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&gamma.reshape((1, c, 1, 1)).unwrap())
+        .unwrap()
+        .broadcast_add(&beta.reshape((1, c, 1, 1)).unwrap())
+        .unwrap();
+    match act {
+        Epilogue::None => y,
+        Epilogue::Relu => y.relu().unwrap(),
+        Epilogue::Relu6 => y.clamp(0f32, 6f32).unwrap(),
+    }
+}
+
+/// BatchNorm with ReLU / ReLU6 fused into its passes against BatchNorm then the activation in tensor ops: values,
+/// the three gradients, on planes that are and are not a multiple of the vector width; and finite differences.
+#[test]
+fn batch_norm_with_fused_activation_matches_composed_ops() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for (shape, act) in [
+        ([3, 4, 5, 6], Epilogue::Relu),
+        ([2, 3, 17, 19], Epilogue::Relu6),
+        ([2, 5, 8, 8], Epilogue::Relu6),
+        ([1, 2, 4, 4], Epilogue::None),
+    ] {
+        let x = Var::from_tensor(&rand_t(&shape, &mut rng).affine(3.0, 1.0).unwrap()).unwrap();
+        // γ up to ±8 so that ReLU6 clips at both ends.
+        let gamma = Var::from_tensor(&rand_t(&shape[1..2], &mut rng).affine(8.0, 0.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rand_t(&shape[1..2], &mut rng).affine(2.0, 1.0).unwrap()).unwrap();
+        let r = rand_t(&shape, &mut rng);
+        let eps = 1e-3;
+        let (y, _, _) = batch_norm_act_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), eps, act)
+            .unwrap()
+            .unwrap();
+        let want = composed_bn_act(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), eps, act);
+        let d = max_abs_diff(&y, &want);
+        assert!(d < 1e-4, "{act:?} {shape:?}: forward differs by {d}");
+        if act == Epilogue::Relu6 {
+            let clipped = |t: &Tensor| t.ge(6f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap();
+            assert!(
+                clipped(&want).to_scalar::<f32>().unwrap() > 0.0,
+                "some outputs clip at 6"
+            );
+        }
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gw = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
+            let d = max_abs_diff(g.get(t.as_tensor()).unwrap(), gw.get(t.as_tensor()).unwrap());
+            assert!(d < 1e-3, "{act:?} {shape:?}: d{name} differs by {d}");
+        }
+        // Finite differences of L = Σ r ⊙ y on a few inputs (f32, central, h = 1e-2).
+        let loss = |xt: &Tensor| {
+            let (y, _, _) = batch_norm_act_train(xt, gamma.as_tensor(), beta.as_tensor(), eps, act)
+                .unwrap()
+                .unwrap();
+            (y * &r).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
+        };
+        let dx: Vec<f32> = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let xs: Vec<f32> = x.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for i in [0, xs.len() / 3, xs.len() - 1] {
+            let h = 1e-2f32;
+            let at = |delta: f32| {
+                let mut v = xs.clone();
+                v[i] += delta;
+                loss(&Tensor::from_vec(v, &shape, &Device::Cpu).unwrap())
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+            assert!(
+                (fd - dx[i] as f64).abs() < 2e-2 * (1.0 + fd.abs()),
+                "{act:?} {shape:?}: dx[{i}] {} vs finite difference {fd}",
+                dx[i]
+            );
+        }
+    }
+}
+
+/// The residual add + ReLU against `(a + b).relu()`: values and both gradients.
+#[test]
+fn add_relu_matches_composed_ops() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let a = Var::from_tensor(&rand_t(&[2, 3, 9, 11], &mut rng)).unwrap();
+    let b = Var::from_tensor(&rand_t(&[2, 3, 9, 11], &mut rng)).unwrap();
+    let r = rand_t(&[2, 3, 9, 11], &mut rng);
+    let y = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let want = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+    assert_eq!(max_abs_diff(&y, &want), 0.0);
+    let zeros = want.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap();
+    assert!(zeros.to_scalar::<f32>().unwrap() > 10.0, "the ReLU clips some values");
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for t in [&a, &b] {
+        assert_eq!(
+            max_abs_diff(g.get(t.as_tensor()).unwrap(), gw.get(t.as_tensor()).unwrap()),
+            0.0
+        );
     }
 }

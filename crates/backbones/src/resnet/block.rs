@@ -129,6 +129,6 @@ impl Block {
             Some(ds) => ds.forward(x, train, Activation::None)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        Ok(crate::conv::add_relu(&y, &shortcut)?)
     }
 }

@@ -74,3 +74,93 @@ pub fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
     }
     x.contiguous()?.apply_op1(Relu6)
 }
+
+/// `max(a + b, 0)` in one pass; its backward masks the gradient by the output once for both inputs.
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "graft-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (cpu_slice(s1, l1, "add-relu: lhs")?, cpu_slice(s2, l2, "add-relu: rhs")?);
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add-relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+        }
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                    *o = (x + y).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if !a.track_op() && !b.track_op() {
+            return Ok((None, None));
+        }
+        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+/// `grad · [y > 0]` in one pass, from the ReLU's output `y`.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "graft-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (cpu_slice(s1, l1, "relu: output")?, cpu_slice(s2, l2, "relu: gradient")?);
+        if y.len() != g.len() {
+            candle_core::bail!(
+                "relu backward: gradient shape {:?} differs from {:?}",
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(o, (y, g))| {
+                for ((o, &v), &gv) in o.iter_mut().zip(y).zip(g) {
+                    *o = if v > 0.0 { gv } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `max(a + b, 0)` (a residual connection and its ReLU), differentiable in both; one pass each way on the CPU in
+/// f32, candle's `add` and `relu` elsewhere.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if !matches!(a.device(), Device::Cpu) || a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.dims() != b.dims()
+    {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}

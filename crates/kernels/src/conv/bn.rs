@@ -1,10 +1,133 @@
 //! Training-mode BatchNorm (batch statistics) as two CPU passes with a fused backward, instead of ~10 candle ops
-//! (and their full-size temporaries) forward and more backward.
+//! (and their full-size temporaries) forward and more backward; ReLU or ReLU6 after it can run in the same pass
+//! (forward) and its mask in the backward's passes, so the activation costs no pass of its own.
+//!
+//! The loops run in f32 over one (image, channel) plane at a time, vectorised (AVX-512F or AVX2+FMA chosen at
+//! run time), with per-plane sums accumulated in f64 across planes.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_slice;
+use super::{cpu_slice, Epilogue};
+use crate::nhwc::multiversion;
+
+/// Lanes of the vectorised sums.
+const LANES: usize = 16;
+
+/// `Σ v` of one plane, in f32 lanes, returned in f64.
+#[inline(always)]
+fn sum_body(v: &[f32]) -> f64 {
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for j in 0..LANES {
+            acc[j] += c[j];
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum::<f64>() + rest as f64
+}
+
+/// `Σ (v − m)²` of one plane, in f32 lanes, returned in f64.
+#[inline(always)]
+fn centered_sq_body(v: &[f32], m: f32) -> f64 {
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|&x| (x - m) * (x - m)).sum();
+    for c in chunks {
+        for j in 0..LANES {
+            let d = c[j] - m;
+            acc[j] += d * d;
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum::<f64>() + rest as f64
+}
+
+multiversion! {
+    /// `Σ v` of one plane.
+    fn plane_sum(v: &[f32], out: &mut f64) => plane_sum_body
+}
+
+#[inline(always)]
+fn plane_sum_body(v: &[f32], out: &mut f64) {
+    *out = sum_body(v);
+}
+
+multiversion! {
+    /// `Σ (v − m)²` of one plane.
+    fn plane_centered_sq(v: &[f32], m: f32, out: &mut f64) => plane_centered_sq_body
+}
+
+#[inline(always)]
+fn plane_centered_sq_body(v: &[f32], m: f32, out: &mut f64) {
+    *out = centered_sq_body(v, m);
+}
+
+/// The activation's gradient mask from its output `y`: the gradient passes where it is true.
+#[inline(always)]
+fn passes(act: Epilogue, y: f32) -> bool {
+    match act {
+        Epilogue::None => true,
+        Epilogue::Relu => y > 0.0,
+        Epilogue::Relu6 => y > 0.0 && y < 6.0,
+    }
+}
+
+multiversion! {
+    /// `y = act(x · scale + shift)` over one plane.
+    fn plane_normalize(x: &[f32], y: &mut [f32], scale: f32, shift: f32, act: Epilogue) => plane_normalize_body
+}
+
+#[inline(always)]
+fn plane_normalize_body(x: &[f32], y: &mut [f32], scale: f32, shift: f32, act: Epilogue) {
+    let it = y.iter_mut().zip(x);
+    match act {
+        Epilogue::None => it.for_each(|(o, &v)| *o = v * scale + shift),
+        Epilogue::Relu => it.for_each(|(o, &v)| *o = (v * scale + shift).max(0.0)),
+        Epilogue::Relu6 => it.for_each(|(o, &v)| *o = (v * scale + shift).clamp(0.0, 6.0)),
+    }
+}
+
+multiversion! {
+    /// `(Σ g', Σ g'·x)` over one plane, `g'` the gradient masked by the activation's output `y`.
+    fn plane_grad_sums(g: &[f32], x: &[f32], y: &[f32], act: Epilogue, out: &mut (f64, f64)) => plane_grad_sums_body
+}
+
+#[inline(always)]
+fn plane_grad_sums_body(g: &[f32], x: &[f32], y: &[f32], act: Epilogue, out: &mut (f64, f64)) {
+    let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
+    let n = g.len() - g.len() % LANES;
+    for i in (0..n).step_by(LANES) {
+        for j in 0..LANES {
+            let gv = if passes(act, y[i + j]) { g[i + j] } else { 0.0 };
+            sg[j] += gv;
+            sgx[j] += gv * x[i + j];
+        }
+    }
+    let (mut a, mut b) = (0f64, 0f64);
+    for i in n..g.len() {
+        let gv = if passes(act, y[i]) { g[i] } else { 0.0 };
+        a += gv as f64;
+        b += (gv * x[i]) as f64;
+    }
+    a += sg.iter().map(|&v| v as f64).sum::<f64>();
+    b += sgx.iter().map(|&v| v as f64).sum::<f64>();
+    *out = (a, b);
+}
+
+multiversion! {
+    /// `dx = A·g' + B·x + C` over one plane (`g'` masked by the activation's output `y`).
+    fn plane_dx(dx: &mut [f32], g: &[f32], x: &[f32], y: &[f32], act: Epilogue, abc: (f32, f32, f32)) => plane_dx_body
+}
+
+#[inline(always)]
+fn plane_dx_body(dx: &mut [f32], g: &[f32], x: &[f32], y: &[f32], act: Epilogue, abc: (f32, f32, f32)) {
+    let (a, b, c) = abc;
+    for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
+        let gv = if passes(act, yv) { gv } else { 0.0 };
+        *d = a * gv + b * xv + c;
+    }
+}
 
 /// Per-channel `(mean, biased variance)` of `x` (N×C×H×W, contiguous), two passes per channel.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
@@ -15,11 +138,19 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
             let count = (n * hw) as f64;
             let mean = planes
                 .clone()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .map(|p| {
+                    let mut s = 0.0;
+                    plane_sum(p, &mut s);
+                    s
+                })
                 .sum::<f64>()
                 / count;
             let var = planes
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .map(|p| {
+                    let mut s = 0.0;
+                    plane_centered_sq(p, mean as f32, &mut s);
+                    s
+                })
                 .sum::<f64>()
                 / count;
             (mean, var)
@@ -43,9 +174,20 @@ impl CustomOp1 for Stats {
     }
 }
 
-/// `y = (x − mean) · inv_std · gamma + beta` with `stats` = [mean; var] and `affine` = [gamma; beta], both 2×C.
+/// `y = act((x − mean) · inv_std · gamma + beta)` with `stats` = [mean; var] and `affine` = [gamma; beta], both 2×C.
 struct Normalize {
     eps: f64,
+    act: Epilogue,
+}
+
+/// The contiguous f32 values of a CPU tensor, borrowed for `f`.
+fn with_values<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{what} must be on the CPU");
+    };
+    f(cpu_slice(cpu, layout, what)?)
 }
 
 impl CustomOp3 for Normalize {
@@ -78,7 +220,7 @@ impl CustomOp3 for Normalize {
                 let inv = 1.0 / (st[c + ch] as f64 + self.eps).sqrt() as f32;
                 let scale = inv * aff[ch];
                 let shift = aff[c + ch] - st[ch] * scale;
-                yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * scale + shift);
+                plane_normalize(xi, yo, scale, shift, self.act);
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -88,60 +230,69 @@ impl CustomOp3 for Normalize {
         x: &Tensor,
         stats: &Tensor,
         affine: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
         let count = (n * hw) as f64;
-        let (xv, st, aff) = (
-            x.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+        let (st, aff) = (
             stats.flatten_all()?.to_vec1::<f32>()?,
             affine.flatten_all()?.to_vec1::<f32>()?,
         );
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let inv: Vec<f64> = (0..c).map(|ch| 1.0 / (st[c + ch] as f64 + self.eps).sqrt()).collect();
-        // Per channel: Σ dy and Σ dy · x̂.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (m, iv) = (st[ch] as f64, inv[ch]);
-                let (mut sdy, mut sdyx) = (0f64, 0f64);
-                for b in 0..n {
-                    let o = (b * c + ch) * hw;
-                    for (&gv, &xv) in g[o..o + hw].iter().zip(&xv[o..o + hw]) {
-                        sdy += gv as f64;
-                        sdyx += gv as f64 * (xv as f64 - m) * iv;
-                    }
-                }
-                (sdy, sdyx)
+        let act = self.act;
+        with_values(x, "batch norm backward: input", |xv| {
+            with_values(res, "batch norm backward: output", |yv| {
+                with_values(grad, "batch norm backward: gradient", |g| {
+                    // Per channel: Σ g' and Σ g'·x̂ = inv · (Σ g'·x − mean · Σ g').
+                    let sums: Vec<(f64, f64)> = (0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let (mut sg, mut sgx) = (0f64, 0f64);
+                            for b in 0..n {
+                                let o = (b * c + ch) * hw;
+                                let mut s = (0.0, 0.0);
+                                plane_grad_sums(&g[o..o + hw], &xv[o..o + hw], &yv[o..o + hw], act, &mut s);
+                                sg += s.0;
+                                sgx += s.1;
+                            }
+                            (sg, inv[ch] * (sgx - st[ch] as f64 * sg))
+                        })
+                        .collect();
+                    let d_affine = if affine.track_op() {
+                        let mut d: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+                        d.extend(sums.iter().map(|s| s.0 as f32));
+                        Some(Tensor::from_vec(d, (2, c), &Device::Cpu)?)
+                    } else {
+                        None
+                    };
+                    let dx = if x.track_op() {
+                        // dx = γ·inv·(g' − Σg'/count − x̂·Σg'x̂/count) = A·g' + B·x + C per channel.
+                        let abc: Vec<(f32, f32, f32)> = (0..c)
+                            .map(|ch| {
+                                let (m, iv, gm) = (st[ch] as f64, inv[ch], aff[ch] as f64);
+                                let (sdy, sdyx) = sums[ch];
+                                let a = gm * iv;
+                                let b = -gm * iv * iv * sdyx / count;
+                                let cc = -gm * iv * sdy / count - b * m;
+                                (a as f32, b as f32, cc as f32)
+                            })
+                            .collect();
+                        let mut dx = vec![0f32; xv.len()];
+                        dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
+                            let o = i * hw;
+                            let r = o..o + hw;
+                            plane_dx(d, &g[r.clone()], &xv[r.clone()], &yv[r], act, abc[i % c]);
+                        });
+                        Some(Tensor::from_vec(dx, x.dims(), &Device::Cpu)?)
+                    } else {
+                        None
+                    };
+                    Ok((dx, None, d_affine))
+                })
             })
-            .collect();
-        let d_affine = if affine.track_op() {
-            let mut d: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-            d.extend(sums.iter().map(|s| s.0 as f32));
-            Some(Tensor::from_vec(d, (2, c), &Device::Cpu)?)
-        } else {
-            None
-        };
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; xv.len()];
-            dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
-                let ch = i % c;
-                let (m, iv, gm) = (st[ch] as f64, inv[ch], aff[ch] as f64);
-                let (sdy, sdyx) = sums[ch];
-                let k = gm * iv / count;
-                let o = i * hw;
-                for ((d, &gv), &xv) in d.iter_mut().zip(&g[o..o + hw]).zip(&xv[o..o + hw]) {
-                    let xhat = (xv as f64 - m) * iv;
-                    *d = (k * (count * gv as f64 - sdy - xhat * sdyx)) as f32;
-                }
-            });
-            Some(Tensor::from_vec(dx, x.dims(), &Device::Cpu)?)
-        } else {
-            None
-        };
-        Ok((dx, None, d_affine))
+        })
     }
 }
 
@@ -153,12 +304,24 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
+    batch_norm_act_train(x, gamma, beta, eps, Epilogue::None)
+}
+
+/// [`batch_norm_train`] followed by `act` (ReLU or ReLU6) in the same passes: `(act(y), mean, variance)`; the
+/// backward masks the gradient by the activated output, so the activation needs no pass or tensor of its own.
+pub fn batch_norm_act_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Epilogue,
+) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
     if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || x.rank() != 4 {
         return Ok(None);
     }
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&Stats)?;
     let affine = Tensor::stack(&[gamma, beta], 0)?;
-    let y = x.apply_op3(&stats, &affine, Normalize { eps })?;
+    let y = x.apply_op3(&stats, &affine, Normalize { eps, act })?;
     Ok(Some((y, stats.get(0)?, stats.get(1)?)))
 }

@@ -8,8 +8,8 @@
 mod act;
 mod bn;
 
-pub use act::relu6;
-pub use bn::batch_norm_train;
+pub use act::{add_relu, relu6};
+pub use bn::{batch_norm_act_train, batch_norm_train};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
