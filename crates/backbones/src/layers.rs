@@ -187,19 +187,13 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// `act(self.forward(x, train))`, with ReLU / ReLU6 fused into the training-mode BatchNorm's passes on the CPU.
+    /// `act(self.forward(x, train))`, the activation fused into the training-mode BatchNorm's passes on the CPU.
     pub fn forward_act(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
-        let epilogue = match act {
-            Activation::None => Some(crate::conv::Epilogue::None),
-            Activation::Relu => Some(crate::conv::Epilogue::Relu),
-            Activation::Relu6 => Some(crate::conv::Epilogue::Relu6),
-            _ => None,
-        };
-        if let (true, Some(epi)) = (self.uses_batch_stats(train), epilogue) {
+        if self.uses_batch_stats(train) {
             let (n, _, h, w) = x.dims4()?;
-            if let Some((y, mean, var)) =
-                crate::conv::batch_norm_act_train(x, &self.weight.tensor(), &self.bias.tensor(), self.eps, epi)?
-            {
+            let fused =
+                crate::conv::batch_norm_act_train(x, &self.weight.tensor(), &self.bias.tensor(), self.eps, act.into())?;
+            if let Some((y, mean, var)) = fused {
                 self.update_running(&mean, &var, (n * h * w) as f64)?;
                 return Ok(y);
             }

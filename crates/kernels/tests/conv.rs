@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use kernels::conv::{add_relu, batch_norm_act_train, batch_norm_train, conv2d, conv2d_bias_act, relu6, Epilogue};
+use kernels::Activation;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -196,7 +197,7 @@ fn batch_norm_train_matches_composed_ops_forward_and_backward() {
 }
 
 /// BatchNorm (batch statistics) composed of tensor ops, then `act`.
-fn composed_bn_act(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, act: Epilogue) -> Tensor {
+fn composed_bn_act(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, act: Activation) -> Tensor {
     let c = x.dim(1).unwrap();
     let mean = |t: &Tensor| {
         t.mean_keepdim(0)
@@ -215,23 +216,34 @@ fn composed_bn_act(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, act: Epi
         .unwrap()
         .broadcast_add(&beta.reshape((1, c, 1, 1)).unwrap())
         .unwrap();
+    let hard = |t: &Tensor| ((t + 3.0).unwrap().clamp(0f32, 6f32).unwrap() / 6.0).unwrap();
+    let sigmoid = |t: &Tensor| (t.neg().unwrap().exp().unwrap() + 1.0).unwrap().recip().unwrap();
     match act {
-        Epilogue::None => y,
-        Epilogue::Relu => y.relu().unwrap(),
-        Epilogue::Relu6 => y.clamp(0f32, 6f32).unwrap(),
+        Activation::None => y,
+        Activation::Relu => y.relu().unwrap(),
+        Activation::Relu6 => y.clamp(0f32, 6f32).unwrap(),
+        Activation::Silu => (&y * sigmoid(&y)).unwrap(),
+        Activation::HardSwish => (&y * hard(&y)).unwrap(),
+        Activation::HardSigmoid => hard(&y),
+        Activation::Sigmoid => sigmoid(&y),
     }
 }
 
-/// BatchNorm with ReLU / ReLU6 fused into its passes against BatchNorm then the activation in tensor ops: values,
-/// the three gradients, on planes that are and are not a multiple of the vector width; and finite differences.
+/// BatchNorm with each activation fused into its passes against BatchNorm then the activation in tensor ops:
+/// values, the three gradients, on planes that are and are not a multiple of the vector width; and finite
+/// differences.
 #[test]
 fn batch_norm_with_fused_activation_matches_composed_ops() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for (shape, act) in [
-        ([3, 4, 5, 6], Epilogue::Relu),
-        ([2, 3, 17, 19], Epilogue::Relu6),
-        ([2, 5, 8, 8], Epilogue::Relu6),
-        ([1, 2, 4, 4], Epilogue::None),
+        ([3, 4, 5, 6], Activation::Relu),
+        ([2, 3, 17, 19], Activation::Relu6),
+        ([2, 5, 8, 8], Activation::Relu6),
+        ([1, 2, 4, 4], Activation::None),
+        ([2, 3, 7, 9], Activation::Silu),
+        ([2, 4, 6, 6], Activation::HardSwish),
+        ([1, 3, 5, 7], Activation::HardSigmoid),
+        ([2, 2, 5, 5], Activation::Sigmoid),
     ] {
         let x = Var::from_tensor(&rand_t(&shape, &mut rng).affine(3.0, 1.0).unwrap()).unwrap();
         // γ up to ±8 so that ReLU6 clips at both ends.
@@ -245,7 +257,7 @@ fn batch_norm_with_fused_activation_matches_composed_ops() {
         let want = composed_bn_act(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), eps, act);
         let d = max_abs_diff(&y, &want);
         assert!(d < 1e-4, "{act:?} {shape:?}: forward differs by {d}");
-        if act == Epilogue::Relu6 {
+        if act == Activation::Relu6 {
             let clipped = |t: &Tensor| t.ge(6f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap();
             assert!(
                 clipped(&want).to_scalar::<f32>().unwrap() > 0.0,

@@ -1,6 +1,7 @@
 //! Training-mode BatchNorm (batch statistics) as two CPU passes with a fused backward, instead of ~10 candle ops
-//! (and their full-size temporaries) forward and more backward; ReLU or ReLU6 after it can run in the same pass
-//! (forward) and its mask in the backward's passes, so the activation costs no pass of its own.
+//! (and their full-size temporaries) forward and more backward; the activation after it (ReLU, ReLU6, SiLU,
+//! hard-swish, …) runs in the same pass forward, and its derivative, from the pre-activation recomputed per element,
+//! in the backward's passes, so the activation costs no pass or tensor of its own.
 //!
 //! The loops run in f32 over one (image, channel) plane at a time, vectorised (AVX-512F or AVX2+FMA chosen at
 //! run time), with per-plane sums accumulated in f64 across planes.
@@ -8,8 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, Epilogue};
-use crate::nhwc::multiversion;
+use super::cpu_slice;
+use crate::nhwc::{multiversion, Activation};
 
 /// Lanes of the vectorised sums.
 const LANES: usize = 16;
@@ -63,50 +64,88 @@ fn plane_centered_sq_body(v: &[f32], m: f32, out: &mut f64) {
     *out = centered_sq_body(v, m);
 }
 
-/// The activation's gradient mask from its output `y`: the gradient passes where it is true.
+/// `act(z)`.
 #[inline(always)]
-fn passes(act: Epilogue, y: f32) -> bool {
+fn act_value(act: Activation, z: f32) -> f32 {
     match act {
-        Epilogue::None => true,
-        Epilogue::Relu => y > 0.0,
-        Epilogue::Relu6 => y > 0.0 && y < 6.0,
+        Activation::None => z,
+        Activation::Relu => z.max(0.0),
+        Activation::Relu6 => z.clamp(0.0, 6.0),
+        Activation::Silu => z / (1.0 + (-z).exp()),
+        Activation::HardSwish => z * (z + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::HardSigmoid => (z + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
+    }
+}
+
+/// `act′(z)` (PyTorch's conventions at the kinks: ReLU′(0) = 0, ReLU6′ = 0 at 0 and 6, hard-swish′(±3) from the
+/// inner branch, hard-sigmoid′ = 0 at ±3).
+#[inline(always)]
+fn act_grad(act: Activation, z: f32) -> f32 {
+    match act {
+        Activation::None => 1.0,
+        Activation::Relu => (z > 0.0) as u8 as f32,
+        Activation::Relu6 => (z > 0.0 && z < 6.0) as u8 as f32,
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-z).exp());
+            s * (1.0 + z * (1.0 - s))
+        }
+        Activation::HardSwish => {
+            if z < -3.0 {
+                0.0
+            } else if z > 3.0 {
+                1.0
+            } else {
+                (2.0 * z + 3.0) / 6.0
+            }
+        }
+        Activation::HardSigmoid => (z > -3.0 && z < 3.0) as u8 as f32 / 6.0,
+        Activation::Sigmoid => {
+            let s = 1.0 / (1.0 + (-z).exp());
+            s * (1.0 - s)
+        }
     }
 }
 
 multiversion! {
     /// `y = act(x · scale + shift)` over one plane.
-    fn plane_normalize(x: &[f32], y: &mut [f32], scale: f32, shift: f32, act: Epilogue) => plane_normalize_body
+    fn plane_normalize(x: &[f32], y: &mut [f32], scale: f32, shift: f32, act: Activation) => plane_normalize_body
 }
 
 #[inline(always)]
-fn plane_normalize_body(x: &[f32], y: &mut [f32], scale: f32, shift: f32, act: Epilogue) {
-    let it = y.iter_mut().zip(x);
-    match act {
-        Epilogue::None => it.for_each(|(o, &v)| *o = v * scale + shift),
-        Epilogue::Relu => it.for_each(|(o, &v)| *o = (v * scale + shift).max(0.0)),
-        Epilogue::Relu6 => it.for_each(|(o, &v)| *o = (v * scale + shift).clamp(0.0, 6.0)),
+fn plane_normalize_body(x: &[f32], y: &mut [f32], scale: f32, shift: f32, act: Activation) {
+    // One loop per activation, so each is vectorised on its own.
+    macro_rules! each {
+        ($($a:ident),*) => {
+            match act {
+                $(Activation::$a => y.iter_mut().zip(x).for_each(|(o, &v)| *o = act_value(Activation::$a, v * scale + shift)),)*
+            }
+        };
     }
+    each!(None, Relu, Relu6, Silu, HardSwish, HardSigmoid, Sigmoid);
 }
 
 multiversion! {
-    /// `(Σ g', Σ g'·x)` over one plane, `g'` the gradient masked by the activation's output `y`.
-    fn plane_grad_sums(g: &[f32], x: &[f32], y: &[f32], act: Epilogue, out: &mut (f64, f64)) => plane_grad_sums_body
+    /// `(Σ g', Σ g'·x)` over one plane, `g' = g · act′(x · scale + shift)`.
+    fn plane_grad_sums(g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, out: &mut (f64, f64)) => plane_grad_sums_body
 }
 
 #[inline(always)]
-fn plane_grad_sums_body(g: &[f32], x: &[f32], y: &[f32], act: Epilogue, out: &mut (f64, f64)) {
+fn plane_grad_sums_body(g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, out: &mut (f64, f64)) {
+    let (scale, shift) = affine;
     let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
     let n = g.len() - g.len() % LANES;
     for i in (0..n).step_by(LANES) {
         for j in 0..LANES {
-            let gv = if passes(act, y[i + j]) { g[i + j] } else { 0.0 };
+            let xv = x[i + j];
+            let gv = g[i + j] * act_grad(act, xv * scale + shift);
             sg[j] += gv;
-            sgx[j] += gv * x[i + j];
+            sgx[j] += gv * xv;
         }
     }
     let (mut a, mut b) = (0f64, 0f64);
     for i in n..g.len() {
-        let gv = if passes(act, y[i]) { g[i] } else { 0.0 };
+        let gv = g[i] * act_grad(act, x[i] * scale + shift);
         a += gv as f64;
         b += (gv * x[i]) as f64;
     }
@@ -116,15 +155,15 @@ fn plane_grad_sums_body(g: &[f32], x: &[f32], y: &[f32], act: Epilogue, out: &mu
 }
 
 multiversion! {
-    /// `dx = A·g' + B·x + C` over one plane (`g'` masked by the activation's output `y`).
-    fn plane_dx(dx: &mut [f32], g: &[f32], x: &[f32], y: &[f32], act: Epilogue, abc: (f32, f32, f32)) => plane_dx_body
+    /// `dx = A·g' + B·x + C` over one plane, `g' = g · act′(x · scale + shift)`.
+    fn plane_dx(dx: &mut [f32], g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, abc: (f32, f32, f32)) => plane_dx_body
 }
 
 #[inline(always)]
-fn plane_dx_body(dx: &mut [f32], g: &[f32], x: &[f32], y: &[f32], act: Epilogue, abc: (f32, f32, f32)) {
-    let (a, b, c) = abc;
-    for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
-        let gv = if passes(act, yv) { gv } else { 0.0 };
+fn plane_dx_body(dx: &mut [f32], g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, abc: (f32, f32, f32)) {
+    let ((scale, shift), (a, b, c)) = (affine, abc);
+    for ((d, &gv), &xv) in dx.iter_mut().zip(g).zip(x) {
+        let gv = gv * act_grad(act, xv * scale + shift);
         *d = a * gv + b * xv + c;
     }
 }
@@ -177,7 +216,18 @@ impl CustomOp1 for Stats {
 /// `y = act((x − mean) · inv_std · gamma + beta)` with `stats` = [mean; var] and `affine` = [gamma; beta], both 2×C.
 struct Normalize {
     eps: f64,
-    act: Epilogue,
+    act: Activation,
+}
+
+/// The per-channel `(scale, shift)` of the normalisation: `scale = γ / √(var + ε)`, `shift = β − mean · scale`.
+fn channel_affine(st: &[f32], aff: &[f32], c: usize, eps: f64) -> Vec<(f32, f32)> {
+    (0..c)
+        .map(|ch| {
+            let inv = 1.0 / (st[c + ch] as f64 + eps).sqrt() as f32;
+            let scale = inv * aff[ch];
+            (scale, aff[c + ch] - st[ch] * scale)
+        })
+        .collect()
 }
 
 /// The contiguous f32 values of a CPU tensor, borrowed for `f`.
@@ -211,15 +261,13 @@ impl CustomOp3 for Normalize {
             cpu_slice(s3, l3, "batch norm: affine")?,
         );
         let hw = h * w;
+        let affine = channel_affine(st, aff, c, self.eps);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(i, (yo, xi))| {
-                let ch = i % c;
-                let inv = 1.0 / (st[c + ch] as f64 + self.eps).sqrt() as f32;
-                let scale = inv * aff[ch];
-                let shift = aff[c + ch] - st[ch] * scale;
+                let (scale, shift) = affine[i % c];
                 plane_normalize(xi, yo, scale, shift, self.act);
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -230,7 +278,7 @@ impl CustomOp3 for Normalize {
         x: &Tensor,
         stats: &Tensor,
         affine: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
@@ -242,55 +290,54 @@ impl CustomOp3 for Normalize {
         );
         let inv: Vec<f64> = (0..c).map(|ch| 1.0 / (st[c + ch] as f64 + self.eps).sqrt()).collect();
         let act = self.act;
+        let affine_of = channel_affine(&st, &aff, c, self.eps);
         with_values(x, "batch norm backward: input", |xv| {
-            with_values(res, "batch norm backward: output", |yv| {
-                with_values(grad, "batch norm backward: gradient", |g| {
-                    // Per channel: Σ g' and Σ g'·x̂ = inv · (Σ g'·x − mean · Σ g').
-                    let sums: Vec<(f64, f64)> = (0..c)
-                        .into_par_iter()
+            with_values(grad, "batch norm backward: gradient", |g| {
+                // Per channel: Σ g' and Σ g'·x̂ = inv · (Σ g'·x − mean · Σ g').
+                let sums: Vec<(f64, f64)> = (0..c)
+                    .into_par_iter()
+                    .map(|ch| {
+                        let (mut sg, mut sgx) = (0f64, 0f64);
+                        for b in 0..n {
+                            let o = (b * c + ch) * hw;
+                            let mut s = (0.0, 0.0);
+                            plane_grad_sums(&g[o..o + hw], &xv[o..o + hw], affine_of[ch], act, &mut s);
+                            sg += s.0;
+                            sgx += s.1;
+                        }
+                        (sg, inv[ch] * (sgx - st[ch] as f64 * sg))
+                    })
+                    .collect();
+                let d_affine = if affine.track_op() {
+                    let mut d: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+                    d.extend(sums.iter().map(|s| s.0 as f32));
+                    Some(Tensor::from_vec(d, (2, c), &Device::Cpu)?)
+                } else {
+                    None
+                };
+                let dx = if x.track_op() {
+                    // dx = γ·inv·(g' − Σg'/count − x̂·Σg'x̂/count) = A·g' + B·x + C per channel.
+                    let abc: Vec<(f32, f32, f32)> = (0..c)
                         .map(|ch| {
-                            let (mut sg, mut sgx) = (0f64, 0f64);
-                            for b in 0..n {
-                                let o = (b * c + ch) * hw;
-                                let mut s = (0.0, 0.0);
-                                plane_grad_sums(&g[o..o + hw], &xv[o..o + hw], &yv[o..o + hw], act, &mut s);
-                                sg += s.0;
-                                sgx += s.1;
-                            }
-                            (sg, inv[ch] * (sgx - st[ch] as f64 * sg))
+                            let (m, iv, gm) = (st[ch] as f64, inv[ch], aff[ch] as f64);
+                            let (sdy, sdyx) = sums[ch];
+                            let a = gm * iv;
+                            let b = -gm * iv * iv * sdyx / count;
+                            let cc = -gm * iv * sdy / count - b * m;
+                            (a as f32, b as f32, cc as f32)
                         })
                         .collect();
-                    let d_affine = if affine.track_op() {
-                        let mut d: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-                        d.extend(sums.iter().map(|s| s.0 as f32));
-                        Some(Tensor::from_vec(d, (2, c), &Device::Cpu)?)
-                    } else {
-                        None
-                    };
-                    let dx = if x.track_op() {
-                        // dx = γ·inv·(g' − Σg'/count − x̂·Σg'x̂/count) = A·g' + B·x + C per channel.
-                        let abc: Vec<(f32, f32, f32)> = (0..c)
-                            .map(|ch| {
-                                let (m, iv, gm) = (st[ch] as f64, inv[ch], aff[ch] as f64);
-                                let (sdy, sdyx) = sums[ch];
-                                let a = gm * iv;
-                                let b = -gm * iv * iv * sdyx / count;
-                                let cc = -gm * iv * sdy / count - b * m;
-                                (a as f32, b as f32, cc as f32)
-                            })
-                            .collect();
-                        let mut dx = vec![0f32; xv.len()];
-                        dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
-                            let o = i * hw;
-                            let r = o..o + hw;
-                            plane_dx(d, &g[r.clone()], &xv[r.clone()], &yv[r], act, abc[i % c]);
-                        });
-                        Some(Tensor::from_vec(dx, x.dims(), &Device::Cpu)?)
-                    } else {
-                        None
-                    };
-                    Ok((dx, None, d_affine))
-                })
+                    let mut dx = vec![0f32; xv.len()];
+                    dx.par_chunks_mut(hw).enumerate().for_each(|(i, d)| {
+                        let o = i * hw;
+                        let r = o..o + hw;
+                        plane_dx(d, &g[r.clone()], &xv[r], affine_of[i % c], act, abc[i % c]);
+                    });
+                    Some(Tensor::from_vec(dx, x.dims(), &Device::Cpu)?)
+                } else {
+                    None
+                };
+                Ok((dx, None, d_affine))
             })
         })
     }
@@ -304,17 +351,17 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
-    batch_norm_act_train(x, gamma, beta, eps, Epilogue::None)
+    batch_norm_act_train(x, gamma, beta, eps, Activation::None)
 }
 
-/// [`batch_norm_train`] followed by `act` (ReLU or ReLU6) in the same passes: `(act(y), mean, variance)`; the
-/// backward masks the gradient by the activated output, so the activation needs no pass or tensor of its own.
+/// [`batch_norm_train`] followed by `act` in the same passes: `(act(y), mean, variance)`; the backward takes the
+/// activation's derivative at the pre-activation it recomputes, so the activation needs no pass or tensor of its own.
 pub fn batch_norm_act_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
-    act: Epilogue,
+    act: Activation,
 ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
     if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || x.rank() != 4 {
         return Ok(None);
