@@ -287,7 +287,7 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm with timm's names `{prefix}.weight` and `{prefix}.bias`, trainable: on the CPU one custom op with a
 /// hand-written backward (`kernels::ops::layer_norm`), elsewhere plain tensor ops that all have a backward
-/// (candle's fused `layer_norm` records no gradient; [`LayerNorm::forward_fused`] uses it for inference).
+/// (candle's fused `layer_norm` records no gradient; [`LayerNorm::forward_fused`] uses it off the CPU).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     /// Scale (gamma), `dim`.
@@ -318,13 +318,23 @@ impl LayerNorm {
         )?)
     }
 
-    /// [`LayerNorm::forward`] with candle's single-kernel layer norm: no gradient, for inference only.
+    /// [`LayerNorm::forward`] for inference: no gradient (the result keeps no graph alive). On the CPU the same
+    /// kernel on detached inputs (faster than candle's no-gradient `layer_norm`: 0.5 vs 0.8 ms at ViT-Tiny's
+    /// 32×197×192), elsewhere candle's single-kernel `layer_norm`.
     pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            &x.contiguous()?,
-            &self.weight.tensor(),
-            &self.bias.tensor(),
-            self.eps as f32,
+        if !x.device().is_cpu() {
+            return Ok(candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight.tensor(),
+                &self.bias.tensor(),
+                self.eps as f32,
+            )?);
+        }
+        Ok(kernels::ops::layer_norm(
+            &x.detach(),
+            &self.weight.tensor().detach(),
+            &self.bias.tensor().detach(),
+            self.eps,
         )?)
     }
 

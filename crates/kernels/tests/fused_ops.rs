@@ -135,7 +135,7 @@ fn softmax_matches_composition() {
         for magnitude in [1.0, 30.0, 1e4] {
             let x = uniform(&mut rng, shape, -magnitude, magnitude, DType::F32);
             let w = uniform(&mut rng, shape, -1.0, 1.0, DType::F32);
-            let (y, gr) = value_and_grads(&[x.clone()], &w, |t| softmax_last_dim(&t[0]).unwrap());
+            let (y, gr) = value_and_grads(std::slice::from_ref(&x), &w, |t| softmax_last_dim(&t[0]).unwrap());
             let (y_ref, gr_ref) = value_and_grads(&[x], &w, |t| softmax_last_dim_composed(&t[0]).unwrap());
             assert!(
                 rel_diff(&y, &y_ref) < 1e-6,
@@ -186,8 +186,8 @@ fn gelu_matches_candle_and_f64() {
     let x32 = x64.to_dtype(DType::F32).unwrap();
     let xs = to_f64(&x32);
     let w = Tensor::ones(xs.len(), DType::F32, &Device::Cpu).unwrap();
-    let (y, gr) = value_and_grads(&[x32.clone()], &w, |t| gelu_erf(&t[0]).unwrap());
-    let (y_ref, gr_ref) = value_and_grads(&[x32.clone()], &w, |t| t[0].gelu_erf().unwrap());
+    let (y, gr) = value_and_grads(std::slice::from_ref(&x32), &w, |t| gelu_erf(&t[0]).unwrap());
+    let (y_ref, gr_ref) = value_and_grads(std::slice::from_ref(&x32), &w, |t| t[0].gelu_erf().unwrap());
     // Against candle (libm's erff): the same precision.
     assert!(rel_diff(&y, &y_ref) < 2e-6, "y: {}", rel_diff(&y, &y_ref));
     // candle's backward rounds 1/√(2π) to 0.398942.
