@@ -36,6 +36,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 pub(crate) use multiversion;
 

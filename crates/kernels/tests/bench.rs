@@ -122,3 +122,103 @@ fn bench_depthwise_and_maxpool() {
     );
     let _ = DType::F32;
 }
+
+/// Best-of-`reps` milliseconds of `f(x)` forward and of the backward of `Σ f(x) ⊙ w` alone (the same `⊙ w` and sum
+/// backward on both sides of a comparison), and that output.
+fn fwd_bwd(reps: usize, x: &Tensor, w: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (f64, f64, Tensor) {
+    let v = Var::from_tensor(x).unwrap();
+    let fwd = time(reps, || {
+        f(v.as_tensor());
+    });
+    let bwd = (0..=reps)
+        .map(|_| {
+            let loss = (f(v.as_tensor()) * w).unwrap().sum_all().unwrap();
+            once(|| {
+                loss.backward().unwrap();
+            })
+        })
+        .skip(1)
+        .fold(f64::INFINITY, f64::min);
+    (fwd, bwd, f(v.as_tensor()))
+}
+
+#[test]
+#[ignore]
+fn bench_layer_norm_softmax_gelu() {
+    use kernels::ops::{gelu_erf, layer_norm, layer_norm_composed, softmax_last_dim, softmax_last_dim_composed};
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let report = |name: &str, ours: (f64, f64, Tensor), theirs: (f64, f64, Tensor)| {
+        let d: f32 = (&ours.2 - &theirs.2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4, "{name}: outputs differ by {d}");
+        println!(
+            "{name:<40} fwd {:7.2} ms vs {:7.2} ms   bwd {:7.2} ms vs {:7.2} ms",
+            ours.0, theirs.0, ours.1, theirs.1
+        );
+    };
+    // ViT-Tiny at batch 32: LayerNorm of 192, softmax of 197 keys × 3 heads, GELU of the 768-wide MLP.
+    let x = randn(&mut rng, &[32, 197, 192]);
+    let g = (randn(&mut rng, &[192]) + 1.0).unwrap();
+    let b = randn(&mut rng, &[192]);
+    let w = randn(&mut rng, &[32, 197, 192]);
+    report(
+        "layer_norm 32×197×192",
+        fwd_bwd(5, &x, &w, |x| layer_norm(x, &g, &b, 1e-6).unwrap()),
+        fwd_bwd(5, &x, &w, |x| layer_norm_composed(x, &g, &b, 1e-6).unwrap()),
+    );
+    // Inference: candle's no-gradient fused layer norm (`LayerNorm::forward_fused`) is the composition's fast path.
+    let fused = time(5, || {
+        candle_nn::ops::layer_norm(&x, &g, &b, 1e-6).unwrap();
+    });
+    let ours = time(5, || {
+        layer_norm(&x, &g, &b, 1e-6).unwrap();
+    });
+    println!(
+        "{:<40} fwd {ours:7.2} ms vs {fused:7.2} ms (candle's fused, no gradient)",
+        "layer_norm inference"
+    );
+    let x = (randn(&mut rng, &[32, 3, 197, 197]) * 8.0).unwrap();
+    let w = randn(&mut rng, &[32, 3, 197, 197]);
+    report(
+        "softmax_last_dim 32×3×197×197",
+        fwd_bwd(5, &x, &w, |x| softmax_last_dim(x).unwrap()),
+        fwd_bwd(5, &x, &w, |x| softmax_last_dim_composed(x).unwrap()),
+    );
+    let x = (randn(&mut rng, &[32, 197, 768]) * 3.0).unwrap();
+    let w = randn(&mut rng, &[32, 197, 768]);
+    report(
+        "gelu_erf 32×197×768",
+        fwd_bwd(5, &x, &w, |x| gelu_erf(x).unwrap()),
+        fwd_bwd(5, &x, &w, |x| x.gelu_erf().unwrap()),
+    );
+    // ConvNeXt-Atto's LayerNorm2d at batch 32: NHWC through the fused op vs plain ops over the channel axis.
+    let x = randn(&mut rng, &[32, 40, 56, 56]);
+    let g = (randn(&mut rng, &[40]) + 1.0).unwrap();
+    let b = randn(&mut rng, &[40]);
+    let w = randn(&mut rng, &[32, 40, 56, 56]);
+    let nchw_plain = |x: &Tensor| {
+        let mean = x.mean_keepdim(1).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(1).unwrap();
+        let y = xc.broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap()).unwrap();
+        y.broadcast_mul(&g.reshape((1, 40, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 40, 1, 1)).unwrap())
+            .unwrap()
+    };
+    let nchw_fused = |x: &Tensor| {
+        let y = layer_norm(&x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap(), &g, &b, 1e-6).unwrap();
+        y.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap()
+    };
+    report(
+        "layer_norm2d 32×40×56×56 (permuted)",
+        fwd_bwd(5, &x, &w, nchw_fused),
+        fwd_bwd(5, &x, &w, nchw_plain),
+    );
+}

@@ -1,15 +1,20 @@
 //! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward,
-//! and a fused self-attention for inference.
+//! trainable LayerNorm, softmax and GELU with hand-written backward, and a fused self-attention for inference.
 //!
-//! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
-//! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
+//! On the CPU they run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes or
+//! chunks of rows (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own
+//! operations.
 
 mod attention;
 mod depthwise;
+mod gelu;
+mod layer_norm;
 mod maxpool;
 pub(crate) mod plane;
+mod rows;
+mod softmax;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 
 /// Run `f` on `x` (and `w`) converted to f32 when their dtype is not f32/f64, converting the result back.
 fn via_float(xs: &[&Tensor], f: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
@@ -108,4 +113,64 @@ pub fn fused_attention(qkv: &Tensor, heads: usize, scale: f64) -> candle_core::R
         heads,
         scale: scale as f32,
     })
+}
+
+/// LayerNorm over the last dimension with scale `weight` and shift `bias` (both of the last dimension's length),
+/// biased variance, as PyTorch's `F.layer_norm`.
+///
+/// CPU: one custom op with its own backward (gradients for `x`, `weight` and `bias`). Other devices:
+/// [`layer_norm_composed`].
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if !x.device().is_cpu() {
+        return layer_norm_composed(x, weight, bias, eps);
+    }
+    if weight.dtype() != x.dtype() || bias.dtype() != x.dtype() {
+        candle_core::bail!(
+            "layer_norm: weight/bias dtypes {:?}/{:?} differ from input dtype {:?}",
+            weight.dtype(),
+            bias.dtype(),
+            x.dtype()
+        );
+    }
+    via_float(&[x, weight, bias], |t| {
+        t[0].apply_op3(&t[1], &t[2], layer_norm::LayerNorm { eps })
+    })
+}
+
+/// [`layer_norm`] as a composition of candle tensor ops, every one with a backward (any device and dtype).
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    y.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension.
+///
+/// CPU: one custom op whose backward is `dx = y ⊙ (dy − Σ dy⊙y)` per row. Other devices:
+/// [`softmax_last_dim_composed`].
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !x.device().is_cpu() {
+        return softmax_last_dim_composed(x);
+    }
+    via_float(&[x], |t| t[0].apply_op1(softmax::Softmax))
+}
+
+/// [`softmax_last_dim`] as a composition of candle tensor ops, every one with a backward (any device and dtype).
+pub fn softmax_last_dim_composed(x: &Tensor) -> candle_core::Result<Tensor> {
+    // The maximum only stabilises the exponent; the result does not depend on it, so it carries no gradient.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// GELU with the exact error function, `x·Φ(x)` (PyTorch's `nn.GELU()`).
+///
+/// CPU: one custom op with a one-pass backward `dy·(Φ(x) + x·φ(x))`. Other devices: candle's `gelu_erf`.
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.gelu_erf();
+    }
+    via_float(&[x], |t| t[0].apply_op1(gelu::Gelu))
 }
