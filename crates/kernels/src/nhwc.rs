@@ -27,6 +27,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 /// Rows of a pointwise GEMM block: the block's output stays in L2 for the epilogue.
 const ROW_BLOCK: usize = 192;

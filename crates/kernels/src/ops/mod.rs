@@ -1,11 +1,12 @@
-//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward,
-//! and a fused self-attention for inference.
+//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution (channels-first and
+//! channels-last) and max-pooling with backward, and a fused self-attention for inference.
 //!
 //! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
 //! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
 
 mod attention;
 mod depthwise;
+mod depthwise_nhwc;
 mod maxpool;
 pub(crate) mod plane;
 
@@ -60,6 +61,28 @@ pub fn depthwise_conv2d(
             .pad_with_zeros(3, pad[2], pad[3])?
             .conv2d(w, 0, stride, 1, c)
     }
+}
+
+/// Depthwise 2-D convolution of a channels-last tensor: `x` N×H×W×C, `w` C×1×k×k (timm's layout), zero padding
+/// `[top, bottom, left, right]` → N×Ho×Wo×C.
+///
+/// CPU: a custom op vectorised over channels (f32/f64; other dtypes through f32) with its own backward, which
+/// computes the gradient of `x` and of `w` only when they record operations. Other devices: permuted to N×C×H×W
+/// and back around [`depthwise_conv2d`].
+pub fn depthwise_conv2d_nhwc(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        if w.dtype() != x.dtype() {
+            candle_core::bail!(
+                "depthwise_conv2d_nhwc: weight dtype {:?} differs from input dtype {:?}",
+                w.dtype(),
+                x.dtype()
+            );
+        }
+        return via_float(&[x, w], |t| {
+            t[0].apply_op2(&t[1], depthwise_nhwc::DepthwiseNhwc { stride, pad })
+        });
+    }
+    depthwise_conv2d(&x.permute((0, 3, 1, 2))?, w, stride, pad)?.permute((0, 2, 3, 1))
 }
 
 /// Max-pooling with a square `kernel`, `stride` and symmetric `padding` (padded cells never win; floor output size).
