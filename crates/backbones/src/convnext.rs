@@ -5,12 +5,18 @@
 //! open with a `downsample` (LayerNorm + 2×2/2 convolution). Each block: depthwise 7×7 `conv_dw` → `norm` →
 //! `mlp.fc1` (4× wider) → GELU → `mlp.fc2` → layer scale `gamma` → + input. Head (pre-logits): global average
 //! pool → `head.norm`; classifier `head.fc`.
+//!
+//! Runs channels-last (N×H×W×C) end to end, the layout timm's blocks compute in: the stem and downsample patchify
+//! convolutions are a reshape + one matmul over pixel rows, LayerNorms and the MLP work on pixel rows, the 7×7
+//! depthwise convolution is [`depthwise_conv2d_nhwc`]. Maps are converted to N×C×H×W only where the [`Backbone`]
+//! methods return them.
 
 use candle_core::Tensor;
 
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
-use crate::layers::{gelu, global_avg_pool, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
+use crate::layers::{gelu, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
+use crate::ops::depthwise_conv2d_nhwc;
 use crate::params::{Param, ParamRole, ParamStore};
 
 /// One ConvNeXt variant: timm's `ConvNeXt` arguments.
@@ -96,6 +102,83 @@ impl Pointwise {
         let w = self.weight.tensor().reshape((o, i))?;
         Ok(x.matmul(&w.t()?)?.broadcast_add(&self.bias.tensor())?)
     }
+
+    /// `(x · Wᵀ + b) · scale` per output channel, with `scale` folded into the weight and bias (a weight-sized
+    /// multiply instead of an activation-sized one; gradients pass through the fold).
+    fn forward_scaled(&self, x: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        let (i, o) = self.dims;
+        let w = self
+            .weight
+            .tensor()
+            .reshape((o, i))?
+            .broadcast_mul(&scale.reshape((o, 1))?)?;
+        let b = (self.bias.tensor() * scale)?;
+        Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?)
+    }
+}
+
+/// A patchify convolution (kernel = stride = `p`, no padding, as timm's stem and downsample) of the channels-last
+/// `x` (N×H×W×C) as one matmul over patch rows → N×(H/p)×(W/p)×out (floor, like the convolution).
+fn patchify_nhwc(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let (p, co) = (conv.cfg.kernel, conv.cfg.out_channels);
+    let (ho, wo) = (h / p, w / p);
+    let x = if h % p != 0 || w % p != 0 {
+        x.narrow(1, 0, ho * p)?.narrow(2, 0, wo * p)?.contiguous()?
+    } else {
+        x.clone()
+    };
+    // Rows of (ky, kx, ci) — runs of p·C contiguous values; the weight is permuted to the same order.
+    let rows = x
+        .reshape((n, ho, p, wo, p, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((n * ho * wo, p * p * c))?;
+    let wt = conv.weight.tensor().permute((0, 2, 3, 1))?.reshape((co, p * p * c))?;
+    let y = rows.matmul(&wt.t()?)?;
+    let y = match &conv.bias {
+        Some(b) => y.broadcast_add(&b.tensor())?,
+        None => y,
+    };
+    Ok(y.reshape((n, ho, wo, co))?)
+}
+
+/// The patchify convolution `conv` of the channels-first `x` (N×C×H×W) → channels-last N×(H/p)×(W/p)×out.
+fn patchify_nchw(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (p, co) = (conv.cfg.kernel, conv.cfg.out_channels);
+    let (ho, wo) = (h / p, w / p);
+    let x = if h % p != 0 || w % p != 0 {
+        x.narrow(2, 0, ho * p)?.narrow(3, 0, wo * p)?.contiguous()?
+    } else {
+        x.contiguous()?
+    };
+    // Rows of (ci, ky, kx): the weight's own order.
+    let rows = x
+        .reshape((n, c, ho, p, wo, p))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .contiguous()?
+        .reshape((n * ho * wo, c * p * p))?;
+    let wt = conv.weight.tensor().reshape((co, c * p * p))?;
+    let y = rows.matmul(&wt.t()?)?;
+    let y = match &conv.bias {
+        Some(b) => y.broadcast_add(&b.tensor())?,
+        None => y,
+    };
+    Ok(y.reshape((n, ho, wo, co))?)
+}
+
+/// LayerNorm over the last dimension of a channels-last map (fused for inference).
+fn norm_nhwc(norm: &LayerNorm, x: &Tensor, fused: bool) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let c = dims[dims.len() - 1];
+    let rows = x.reshape((x.elem_count() / c.max(1), c))?;
+    let y = if fused {
+        norm.forward_fused(&rows)?
+    } else {
+        norm.forward(&rows)?
+    };
+    Ok(y.reshape(dims)?)
 }
 
 /// One ConvNeXt block.
@@ -136,23 +219,28 @@ impl Block {
         })
     }
 
-    /// `x` N×C×H×W; the norm and MLP run channels-last (timm's two layouts compute the same function).
+    /// `x` N×H×W×C (channels-last, timm's two layouts compute the same function) → N×H×W×C.
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let y = self.conv_dw.forward(x)?.permute((0, 2, 3, 1))?.contiguous()?;
+        let (n, h, w, c) = x.dims4()?;
+        let cfg = &self.conv_dw.cfg;
+        let pad = cfg.padding.amounts(h, w, cfg.kernel, cfg.stride, 1);
+        let y = depthwise_conv2d_nhwc(x, &self.conv_dw.weight.tensor(), cfg.stride, pad)?;
         let y = y.reshape((n * h * w, c))?;
+        let y = match &self.conv_dw.bias {
+            Some(b) => y.broadcast_add(&b.tensor())?,
+            None => y,
+        };
         let y = if fused {
             self.norm.forward_fused(&y)?
         } else {
             self.norm.forward(&y)?
         };
-        let y = self.fc2.forward(&gelu(&self.fc1.forward(&y)?)?)?;
+        let y = gelu(&self.fc1.forward(&y)?)?;
         let y = match &self.gamma {
-            Some(g) => y.broadcast_mul(&g.tensor())?,
-            None => y,
+            Some(g) => self.fc2.forward_scaled(&y, &g.tensor())?,
+            None => self.fc2.forward(&y)?,
         };
-        let y = y.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?;
-        Ok((x + y)?)
+        Ok((x + y.reshape((n, h, w, c))?)?)
     }
 }
 
@@ -164,9 +252,10 @@ struct StageLayers {
 }
 
 impl StageLayers {
+    /// `x` N×H×W×C → the stage's output, channels-last.
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let mut x = match &self.downsample {
-            Some((norm, conv)) => conv.forward(&norm.forward_nchw(x)?)?,
+            Some((norm, conv)) => patchify_nhwc(conv, &norm_nhwc(norm, x, fused)?)?,
             None => x.clone(),
         };
         for b in &self.blocks {
@@ -268,9 +357,25 @@ impl ConvNext {
         crate::infer::eligible(&self.store, x, train) && !x.track_op()
     }
 
-    fn stem(&self, x: &Tensor) -> Result<Tensor> {
-        self.stem_norm.forward_nchw(&self.stem_conv.forward(x)?)
+    /// The stem of the N×C×H×W image batch `x` → channels-last N×(H/4)×(W/4)×C.
+    fn stem(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        norm_nhwc(&self.stem_norm, &patchify_nchw(&self.stem_conv, x)?, fused)
     }
+
+    /// The last stage's map, channels-last N×h×w×C.
+    fn forward_nhwc(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fused = self.uses_inference_path(x, train);
+        let mut x = self.stem(x, fused)?;
+        for s in &self.stages {
+            x = s.forward(&x, fused)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A channels-last map N×H×W×C as N×C×H×W (contiguous), the layout the [`Backbone`] methods return.
+fn to_nchw(x: &Tensor) -> Result<Tensor> {
+    Ok(x.permute((0, 3, 1, 2))?.contiguous()?)
 }
 
 impl Backbone for ConvNext {
@@ -325,12 +430,7 @@ impl Backbone for ConvNext {
 
     /// The last stage's map, N×C×h×w, before the head norm (timm's `forward_features`).
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let fused = self.uses_inference_path(x, train);
-        let mut x = self.stem(x)?;
-        for s in &self.stages {
-            x = s.forward(&x, fused)?;
-        }
-        Ok(x)
+        to_nchw(&self.forward_nhwc(x, train)?)
     }
 
     /// The output of each of `stages.0..3` (1/4 … 1/32), as timm.
@@ -344,7 +444,7 @@ impl Backbone for ConvNext {
         check_out_indices(self.cfg.name, 4, out_indices)?;
         let fused = self.uses_inference_path(x, train);
         let mut taps = Taps::new(out_indices);
-        let mut x = self.stem(x)?;
+        let mut x = self.stem(x, fused)?;
         for (i, s) in self.stages.iter().enumerate() {
             if taps.done() {
                 break;
@@ -352,13 +452,14 @@ impl Backbone for ConvNext {
             x = s.forward(&x, fused)?;
             taps.keep(i, &x);
         }
-        Ok(taps.finish())
+        taps.finish().iter().map(to_nchw).collect()
     }
 
-    /// timm's pre-logits features: global average pool, then `head.norm`.
+    /// timm's pre-logits features: global average pool, then `head.norm` (pooled channels-last, no conversion).
     fn forward_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.head_norm
-            .forward(&global_avg_pool(&self.forward_features(x, train)?)?)
+        let y = self.forward_nhwc(x, train)?;
+        let (n, h, w, c) = y.dims4()?;
+        self.head_norm.forward(&y.reshape((n, h * w, c))?.mean(1)?)
     }
 
     fn has_classifier(&self) -> bool {
