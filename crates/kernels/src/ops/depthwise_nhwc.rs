@@ -1,10 +1,10 @@
 //! Depthwise 2-D convolution of channels-last (N×H×W×C) tensors on the CPU, with backward.
 //!
-//! Rows = pixels, columns = channels: every loop runs over a block of [`LANES`] channels whose accumulators stay in
-//! registers across the kernel taps. Forward and input gradient are gathers (each output cell written once), parallel
-//! over (image, row); the weight gradient keeps one accumulator block per (tap, channel block) in registers along an
-//! output row and adds it into per-task partial sums, reduced in task order at the end (deterministic). The hot loops
-//! are compiled twice (AVX2+FMA chosen at run time, and the portable baseline).
+//! Rows = pixels, columns = channels: every loop runs over a block of channels (16, then 8, then single ones) whose
+//! accumulators stay in registers across the kernel taps. Forward and input gradient are gathers (each output cell
+//! written once), parallel over (image, row); the weight gradient keeps one accumulator block per (tap, channel
+//! block) in registers along an output row and adds it into per-task partial sums, reduced in task order at the end
+//! (deterministic). The hot loops are compiled twice (AVX2+FMA chosen at run time, and the portable baseline).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
@@ -15,8 +15,6 @@ use crate::nhwc::multiversion;
 use crate::window::Window;
 
 const NAME: &str = "depthwise_conv2d_nhwc";
-/// Channels whose accumulators a pass keeps in registers.
-const LANES: usize = 16;
 
 /// Depthwise convolution `x` (N×H×W×C) ⊛ `w` (C×1×k×k) as a candle custom op (CPU, f32/f64).
 #[derive(Debug, Clone, Copy)]
@@ -86,43 +84,61 @@ impl Reach {
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: one output row of one image.
 
+/// Run `$f::<_, L>(args…, c0)` over the channels `0..$c` in blocks: L = 16 while 16 fit, then one block of 8, then
+/// single channels.
+macro_rules! by_blocks {
+    ($c:expr, $f:ident($($arg:expr),*)) => {{
+        let mut c0 = 0;
+        while c0 + 16 <= $c {
+            $f::<_, 16>($($arg,)* c0);
+            c0 += 16;
+        }
+        if c0 + 8 <= $c {
+            $f::<_, 8>($($arg,)* c0);
+            c0 += 8;
+        }
+        while c0 < $c {
+            $f::<_, 1>($($arg,)* c0);
+            c0 += 1;
+        }
+    }};
+}
+
+/// Output pixel `(oy, ox)`, channels `c0..c0 + L`: `L` accumulators across the taps `ky0..ky1 × kx0..kx1`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fwd_block<T: WithDType, const L: usize>(
+    x: &[T],
+    wk: &[T],
+    c: usize,
+    g: &Window,
+    (oy, ox): (usize, usize),
+    (ky0, ky1, kx0, kx1): (usize, usize, usize, usize),
+    o: &mut [T],
+    c0: usize,
+) {
+    let mut acc = [T::zero(); L];
+    for ky in ky0..ky1 {
+        let iy = oy * g.stride + ky - g.pad[0];
+        for kx in kx0..kx1 {
+            let ix = ox * g.stride + kx - g.pad[2];
+            let xi = &x[(iy * g.w + ix) * c + c0..][..L];
+            let wi = &wk[(ky * g.k + kx) * c + c0..][..L];
+            for j in 0..L {
+                acc[j] += xi[j] * wi[j];
+            }
+        }
+    }
+    o[c0..c0 + L].copy_from_slice(&acc);
+}
+
 #[inline(always)]
 fn fwd_row_body<T: WithDType>(x: &[T], wk: &[T], c: usize, g: &Window, oy: usize, out: &mut [T]) {
-    let full = c - c % LANES;
     let (ky0, ky1) = g.row_taps(oy);
     for ox in 0..g.wo {
         let (kx0, kx1) = g.col_taps(ox);
         let o = &mut out[ox * c..][..c];
-        for c0 in (0..full).step_by(LANES) {
-            let mut acc = [T::zero(); LANES];
-            for ky in ky0..ky1 {
-                let iy = oy * g.stride + ky - g.pad[0];
-                for kx in kx0..kx1 {
-                    let ix = ox * g.stride + kx - g.pad[2];
-                    let xi = &x[(iy * g.w + ix) * c + c0..][..LANES];
-                    let wi = &wk[(ky * g.k + kx) * c + c0..][..LANES];
-                    for j in 0..LANES {
-                        acc[j] += xi[j] * wi[j];
-                    }
-                }
-            }
-            o[c0..c0 + LANES].copy_from_slice(&acc);
-        }
-        if full < c {
-            let rest = &mut o[full..];
-            rest.fill(T::zero());
-            for ky in ky0..ky1 {
-                let iy = oy * g.stride + ky - g.pad[0];
-                for kx in kx0..kx1 {
-                    let ix = ox * g.stride + kx - g.pad[2];
-                    let xi = &x[(iy * g.w + ix) * c + full..][..c - full];
-                    let wi = &wk[(ky * g.k + kx) * c + full..][..c - full];
-                    for ((a, &xv), &wv) in rest.iter_mut().zip(xi).zip(wi) {
-                        *a += xv * wv;
-                    }
-                }
-            }
-        }
+        by_blocks!(c, fwd_block(x, wk, c, g, (oy, ox), (ky0, ky1, kx0, kx1), &mut *o));
     }
 }
 
@@ -151,6 +167,32 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], n: usize, c: usize, g: &Window, row: FwdR
 // ---------------------------------------------------------------------------------------------------------------
 // Input gradient: one input row of one image, gathered from the output gradient.
 
+/// Input-gradient pixel, channels `c0..c0 + L`: `L` accumulators across the (tap, output) pairs that reach it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_input_block<T: WithDType, const L: usize>(
+    gy: &[T],
+    wk: &[T],
+    c: usize,
+    g: &Window,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+    d: &mut [T],
+    c0: usize,
+) {
+    let mut acc = [T::zero(); L];
+    for &(ky, oy) in rows {
+        for &(kx, ox) in cols {
+            let gi = &gy[(oy * g.wo + ox) * c + c0..][..L];
+            let wi = &wk[(ky * g.k + kx) * c + c0..][..L];
+            for j in 0..L {
+                acc[j] += gi[j] * wi[j];
+            }
+        }
+    }
+    d[c0..c0 + L].copy_from_slice(&acc);
+}
+
 #[inline(always)]
 fn bwd_input_row_body<T: WithDType>(
     gy: &[T],
@@ -161,36 +203,10 @@ fn bwd_input_row_body<T: WithDType>(
     cols: &Reach,
     dx: &mut [T],
 ) {
-    let full = c - c % LANES;
     for ix in 0..g.w {
         let taps = cols.at(ix);
         let d = &mut dx[ix * c..][..c];
-        for c0 in (0..full).step_by(LANES) {
-            let mut acc = [T::zero(); LANES];
-            for &(ky, oy) in rows {
-                for &(kx, ox) in taps {
-                    let gi = &gy[(oy * g.wo + ox) * c + c0..][..LANES];
-                    let wi = &wk[(ky * g.k + kx) * c + c0..][..LANES];
-                    for j in 0..LANES {
-                        acc[j] += gi[j] * wi[j];
-                    }
-                }
-            }
-            d[c0..c0 + LANES].copy_from_slice(&acc);
-        }
-        if full < c {
-            let rest = &mut d[full..];
-            rest.fill(T::zero());
-            for &(ky, oy) in rows {
-                for &(kx, ox) in taps {
-                    let gi = &gy[(oy * g.wo + ox) * c + full..][..c - full];
-                    let wi = &wk[(ky * g.k + kx) * c + full..][..c - full];
-                    for ((a, &gv), &wv) in rest.iter_mut().zip(gi).zip(wi) {
-                        *a += gv * wv;
-                    }
-                }
-            }
-        }
+        by_blocks!(c, bwd_input_block(gy, wk, c, g, rows, taps, &mut *d));
     }
 }
 
@@ -224,9 +240,36 @@ fn bwd_input<T: WithDType>(gy: &[T], w: &[T], n: usize, c: usize, g: &Window, ro
 // ---------------------------------------------------------------------------------------------------------------
 // Weight gradient: output rows `r0..r1` (over the whole batch) added into a tap-major partial sum.
 
+/// Tap `kx` of one (output row, input row) pair, channels `c0..c0 + L`: `L` accumulators along the output columns
+/// `lo..hi`, added into the tap's partial sums `d`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_weight_block<T: WithDType, const L: usize>(
+    grow: &[T],
+    xrow: &[T],
+    c: usize,
+    g: &Window,
+    kx: usize,
+    (lo, hi): (usize, usize),
+    d: &mut [T],
+    c0: usize,
+) {
+    let mut acc = [T::zero(); L];
+    for ox in lo..hi {
+        let ix = ox * g.stride + kx - g.pad[2];
+        let gi = &grow[ox * c + c0..][..L];
+        let xi = &xrow[ix * c + c0..][..L];
+        for j in 0..L {
+            acc[j] += gi[j] * xi[j];
+        }
+    }
+    for (dv, a) in d[c0..c0 + L].iter_mut().zip(acc) {
+        *dv += a;
+    }
+}
+
 #[inline(always)]
 fn bwd_weight_rows_body<T: WithDType>(x: &[T], gy: &[T], c: usize, g: &Window, r0: usize, r1: usize, dw: &mut [T]) {
-    let full = c - c % LANES;
     let (in_img, out_img) = (g.h * g.w * c, g.ho * g.wo * c);
     for r in r0..r1 {
         let (b, oy) = (r / g.ho, r % g.ho);
@@ -237,33 +280,9 @@ fn bwd_weight_rows_body<T: WithDType>(x: &[T], gy: &[T], c: usize, g: &Window, r
             let iy = oy * g.stride + ky - g.pad[0];
             let xrow = &xb[iy * g.w * c..][..g.w * c];
             for kx in 0..g.k {
-                let (lo, hi) = g.valid_cols(kx);
+                let cols = g.valid_cols(kx);
                 let d = &mut dw[(ky * g.k + kx) * c..][..c];
-                for c0 in (0..full).step_by(LANES) {
-                    let mut acc = [T::zero(); LANES];
-                    for ox in lo..hi {
-                        let ix = ox * g.stride + kx - g.pad[2];
-                        let gi = &grow[ox * c + c0..][..LANES];
-                        let xi = &xrow[ix * c + c0..][..LANES];
-                        for j in 0..LANES {
-                            acc[j] += gi[j] * xi[j];
-                        }
-                    }
-                    for (dv, a) in d[c0..c0 + LANES].iter_mut().zip(acc) {
-                        *dv += a;
-                    }
-                }
-                if full < c {
-                    let rest = &mut d[full..];
-                    for ox in lo..hi {
-                        let ix = ox * g.stride + kx - g.pad[2];
-                        let gi = &grow[ox * c + full..][..c - full];
-                        let xi = &xrow[ix * c + full..][..c - full];
-                        for ((a, &gv), &xv) in rest.iter_mut().zip(gi).zip(xi) {
-                            *a += gv * xv;
-                        }
-                    }
-                }
+                by_blocks!(c, bwd_weight_block(grow, xrow, c, g, kx, cols, &mut *d));
             }
         }
     }
