@@ -470,3 +470,62 @@ impl Backbone for ConvNext {
         self.head_fc.as_ref().map(|fc| fc.forward(pooled)).transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn conv(ci: usize, co: usize, p: usize) -> Conv2d {
+        let tensors = HashMap::from([
+            ("c.weight".to_string(), rand(&[co, ci, p, p], 1)),
+            ("c.bias".to_string(), rand(&[co], 2)),
+        ]);
+        let store = ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let cfg = ConvConfig {
+            in_channels: ci,
+            out_channels: co,
+            kernel: p,
+            stride: p,
+            padding: Padding::Symmetric(0),
+            groups: 1,
+            bias: true,
+        };
+        Conv2d::new(&store, "c", cfg).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    /// The patchify matmuls equal the strided convolution (floor output) from either layout, also when the input
+    /// size is not a multiple of the patch.
+    #[test]
+    fn patchify_matches_the_strided_convolution() {
+        for (ci, co, p, h, w) in [(3, 8, 4, 16, 16), (3, 5, 4, 18, 23), (6, 12, 2, 7, 9), (5, 3, 2, 2, 2)] {
+            let c = conv(ci, co, p);
+            let x = rand(&[2, ci, h, w], 3);
+            let want = c.forward(&x).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let from_nchw = patchify_nchw(&c, &x).unwrap();
+            let from_nhwc = patchify_nhwc(&c, &x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()).unwrap();
+            assert!(max_diff(&from_nchw, &want) < 1e-5, "{ci}->{co} p{p} {h}x{w}");
+            assert!(max_diff(&from_nhwc, &want) < 1e-5, "{ci}->{co} p{p} {h}x{w}");
+        }
+    }
+}
