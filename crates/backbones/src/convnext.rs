@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
 use crate::layers::{gelu, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
-use crate::ops::depthwise_conv2d_nhwc;
+use crate::ops::{add_bias, depthwise_conv2d_nhwc};
 use crate::params::{Param, ParamRole, ParamStore};
 
 /// One ConvNeXt variant: timm's `ConvNeXt` arguments.
@@ -100,7 +100,7 @@ impl Pointwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (i, o) = self.dims;
         let w = self.weight.tensor().reshape((o, i))?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(&self.bias.tensor())?)
+        Ok(add_bias(&x.matmul(&w.t()?)?, &self.bias.tensor())?)
     }
 
     /// `(x · Wᵀ + b) · scale` per output channel, with `scale` folded into the weight and bias (a weight-sized
@@ -113,7 +113,7 @@ impl Pointwise {
             .reshape((o, i))?
             .broadcast_mul(&scale.reshape((o, 1))?)?;
         let b = (self.bias.tensor() * scale)?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?)
+        Ok(add_bias(&x.matmul(&w.t()?)?, &b)?)
     }
 }
 
@@ -137,7 +137,7 @@ fn patchify_nhwc(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let wt = conv.weight.tensor().permute((0, 2, 3, 1))?.reshape((co, p * p * c))?;
     let y = rows.matmul(&wt.t()?)?;
     let y = match &conv.bias {
-        Some(b) => y.broadcast_add(&b.tensor())?,
+        Some(b) => add_bias(&y, &b.tensor())?,
         None => y,
     };
     Ok(y.reshape((n, ho, wo, co))?)
@@ -162,7 +162,7 @@ fn patchify_nchw(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let wt = conv.weight.tensor().reshape((co, c * p * p))?;
     let y = rows.matmul(&wt.t()?)?;
     let y = match &conv.bias {
-        Some(b) => y.broadcast_add(&b.tensor())?,
+        Some(b) => add_bias(&y, &b.tensor())?,
         None => y,
     };
     Ok(y.reshape((n, ho, wo, co))?)
@@ -227,7 +227,7 @@ impl Block {
         let y = depthwise_conv2d_nhwc(x, &self.conv_dw.weight.tensor(), cfg.stride, pad)?;
         let y = y.reshape((n * h * w, c))?;
         let y = match &self.conv_dw.bias {
-            Some(b) => y.broadcast_add(&b.tensor())?,
+            Some(b) => add_bias(&y, &b.tensor())?,
             None => y,
         };
         let y = if fused {

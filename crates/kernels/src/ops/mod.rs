@@ -1,10 +1,11 @@
 //! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution (channels-first and
-//! channels-last) and max-pooling with backward, and a fused self-attention for inference.
+//! channels-last), max-pooling and a last-dimension bias add with backward, and a fused self-attention for inference.
 //!
 //! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
 //! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
 
 mod attention;
+mod bias;
 mod depthwise;
 mod depthwise_nhwc;
 mod maxpool;
@@ -83,6 +84,18 @@ pub fn depthwise_conv2d_nhwc(x: &Tensor, w: &Tensor, stride: usize, pad: [usize;
         });
     }
     depthwise_conv2d(&x.permute((0, 3, 1, 2))?, w, stride, pad)?.permute((0, 2, 3, 1))
+}
+
+/// `x + b` with the bias `b` (C) broadcast along the last dimension of `x` (… × C).
+///
+/// CPU f32/f64: a custom op whose backward hands the output gradient to `x` as it is and sums it per column for `b`
+/// in parallel (each only when needed), where candle's broadcast backward reduces the leading dimensions in one
+/// scalar loop. Other devices and dtypes: candle's `broadcast_add`.
+pub fn add_bias(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && b.dtype() == x.dtype() {
+        return x.contiguous()?.apply_op2(&b.contiguous()?, bias::AddBias);
+    }
+    x.broadcast_add(b)
 }
 
 /// Max-pooling with a square `kernel`, `stride` and symmetric `padding` (padded cells never win; floor output size).
