@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
 use crate::layers::{gelu, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
-use crate::ops::{add_bias, depthwise_conv2d_nhwc};
+use crate::ops::{add_bias, depthwise_conv2d_nhwc, linear_rows};
 use crate::params::{Param, ParamRole, ParamStore};
 
 /// One ConvNeXt variant: timm's `ConvNeXt` arguments.
@@ -96,24 +96,18 @@ impl Pointwise {
         })
     }
 
-    /// `x` (rows × in) → rows × out.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x` (rows × in) → `(x · Wᵀ + b) · scale [+ skip]` (rows × out), `scale` per output channel folded into the
+    /// weight and bias (a weight-sized multiply instead of an activation-sized one; gradients pass through the fold).
+    /// Without gradients, one fused GEMM with the bias and residual epilogue ([`linear_rows`]).
+    fn forward(&self, x: &Tensor, scale: Option<&Tensor>, skip: Option<&Tensor>) -> Result<Tensor> {
         let (i, o) = self.dims;
         let w = self.weight.tensor().reshape((o, i))?;
-        Ok(add_bias(&x.matmul(&w.t()?)?, &self.bias.tensor())?)
-    }
-
-    /// `(x · Wᵀ + b) · scale` per output channel, with `scale` folded into the weight and bias (a weight-sized
-    /// multiply instead of an activation-sized one; gradients pass through the fold).
-    fn forward_scaled(&self, x: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        let (i, o) = self.dims;
-        let w = self
-            .weight
-            .tensor()
-            .reshape((o, i))?
-            .broadcast_mul(&scale.reshape((o, 1))?)?;
-        let b = (self.bias.tensor() * scale)?;
-        Ok(add_bias(&x.matmul(&w.t()?)?, &b)?)
+        let b = self.bias.tensor();
+        let (w, b) = match scale {
+            Some(s) => (w.broadcast_mul(&s.reshape((o, 1))?)?, (b * s)?),
+            None => (w, b),
+        };
+        Ok(linear_rows(x, &w, &b, skip)?)
     }
 }
 
@@ -135,12 +129,7 @@ fn patchify_nhwc(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .reshape((n * ho * wo, p * p * c))?;
     let wt = conv.weight.tensor().permute((0, 2, 3, 1))?.reshape((co, p * p * c))?;
-    let y = rows.matmul(&wt.t()?)?;
-    let y = match &conv.bias {
-        Some(b) => add_bias(&y, &b.tensor())?,
-        None => y,
-    };
-    Ok(y.reshape((n, ho, wo, co))?)
+    Ok(rows_matmul(&rows, &wt, conv)?.reshape((n, ho, wo, co))?)
 }
 
 /// The patchify convolution `conv` of the channels-first `x` (N×C×H×W) → channels-last N×(H/p)×(W/p)×out.
@@ -160,12 +149,15 @@ fn patchify_nchw(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .reshape((n * ho * wo, c * p * p))?;
     let wt = conv.weight.tensor().reshape((co, c * p * p))?;
-    let y = rows.matmul(&wt.t()?)?;
-    let y = match &conv.bias {
-        Some(b) => add_bias(&y, &b.tensor())?,
-        None => y,
-    };
-    Ok(y.reshape((n, ho, wo, co))?)
+    Ok(rows_matmul(&rows, &wt, conv)?.reshape((n, ho, wo, co))?)
+}
+
+/// Patch rows times the flattened weight `w` (out × patch), plus the convolution's bias.
+fn rows_matmul(rows: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<Tensor> {
+    Ok(match &conv.bias {
+        Some(b) => linear_rows(rows, w, &b.tensor(), None)?,
+        None => rows.matmul(&w.t()?)?,
+    })
 }
 
 /// LayerNorm over the last dimension of a channels-last map (fused for inference).
@@ -235,12 +227,12 @@ impl Block {
         } else {
             self.norm.forward(&y)?
         };
-        let y = gelu(&self.fc1.forward(&y)?)?;
-        let y = match &self.gamma {
-            Some(g) => self.fc2.forward_scaled(&y, &g.tensor())?,
-            None => self.fc2.forward(&y)?,
-        };
-        Ok((x + y.reshape((n, h, w, c))?)?)
+        let y = gelu(&self.fc1.forward(&y, None, None)?)?;
+        let gamma = self.gamma.as_ref().map(|g| g.tensor());
+        let y = self
+            .fc2
+            .forward(&y, gamma.as_ref(), Some(&x.reshape((n * h * w, c))?))?;
+        Ok(y.reshape((n, h, w, c))?)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The channels-last depthwise convolution against the NCHW one on permuted tensors (values and both gradients),
-//! and against finite differences in f64; the last-dimension bias add against candle's broadcast add.
+//! and against finite differences in f64.
 
 use candle_core::{DType, Device, Tensor, Var};
 use kernels::ops::{depthwise_conv2d, depthwise_conv2d_nhwc};
@@ -251,32 +251,4 @@ fn bad_shapes_are_errors() {
     );
     let wt = randn(&mut rng, &[3, 1, 3, 3], DType::F64);
     assert!(depthwise_conv2d_nhwc(&x, &wt, 1, [1; 4]).is_err(), "dtype mismatch");
-}
-
-#[test]
-fn add_bias_matches_broadcast_add_forward_and_backward() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for (shape, dtype, tol) in [
-        (vec![600, 37], DType::F32, 1e-4),
-        (vec![2, 5, 7, 16], DType::F64, 1e-12),
-        (vec![3, 1], DType::F32, 1e-6),
-    ] {
-        let c = *shape.last().unwrap();
-        let x = randn(&mut rng, &shape, dtype);
-        let b = randn(&mut rng, &[c], dtype);
-        let want = x.broadcast_add(&b).unwrap();
-        assert!(max_diff(&kernels::ops::add_bias(&x, &b).unwrap(), &want) < tol);
-        let r = randn(&mut rng, &shape, dtype);
-        let (gx, gb) = grads(|x, b| kernels::ops::add_bias(x, b).unwrap(), &x, &b, &r);
-        let (rx, rb) = grads(|x, b| x.broadcast_add(b).unwrap(), &x, &b, &r);
-        assert!(max_abs(&rb) > 0.1);
-        assert!(max_diff(&gx, &rx) < tol && max_diff(&gb, &rb) < tol, "{shape:?}");
-    }
-    // A strided input and a mismatched bias.
-    let x = randn(&mut rng, &[4, 6], DType::F32);
-    let b = randn(&mut rng, &[4], DType::F32);
-    let xt = x.t().unwrap();
-    let want = xt.broadcast_add(&b).unwrap();
-    assert!(max_diff(&kernels::ops::add_bias(&xt, &b).unwrap(), &want) < 1e-6);
-    assert!(kernels::ops::add_bias(&x, &b).is_err());
 }

@@ -1,5 +1,6 @@
 //! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution (channels-first and
-//! channels-last), max-pooling and a last-dimension bias add with backward, and a fused self-attention for inference.
+//! channels-last), max-pooling and a last-dimension bias add with backward; a fused self-attention and a fused
+//! linear layer over rows for inference.
 //!
 //! On the CPU both run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes
 //! (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own operations.
@@ -8,6 +9,7 @@ mod attention;
 mod bias;
 mod depthwise;
 mod depthwise_nhwc;
+mod linear;
 mod maxpool;
 pub(crate) mod plane;
 
@@ -96,6 +98,31 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         return x.contiguous()?.apply_op2(&b.contiguous()?, bias::AddBias);
     }
     x.broadcast_add(b)
+}
+
+/// `x (rows × in) · wᵀ + b` for `w` stored `out × in`, plus `skip` (rows × out) when given.
+///
+/// When nothing records an operation (inference) on the CPU in f32: blocks of rows in parallel, each one GEMM with the
+/// bias and the residual added while the block is in cache, no intermediate tensors. Otherwise (a gradient may be
+/// needed, other devices or dtypes): the plain composition `x.matmul(wᵀ) + b (+ skip)`.
+pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor, skip: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let tracked = x.track_op() || w.track_op() || b.track_op() || skip.is_some_and(|s| s.track_op());
+    let f32s = [x, w, b].iter().all(|t| t.dtype() == DType::F32) && skip.is_none_or(|s| s.dtype() == DType::F32);
+    if x.device().is_cpu() && f32s && !tracked && x.rank() == 2 && w.rank() == 2 && b.rank() == 1 {
+        let op = linear::LinearRows {
+            bias: b.to_vec1::<f32>()?,
+        };
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return match skip {
+            Some(s) => x.apply_op3_no_bwd(&w, &s.contiguous()?, &op),
+            None => x.apply_op2_no_bwd(&w, &op),
+        };
+    }
+    let y = add_bias(&x.matmul(&w.t()?)?, b)?;
+    match skip {
+        Some(s) => y + s,
+        None => Ok(y),
+    }
 }
 
 /// Max-pooling with a square `kernel`, `stride` and symmetric `padding` (padded cells never win; floor output size).
