@@ -5,12 +5,18 @@
 //! open with a `downsample` (LayerNorm + 2×2/2 convolution). Each block: depthwise 7×7 `conv_dw` → `norm` →
 //! `mlp.fc1` (4× wider) → GELU → `mlp.fc2` → layer scale `gamma` → + input. Head (pre-logits): global average
 //! pool → `head.norm`; classifier `head.fc`.
+//!
+//! Runs channels-last (N×H×W×C) end to end, the layout timm's blocks compute in: the stem and downsample patchify
+//! convolutions are a reshape + one matmul over pixel rows, LayerNorms and the MLP work on pixel rows, the 7×7
+//! depthwise convolution is [`depthwise_conv2d_nhwc`]. Maps are converted to N×C×H×W only where the [`Backbone`]
+//! methods return them.
 
 use candle_core::Tensor;
 
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
-use crate::layers::{gelu, global_avg_pool, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
+use crate::layers::{gelu, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
+use crate::ops::{add_bias, depthwise_conv2d_nhwc, linear_rows};
 use crate::params::{Param, ParamRole, ParamStore};
 
 /// One ConvNeXt variant: timm's `ConvNeXt` arguments.
@@ -90,12 +96,81 @@ impl Pointwise {
         })
     }
 
-    /// `x` (rows × in) → rows × out.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x` (rows × in) → `(x · Wᵀ + b) · scale [+ skip]` (rows × out), `scale` per output channel folded into the
+    /// weight and bias (a weight-sized multiply instead of an activation-sized one; gradients pass through the fold).
+    /// Without gradients, one fused GEMM with the bias and residual epilogue ([`linear_rows`]).
+    fn forward(&self, x: &Tensor, scale: Option<&Tensor>, skip: Option<&Tensor>) -> Result<Tensor> {
         let (i, o) = self.dims;
         let w = self.weight.tensor().reshape((o, i))?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(&self.bias.tensor())?)
+        let b = self.bias.tensor();
+        let (w, b) = match scale {
+            Some(s) => (w.broadcast_mul(&s.reshape((o, 1))?)?, (b * s)?),
+            None => (w, b),
+        };
+        Ok(linear_rows(x, &w, &b, skip)?)
     }
+}
+
+/// A patchify convolution (kernel = stride = `p`, no padding, as timm's stem and downsample) of the channels-last
+/// `x` (N×H×W×C) as one matmul over patch rows → N×(H/p)×(W/p)×out (floor, like the convolution).
+fn patchify_nhwc(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let (p, co) = (conv.cfg.kernel, conv.cfg.out_channels);
+    let (ho, wo) = (h / p, w / p);
+    let x = if h % p != 0 || w % p != 0 {
+        x.narrow(1, 0, ho * p)?.narrow(2, 0, wo * p)?.contiguous()?
+    } else {
+        x.clone()
+    };
+    // Rows of (ky, kx, ci) — runs of p·C contiguous values; the weight is permuted to the same order.
+    let rows = x
+        .reshape((n, ho, p, wo, p, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((n * ho * wo, p * p * c))?;
+    let wt = conv.weight.tensor().permute((0, 2, 3, 1))?.reshape((co, p * p * c))?;
+    Ok(rows_matmul(&rows, &wt, conv)?.reshape((n, ho, wo, co))?)
+}
+
+/// The patchify convolution `conv` of the channels-first `x` (N×C×H×W) → channels-last N×(H/p)×(W/p)×out.
+fn patchify_nchw(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (p, co) = (conv.cfg.kernel, conv.cfg.out_channels);
+    let (ho, wo) = (h / p, w / p);
+    let x = if h % p != 0 || w % p != 0 {
+        x.narrow(2, 0, ho * p)?.narrow(3, 0, wo * p)?.contiguous()?
+    } else {
+        x.contiguous()?
+    };
+    // Rows of (ci, ky, kx): the weight's own order.
+    let rows = x
+        .reshape((n, c, ho, p, wo, p))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .contiguous()?
+        .reshape((n * ho * wo, c * p * p))?;
+    let wt = conv.weight.tensor().reshape((co, c * p * p))?;
+    Ok(rows_matmul(&rows, &wt, conv)?.reshape((n, ho, wo, co))?)
+}
+
+/// Patch rows times the flattened weight `w` (out × patch), plus the convolution's bias.
+fn rows_matmul(rows: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<Tensor> {
+    Ok(match &conv.bias {
+        Some(b) => linear_rows(rows, w, &b.tensor(), None)?,
+        None => rows.matmul(&w.t()?)?,
+    })
+}
+
+/// LayerNorm over the last dimension of a channels-last map (fused for inference).
+fn norm_nhwc(norm: &LayerNorm, x: &Tensor, fused: bool) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let c = dims[dims.len() - 1];
+    let rows = x.reshape((x.elem_count() / c.max(1), c))?;
+    let y = if fused {
+        norm.forward_fused(&rows)?
+    } else {
+        norm.forward(&rows)?
+    };
+    Ok(y.reshape(dims)?)
 }
 
 /// One ConvNeXt block.
@@ -136,23 +211,28 @@ impl Block {
         })
     }
 
-    /// `x` N×C×H×W; the norm and MLP run channels-last (timm's two layouts compute the same function).
+    /// `x` N×H×W×C (channels-last, timm's two layouts compute the same function) → N×H×W×C.
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let y = self.conv_dw.forward(x)?.permute((0, 2, 3, 1))?.contiguous()?;
+        let (n, h, w, c) = x.dims4()?;
+        let cfg = &self.conv_dw.cfg;
+        let pad = cfg.padding.amounts(h, w, cfg.kernel, cfg.stride, 1);
+        let y = depthwise_conv2d_nhwc(x, &self.conv_dw.weight.tensor(), cfg.stride, pad)?;
         let y = y.reshape((n * h * w, c))?;
+        let y = match &self.conv_dw.bias {
+            Some(b) => add_bias(&y, &b.tensor())?,
+            None => y,
+        };
         let y = if fused {
             self.norm.forward_fused(&y)?
         } else {
             self.norm.forward(&y)?
         };
-        let y = self.fc2.forward(&gelu(&self.fc1.forward(&y)?)?)?;
-        let y = match &self.gamma {
-            Some(g) => y.broadcast_mul(&g.tensor())?,
-            None => y,
-        };
-        let y = y.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?;
-        Ok((x + y)?)
+        let y = gelu(&self.fc1.forward(&y, None, None)?)?;
+        let gamma = self.gamma.as_ref().map(|g| g.tensor());
+        let y = self
+            .fc2
+            .forward(&y, gamma.as_ref(), Some(&x.reshape((n * h * w, c))?))?;
+        Ok(y.reshape((n, h, w, c))?)
     }
 }
 
@@ -164,9 +244,10 @@ struct StageLayers {
 }
 
 impl StageLayers {
+    /// `x` N×H×W×C → the stage's output, channels-last.
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let mut x = match &self.downsample {
-            Some((norm, conv)) => conv.forward(&norm.forward_nchw(x)?)?,
+            Some((norm, conv)) => patchify_nhwc(conv, &norm_nhwc(norm, x, fused)?)?,
             None => x.clone(),
         };
         for b in &self.blocks {
@@ -268,9 +349,25 @@ impl ConvNext {
         crate::infer::eligible(&self.store, x, train) && !x.track_op()
     }
 
-    fn stem(&self, x: &Tensor) -> Result<Tensor> {
-        self.stem_norm.forward_nchw(&self.stem_conv.forward(x)?)
+    /// The stem of the N×C×H×W image batch `x` → channels-last N×(H/4)×(W/4)×C.
+    fn stem(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        norm_nhwc(&self.stem_norm, &patchify_nchw(&self.stem_conv, x)?, fused)
     }
+
+    /// The last stage's map, channels-last N×h×w×C.
+    fn forward_nhwc(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fused = self.uses_inference_path(x, train);
+        let mut x = self.stem(x, fused)?;
+        for s in &self.stages {
+            x = s.forward(&x, fused)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A channels-last map N×H×W×C as N×C×H×W (contiguous), the layout the [`Backbone`] methods return.
+fn to_nchw(x: &Tensor) -> Result<Tensor> {
+    Ok(x.permute((0, 3, 1, 2))?.contiguous()?)
 }
 
 impl Backbone for ConvNext {
@@ -325,12 +422,7 @@ impl Backbone for ConvNext {
 
     /// The last stage's map, N×C×h×w, before the head norm (timm's `forward_features`).
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let fused = self.uses_inference_path(x, train);
-        let mut x = self.stem(x)?;
-        for s in &self.stages {
-            x = s.forward(&x, fused)?;
-        }
-        Ok(x)
+        to_nchw(&self.forward_nhwc(x, train)?)
     }
 
     /// The output of each of `stages.0..3` (1/4 … 1/32), as timm.
@@ -344,7 +436,7 @@ impl Backbone for ConvNext {
         check_out_indices(self.cfg.name, 4, out_indices)?;
         let fused = self.uses_inference_path(x, train);
         let mut taps = Taps::new(out_indices);
-        let mut x = self.stem(x)?;
+        let mut x = self.stem(x, fused)?;
         for (i, s) in self.stages.iter().enumerate() {
             if taps.done() {
                 break;
@@ -352,13 +444,14 @@ impl Backbone for ConvNext {
             x = s.forward(&x, fused)?;
             taps.keep(i, &x);
         }
-        Ok(taps.finish())
+        taps.finish().iter().map(to_nchw).collect()
     }
 
-    /// timm's pre-logits features: global average pool, then `head.norm`.
+    /// timm's pre-logits features: global average pool, then `head.norm` (pooled channels-last, no conversion).
     fn forward_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.head_norm
-            .forward(&global_avg_pool(&self.forward_features(x, train)?)?)
+        let y = self.forward_nhwc(x, train)?;
+        let (n, h, w, c) = y.dims4()?;
+        self.head_norm.forward(&y.reshape((n, h * w, c))?.mean(1)?)
     }
 
     fn has_classifier(&self) -> bool {
@@ -367,5 +460,64 @@ impl Backbone for ConvNext {
 
     fn classify(&self, pooled: &Tensor) -> Result<Option<Tensor>> {
         self.head_fc.as_ref().map(|fc| fc.forward(pooled)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn conv(ci: usize, co: usize, p: usize) -> Conv2d {
+        let tensors = HashMap::from([
+            ("c.weight".to_string(), rand(&[co, ci, p, p], 1)),
+            ("c.bias".to_string(), rand(&[co], 2)),
+        ]);
+        let store = ParamStore::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let cfg = ConvConfig {
+            in_channels: ci,
+            out_channels: co,
+            kernel: p,
+            stride: p,
+            padding: Padding::Symmetric(0),
+            groups: 1,
+            bias: true,
+        };
+        Conv2d::new(&store, "c", cfg).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    /// The patchify matmuls equal the strided convolution (floor output) from either layout, also when the input
+    /// size is not a multiple of the patch.
+    #[test]
+    fn patchify_matches_the_strided_convolution() {
+        for (ci, co, p, h, w) in [(3, 8, 4, 16, 16), (3, 5, 4, 18, 23), (6, 12, 2, 7, 9), (5, 3, 2, 2, 2)] {
+            let c = conv(ci, co, p);
+            let x = rand(&[2, ci, h, w], 3);
+            let want = c.forward(&x).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let from_nchw = patchify_nchw(&c, &x).unwrap();
+            let from_nhwc = patchify_nhwc(&c, &x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()).unwrap();
+            assert!(max_diff(&from_nchw, &want) < 1e-5, "{ci}->{co} p{p} {h}x{w}");
+            assert!(max_diff(&from_nhwc, &want) < 1e-5, "{ci}->{co} p{p} {h}x{w}");
+        }
     }
 }

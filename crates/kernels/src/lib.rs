@@ -1,7 +1,7 @@
 //! CPU kernels for convolutional networks on candle 0.11, each with the geometry of a [`Window`].
 //!
-//! - [`ops`]: depthwise convolution and max-pooling as custom ops with backward (f32/f64, any stride/padding), and
-//!   trainable LayerNorm, softmax and GELU with hand-written backward.
+//! - [`ops`]: depthwise convolution (NCHW and NHWC) and max-pooling as custom ops with backward (f32/f64, any
+//!   stride/padding), and trainable LayerNorm, softmax and GELU with hand-written backward.
 //! - [`conv`]: im2col + GEMM convolution with a fused bias/ReLU/ReLU6 epilogue and backward, training-mode
 //!   BatchNorm in two passes with a fused backward, ReLU6 with a one-pass backward.
 //! - [`fold`]: the BatchNorm fold (`scale = γ/√(var+ε)`, `shift = β − mean·scale`) into a convolution, and

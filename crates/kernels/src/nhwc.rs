@@ -38,8 +38,6 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-pub(crate) use multiversion;
-
 /// Rows of a pointwise GEMM block: the block's output stays in L2 for the epilogue.
 const ROW_BLOCK: usize = 192;
 /// Up to this many rows, one GEMM call: splitting would repack the weights for little cache benefit.

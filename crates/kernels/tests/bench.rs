@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use kernels::ops::{depthwise_conv2d, max_pool2d};
+use kernels::ops::{depthwise_conv2d, depthwise_conv2d_nhwc, max_pool2d};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -221,4 +221,49 @@ fn bench_layer_norm_softmax_gelu() {
         fwd_bwd(5, &x, &w, nchw_fused),
         fwd_bwd(5, &x, &w, nchw_plain),
     );
+}
+
+/// ConvNeXt-atto's 7×7 depthwise convolutions at batch 16: the NCHW op against the channels-last one.
+#[test]
+#[ignore]
+fn bench_depthwise_nhwc() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for &(n, c, h) in &[(16, 40, 56), (16, 80, 28), (16, 160, 14), (16, 320, 7)] {
+        let x = randn(&mut rng, &[n, c, h, h]);
+        let xl = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        let w = randn(&mut rng, &[c, 1, 7, 7]);
+        let ours = depthwise_conv2d_nhwc(&xl, &w, 1, [3; 4]).unwrap();
+        let theirs = depthwise_conv2d(&x, &w, 1, [3; 4])
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        let d: f32 = (&ours - &theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4);
+        let reps = 5;
+        let f_nchw = time(reps, || drop(depthwise_conv2d(&x, &w, 1, [3; 4]).unwrap()));
+        let f_nhwc = time(reps, || drop(depthwise_conv2d_nhwc(&xl, &w, 1, [3; 4]).unwrap()));
+        let wv = Var::from_tensor(&w).unwrap();
+        let (xv, xlv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&xl).unwrap());
+        let r = randn(&mut rng, &[n, c, h, h]);
+        let rl = r.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        let b_nchw = time(reps, || {
+            let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), 1, [3; 4]).unwrap();
+            drop((y * &r).unwrap().sum_all().unwrap().backward().unwrap());
+        });
+        let b_nhwc = time(reps, || {
+            let y = depthwise_conv2d_nhwc(xlv.as_tensor(), wv.as_tensor(), 1, [3; 4]).unwrap();
+            drop((y * &rl).unwrap().sum_all().unwrap().backward().unwrap());
+        });
+        println!(
+            "depthwise 7x7 {n}x{h}x{h}x{c}: forward NCHW {f_nchw:.1} ms -> NHWC {f_nhwc:.1} ms; \
+             forward+backward NCHW {b_nchw:.1} ms -> NHWC {b_nhwc:.1} ms"
+        );
+    }
 }

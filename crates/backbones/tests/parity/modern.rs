@@ -310,6 +310,41 @@ fn convnext_trains_its_unfrozen_stages() {
         .all(|(k, _)| k.starts_with("stages.3") || k.starts_with("head.norm")));
 }
 
+/// ConvNeXt runs channels-last on both paths; frozen eval uses the fused LayerNorm, the general path the autograd one.
+/// 97×97 leaves a remainder at the 4×4 stem (24×24) and odd maps for the 2×2 downsamples (3×3 → 1×1 at stages.3).
+#[test]
+fn convnext_inference_path_matches_the_general_path() {
+    let (store, model) = zoo_random("convnext_atto", 7);
+    let cnx = convnext::ConvNext::from_name("convnext_atto", &store).unwrap();
+    for (n, hw) in [(3, 97), (1, 64)] {
+        let x = random_input(n, hw, 8);
+        assert!(cnx.uses_inference_path(&x, false));
+        let fast = model.forward_features(&x, false).unwrap();
+        let fast_maps = model.forward_all_features(&x, false).unwrap();
+        let p = store.params().into_iter().next().unwrap();
+        p.set_trainable(true).unwrap();
+        assert!(!cnx.uses_inference_path(&x, false));
+        let general = model.forward_features(&x, false).unwrap().detach();
+        let general_maps = model.forward_all_features(&x, false).unwrap();
+        p.set_trainable(false).unwrap();
+        assert_eq!(fast.dims(), &[n, 320, hw / 32, hw / 32]);
+        let scale = max_abs(&general);
+        let diff = max_abs_diff(&fast, &general);
+        assert!(
+            scale > 0.0 && diff <= 1e-4 * scale.max(1.0),
+            "{hw}: {diff} vs scale {scale}"
+        );
+        assert_eq!(
+            max_abs_diff(&fast_maps[3], &fast),
+            0.0,
+            "last multi-scale map = forward_features"
+        );
+        for (a, b) in fast_maps.iter().zip(&general_maps) {
+            assert!(max_abs_diff(a, &b.detach()) <= 1e-4 * max_abs(b).max(1.0));
+        }
+    }
+}
+
 #[test]
 fn vit_trains_its_unfrozen_stages() {
     let (_, model) = zoo_random("vit_tiny_patch16_224", 3);

@@ -1,14 +1,18 @@
-//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution and max-pooling with backward,
-//! trainable LayerNorm, softmax and GELU with hand-written backward, and a fused self-attention for inference.
+//! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution (channels-first and
+//! channels-last), max-pooling and a last-dimension bias add with backward; trainable LayerNorm, softmax and GELU
+//! with hand-written backward; a fused self-attention and a fused linear layer over rows for inference.
 //!
 //! On the CPU they run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes or
 //! chunks of rows (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own
 //! operations.
 
 mod attention;
+mod bias;
 mod depthwise;
+mod depthwise_nhwc;
 mod gelu;
 mod layer_norm;
+mod linear;
 mod maxpool;
 pub(crate) mod plane;
 mod rows;
@@ -64,6 +68,65 @@ pub fn depthwise_conv2d(
         x.pad_with_zeros(2, pad[0], pad[1])?
             .pad_with_zeros(3, pad[2], pad[3])?
             .conv2d(w, 0, stride, 1, c)
+    }
+}
+
+/// Depthwise 2-D convolution of a channels-last tensor: `x` N×H×W×C, `w` C×1×k×k (timm's layout), zero padding
+/// `[top, bottom, left, right]` → N×Ho×Wo×C.
+///
+/// CPU: a custom op vectorised over channels (f32/f64; other dtypes through f32) with its own backward, which
+/// computes the gradient of `x` and of `w` only when they record operations. Other devices: permuted to N×C×H×W
+/// and back around [`depthwise_conv2d`].
+pub fn depthwise_conv2d_nhwc(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        if w.dtype() != x.dtype() {
+            candle_core::bail!(
+                "depthwise_conv2d_nhwc: weight dtype {:?} differs from input dtype {:?}",
+                w.dtype(),
+                x.dtype()
+            );
+        }
+        return via_float(&[x, w], |t| {
+            t[0].apply_op2(&t[1], depthwise_nhwc::DepthwiseNhwc { stride, pad })
+        });
+    }
+    depthwise_conv2d(&x.permute((0, 3, 1, 2))?, w, stride, pad)?.permute((0, 2, 3, 1))
+}
+
+/// `x + b` with the bias `b` (C) broadcast along the last dimension of `x` (… × C).
+///
+/// CPU f32/f64: a custom op whose backward hands the output gradient to `x` as it is and sums it per column for `b`
+/// in parallel (each only when needed), where candle's broadcast backward reduces the leading dimensions in one
+/// scalar loop. Other devices and dtypes: candle's `broadcast_add`.
+pub fn add_bias(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && b.dtype() == x.dtype() {
+        return x.contiguous()?.apply_op2(&b.contiguous()?, bias::AddBias);
+    }
+    x.broadcast_add(b)
+}
+
+/// `x (rows × in) · wᵀ + b` for `w` stored `out × in`, plus `skip` (rows × out) when given.
+///
+/// When nothing records an operation (inference) on the CPU in f32: blocks of rows in parallel, each one GEMM with the
+/// bias and the residual added while the block is in cache, no intermediate tensors. Otherwise (a gradient may be
+/// needed, other devices or dtypes): the plain composition `x.matmul(wᵀ) + b (+ skip)`.
+pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor, skip: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let tracked = x.track_op() || w.track_op() || b.track_op() || skip.is_some_and(|s| s.track_op());
+    let f32s = [x, w, b].iter().all(|t| t.dtype() == DType::F32) && skip.is_none_or(|s| s.dtype() == DType::F32);
+    if x.device().is_cpu() && f32s && !tracked && x.rank() == 2 && w.rank() == 2 && b.rank() == 1 {
+        let op = linear::LinearRows {
+            bias: b.to_vec1::<f32>()?,
+        };
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return match skip {
+            Some(s) => x.apply_op3_no_bwd(&w, &s.contiguous()?, &op),
+            None => x.apply_op2_no_bwd(&w, &op),
+        };
+    }
+    let y = add_bias(&x.matmul(&w.t()?)?, b)?;
+    match skip {
+        Some(s) => y + s,
+        None => Ok(y),
     }
 }
 
