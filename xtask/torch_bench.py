@@ -12,11 +12,16 @@ warm-up repetitions then timed ones (wall seconds each), on the same number of t
 Training steps: timm create_model(name, pretrained=False, num_classes=2) in train(), cross-entropy on labels
 i % 2, SGD momentum 0.9 (lr 0.01). Vision transformers are built at the bench resolution (img_size).
 
+Each measurement runs in its own child process (this script with `--one MODEL MEASURE`), so its peak resident
+memory (`ru_maxrss`, reported as `peak_rss_mib`) is that measurement's alone, as graft's bench does with `VmHWM`.
+
 Prints one line `TORCH_BENCH {json}` on stdout; a model or measurement that fails is reported in its row's status.
 """
 
 import argparse
 import json
+import resource
+import subprocess
 import sys
 import time
 
@@ -96,6 +101,21 @@ def measure(torch, timm, name, what, batch, size, warmup, reps):
     return batch, timed(warmup, reps, step), f"{note}, SGD momentum 0.9"
 
 
+def one(a, torch, timm, name, what):
+    """One measurement in this process: its row, with this process's peak resident memory."""
+    row = {"model": name, "measure": what, "status": "ok", "images_per_rep": 0, "wall_s": [], "note": ""}
+    try:
+        if what not in MEASURES:
+            raise ValueError(f"no PyTorch equivalent of `{what}`")
+        n, wall, note = measure(torch, timm, name, what, a.batch, a.size, a.warmup, a.reps)
+        row.update(images_per_rep=n, wall_s=wall, note=note)
+        # Linux reports ru_maxrss in KiB.
+        row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception as e:  # one failing model must not hide the others
+        row["status"] = "skipped: " + " ".join(f"{type(e).__name__}: {e}".split())
+    return row
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", required=True, help="timm names, comma-separated")
@@ -105,6 +125,7 @@ def main(argv):
     ap.add_argument("--warmup", type=int, required=True)
     ap.add_argument("--reps", type=int, required=True)
     ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "MEASURE"), help="run one measurement in this process")
     a = ap.parse_args(argv)
 
     import torch
@@ -116,19 +137,24 @@ def main(argv):
     except RuntimeError:
         pass
     torch.manual_seed(0)
+    if a.one:
+        print(MARKER + json.dumps(one(a, torch, timm, *a.one)), flush=True)
+        return 0
     rows = []
+    common = [f"--{k}={getattr(a, k)}" for k in ("models", "measures", "batch", "size", "warmup", "reps", "threads")]
     for name in [m for m in a.models.split(",") if m]:
         for what in [m for m in a.measures.split(",") if m]:
-            row = {"model": name, "measure": what, "status": "ok", "images_per_rep": 0, "wall_s": [], "note": ""}
-            try:
-                if what not in MEASURES:
-                    raise ValueError(f"no PyTorch equivalent of `{what}`")
-                print(f"torch bench: {name} {what} ...", file=sys.stderr, flush=True)
-                n, wall, note = measure(torch, timm, name, what, a.batch, a.size, a.warmup, a.reps)
-                row.update(images_per_rep=n, wall_s=wall, note=note)
-            except Exception as e:  # one failing model must not hide the others
-                row["status"] = "skipped: " + " ".join(f"{type(e).__name__}: {e}".split())
-            rows.append(row)
+            print(f"torch bench: {name} {what} ...", file=sys.stderr, flush=True)
+            child = subprocess.run(
+                [sys.executable, __file__, *common, "--one", name, what], capture_output=True, text=True
+            )
+            lines = [l for l in child.stdout.splitlines() if l.startswith(MARKER)]
+            if lines:
+                rows.append(json.loads(lines[-1][len(MARKER):]))
+            else:
+                why = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+                rows.append({"model": name, "measure": what, "status": "skipped: " + why,
+                             "images_per_rep": 0, "wall_s": [], "note": ""})
     report = {
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -136,7 +162,8 @@ def main(argv):
         "rows": rows,
     }
     print(MARKER + json.dumps(report), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -236,11 +236,12 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// Apply to `x` (N×in).
+    /// Apply to `x` (N×in); the bias is added by `kernels::ops::add_bias`, whose backward sums the bias gradient
+    /// per column in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.matmul(&self.weight.tensor().t()?)?;
         match &self.bias {
-            Some(b) => Ok(y.broadcast_add(&b.tensor())?),
+            Some(b) => Ok(crate::ops::add_bias(&y, &b.tensor())?),
             None => Ok(y),
         }
     }

@@ -49,6 +49,9 @@ pub struct TorchRow {
     pub wall_s: Vec<f64>,
     /// Details (which layers train, optimizer).
     pub note: String,
+    /// Peak resident memory of the measurement's own process (MiB), when the script reported it.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
 }
 
 impl TorchRow {
@@ -168,8 +171,11 @@ pub fn table(ours: &[Row], torch: &TorchReport, cpu: &str, args: &Args) -> Strin
         "graft vs PyTorch {} (timm {}, eager) on {cpu}, {} threads, batch {}, {}×{}, {} warm-up + {} reps (median img/s)",
         torch.torch, torch.timm, args.threads, args.batch, args.size, args.size, args.warmup, args.reps
     );
-    let _ = writeln!(out, "| model | work | graft img/s | PyTorch img/s | graft ÷ PyTorch |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| model | work | graft img/s | PyTorch img/s | graft ÷ PyTorch | graft peak MiB | PyTorch peak MiB |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
     for r in ours.iter().filter(|r| SUPPORTED.contains(&r.measure)) {
         let t = torch
             .rows
@@ -181,12 +187,15 @@ pub fn table(ours: &[Row], torch: &TorchReport, cpu: &str, args: &Args) -> Strin
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
             _ => "-".into(),
         };
+        let mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         let mut line = format!(
-            "| {} | {} | {} | {} | {ratio} |",
+            "| {} | {} | {} | {} | {ratio} | {} | {} |",
             r.model,
             r.measure.name(),
             fmt(r.median_img_s),
-            fmt(theirs)
+            fmt(theirs),
+            mib(r.peak_rss_mib),
+            mib(t.and_then(|t| t.peak_rss_mib)),
         );
         // Say why a side is missing.
         let why = [
@@ -249,6 +258,7 @@ mod tests {
             images_per_rep: 16,
             wall_s: wall_s.to_vec(),
             note: String::new(),
+            peak_rss_mib: Some(512.0),
         }
     }
 
@@ -343,10 +353,11 @@ mod tests {
             3 + 3,
             "header, columns, rule, one line per comparable row:\n{t}"
         );
-        assert_eq!(lines[3], "| resnet18 | forward | 20.00 | 10.00 | 2.00× |");
-        assert_eq!(lines[4], "| resnet18 | train-all | 5.00 | 4.00 | 1.25× |");
+        // graft's rows carry no peak here; PyTorch's report 512 MiB.
+        assert_eq!(lines[3], "| resnet18 | forward | 20.00 | 10.00 | 2.00× | - | 512 |");
+        assert_eq!(lines[4], "| resnet18 | train-all | 5.00 | 4.00 | 1.25× | - | 512 |");
         assert!(
-            lines[5].starts_with("| convnext_atto | forward | - | 32.00 | - |"),
+            lines[5].starts_with("| convnext_atto | forward | - | 32.00 | - | - | 512 |"),
             "{t}"
         );
         assert!(lines[5].contains("graft skipped: no weights"), "{t}");
