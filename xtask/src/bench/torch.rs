@@ -1,5 +1,6 @@
-//! `cargo xtask bench --compare-torch`: the same measurements in PyTorch + timm (`xtask/torch_bench.py`, run once
-//! per bench with every model and workload), and a table of graft's img/s against PyTorch's.
+//! `cargo xtask bench --compare-torch`: the same measurements in PyTorch + timm (`xtask/torch_bench.py`, called once
+//! per bench with every model and workload, one child process per measurement), and a table of graft's img/s and
+//! peak memory against PyTorch's.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
