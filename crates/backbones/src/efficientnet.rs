@@ -114,12 +114,9 @@ impl EfficientNet {
     }
 
     fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
-        if !crate::infer::eligible(&self.store, x, train) {
-            self.plan.release_stale(&self.store);
-            return Ok(None);
-        }
-        self.plan
-            .get(&self.store, || build_plan(&self.stem, &self.blocks, Some(&self.head)))
+        self.plan.for_forward(&self.store, x, train, || {
+            build_plan(&self.stem, &self.blocks, Some(&self.head))
+        })
     }
 }
 

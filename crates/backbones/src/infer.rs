@@ -165,6 +165,22 @@ impl PlanCache {
         Ok(plan)
     }
 
+    /// The plan for a forward of `x` when the inference path applies to it ([`eligible`]), built with `build` when
+    /// there is none for the store's version; `None` otherwise, dropping a plan that went stale.
+    pub fn for_forward(
+        &self,
+        store: &ParamStore,
+        x: &Tensor,
+        train: bool,
+        build: impl FnOnce() -> Result<Option<MobilePlan>>,
+    ) -> Result<Option<Arc<MobilePlan>>> {
+        if !eligible(store, x, train) {
+            self.release_stale(store);
+            return Ok(None);
+        }
+        self.get(store, build)
+    }
+
     /// Drop a plan built for an older version of the store (its copy of the weights is stale).
     pub fn release_stale(&self, store: &ParamStore) {
         let mut slot = self.slot.lock().expect("plan cache lock");

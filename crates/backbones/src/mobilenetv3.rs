@@ -97,12 +97,8 @@ impl MobileNetV3 {
     }
 
     fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
-        if !crate::infer::eligible(&self.store, x, train) {
-            self.plan.release_stale(&self.store);
-            return Ok(None);
-        }
         self.plan
-            .get(&self.store, || build_plan(&self.stem, &self.blocks, None))
+            .for_forward(&self.store, x, train, || build_plan(&self.stem, &self.blocks, None))
     }
 }
 

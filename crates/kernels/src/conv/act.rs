@@ -1,4 +1,5 @@
-//! ReLU6 as one CPU pass with a one-pass backward (candle's `clamp` backward builds several full-size masks per call).
+//! ReLU6, and a residual add with its ReLU, as one CPU pass each with a one-pass backward (candle's `clamp`
+//! backward builds several full-size masks per call).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -25,16 +26,18 @@ impl CustomOp1 for Relu6 {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &Relu6Grad)?))
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &WindowGrad { hi: 6.0 })?))
     }
 }
 
-/// `grad · [0 < x < 6]` in one pass.
-struct Relu6Grad;
+/// `grad · [0 < v < hi]` in one pass: ReLU6's backward from its input (`hi` 6), ReLU's from its output (`hi` ∞).
+struct WindowGrad {
+    hi: f32,
+}
 
-impl CustomOp2 for Relu6Grad {
+impl CustomOp2 for WindowGrad {
     fn name(&self) -> &'static str {
-        "graft-relu6-grad"
+        "graft-window-grad"
     }
 
     fn cpu_fwd(
@@ -45,22 +48,23 @@ impl CustomOp2 for Relu6Grad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (
-            cpu_slice(s1, l1, "relu6: input")?,
-            cpu_slice(s2, l2, "relu6: gradient")?,
+            cpu_slice(s1, l1, "activation backward: values")?,
+            cpu_slice(s2, l2, "activation backward: gradient")?,
         );
         if x.len() != g.len() {
             candle_core::bail!(
-                "relu6 backward: gradient shape {:?} differs from {:?}",
+                "activation backward: gradient shape {:?} differs from {:?}",
                 l2.dims(),
                 l1.dims()
             )
         }
+        let hi = self.hi;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(o, (x, g))| {
                 for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                    *o = if v > 0.0 && v < 6.0 { gv } else { 0.0 };
+                    *o = if v > 0.0 && v < hi { gv } else { 0.0 };
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -115,43 +119,8 @@ impl CustomOp2 for AddRelu {
         if !a.track_op() && !b.track_op() {
             return Ok((None, None));
         }
-        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?;
+        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &WindowGrad { hi: f32::INFINITY })?;
         Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
-    }
-}
-
-/// `grad · [y > 0]` in one pass, from the ReLU's output `y`.
-struct ReluGrad;
-
-impl CustomOp2 for ReluGrad {
-    fn name(&self) -> &'static str {
-        "graft-relu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, g) = (cpu_slice(s1, l1, "relu: output")?, cpu_slice(s2, l2, "relu: gradient")?);
-        if y.len() != g.len() {
-            candle_core::bail!(
-                "relu backward: gradient shape {:?} differs from {:?}",
-                l2.dims(),
-                l1.dims()
-            )
-        }
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (y, g))| {
-                for ((o, &v), &gv) in o.iter_mut().zip(y).zip(g) {
-                    *o = if v > 0.0 { gv } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
