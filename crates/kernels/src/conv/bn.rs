@@ -4,13 +4,15 @@
 //! in the backward's passes, so the activation costs no pass or tensor of its own.
 //!
 //! The loops run in f32 over one (image, channel) plane at a time, vectorised (AVX-512F or AVX2+FMA chosen at
-//! run time), with per-plane sums accumulated in f64 across planes.
+//! run time; SiLU and sigmoid through the vectorisable `exp` of `ops::rows`), with per-plane sums accumulated in f64
+//! across planes.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::cpu_slice;
 use crate::nhwc::{multiversion, Activation};
+use crate::ops::rows::exp_f32;
 
 /// Lanes of the vectorised sums.
 const LANES: usize = 16;
@@ -71,10 +73,10 @@ fn act_value(act: Activation, z: f32) -> f32 {
         Activation::None => z,
         Activation::Relu => z.max(0.0),
         Activation::Relu6 => z.clamp(0.0, 6.0),
-        Activation::Silu => z / (1.0 + (-z).exp()),
+        Activation::Silu => z / (1.0 + exp_f32(-z)),
         Activation::HardSwish => z * (z + 3.0).clamp(0.0, 6.0) / 6.0,
         Activation::HardSigmoid => (z + 3.0).clamp(0.0, 6.0) / 6.0,
-        Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
+        Activation::Sigmoid => 1.0 / (1.0 + exp_f32(-z)),
     }
 }
 
@@ -87,7 +89,7 @@ fn act_grad(act: Activation, z: f32) -> f32 {
         Activation::Relu => (z > 0.0) as u8 as f32,
         Activation::Relu6 => (z > 0.0 && z < 6.0) as u8 as f32,
         Activation::Silu => {
-            let s = 1.0 / (1.0 + (-z).exp());
+            let s = 1.0 / (1.0 + exp_f32(-z));
             s * (1.0 + z * (1.0 - s))
         }
         Activation::HardSwish => {
@@ -101,7 +103,7 @@ fn act_grad(act: Activation, z: f32) -> f32 {
         }
         Activation::HardSigmoid => (z > -3.0 && z < 3.0) as u8 as f32 / 6.0,
         Activation::Sigmoid => {
-            let s = 1.0 / (1.0 + (-z).exp());
+            let s = 1.0 / (1.0 + exp_f32(-z));
             s * (1.0 - s)
         }
     }
@@ -130,8 +132,28 @@ multiversion! {
     fn plane_grad_sums(g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, out: &mut (f64, f64)) => plane_grad_sums_body
 }
 
+/// One copy of the loop per activation (the activation a constant in each), so each is vectorised on its own.
+macro_rules! per_activation {
+    ($act:expr, $f:ident($($arg:expr),*)) => {
+        match $act {
+            Activation::None => $f($($arg,)* Activation::None),
+            Activation::Relu => $f($($arg,)* Activation::Relu),
+            Activation::Relu6 => $f($($arg,)* Activation::Relu6),
+            Activation::Silu => $f($($arg,)* Activation::Silu),
+            Activation::HardSwish => $f($($arg,)* Activation::HardSwish),
+            Activation::HardSigmoid => $f($($arg,)* Activation::HardSigmoid),
+            Activation::Sigmoid => $f($($arg,)* Activation::Sigmoid),
+        }
+    };
+}
+
 #[inline(always)]
 fn plane_grad_sums_body(g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, out: &mut (f64, f64)) {
+    per_activation!(act, grad_sums_for(g, x, affine, out));
+}
+
+#[inline(always)]
+fn grad_sums_for(g: &[f32], x: &[f32], affine: (f32, f32), out: &mut (f64, f64), act: Activation) {
     let (scale, shift) = affine;
     let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
     let n = g.len() - g.len() % LANES;
@@ -161,6 +183,11 @@ multiversion! {
 
 #[inline(always)]
 fn plane_dx_body(dx: &mut [f32], g: &[f32], x: &[f32], affine: (f32, f32), act: Activation, abc: (f32, f32, f32)) {
+    per_activation!(act, dx_for(dx, g, x, affine, abc));
+}
+
+#[inline(always)]
+fn dx_for(dx: &mut [f32], g: &[f32], x: &[f32], affine: (f32, f32), abc: (f32, f32, f32), act: Activation) {
     let ((scale, shift), (a, b, c)) = (affine, abc);
     for ((d, &gv), &xv) in dx.iter_mut().zip(g).zip(x) {
         let gv = gv * act_grad(act, xv * scale + shift);

@@ -15,7 +15,7 @@ mod layer_norm;
 mod linear;
 mod maxpool;
 pub(crate) mod plane;
-mod rows;
+pub(crate) mod rows;
 mod softmax;
 
 use candle_core::{DType, Tensor, D};
