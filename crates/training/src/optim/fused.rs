@@ -3,6 +3,7 @@
 //! elementary operation. [`applies`] says when they run; elsewhere the optimizers compose tensor operations.
 
 use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Tensor};
+use kernels::conv::cpu_slice;
 use rayon::prelude::*;
 
 /// Elements per parallel chunk (tensors up to this size run on one thread).
@@ -14,13 +15,6 @@ pub(crate) fn applies(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| {
         t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous() && t.elem_count() == n
     })
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
-        bail!("fused optimizer: {what} is not a contiguous f32 tensor");
-    };
-    Ok(&v[a..b])
 }
 
 fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
@@ -64,7 +58,10 @@ impl InplaceOp3 for SgdMomentum {
         lp: &Layout,
     ) -> candle_core::Result<()> {
         let (mu, wd) = (self.momentum, self.weight_decay);
-        let (g, p) = (slice(g, lg, "gradient")?, slice(p, lp, "parameter")?);
+        let (g, p) = (
+            cpu_slice(g, lg, "fused optimizer: gradient")?,
+            cpu_slice(p, lp, "fused optimizer: parameter")?,
+        );
         zip3(slice_mut(buf, lb)?, g, p, |b, g, p| {
             for ((b, g), p) in b.iter_mut().zip(g).zip(p) {
                 *b = *b * mu + (g + wd * p);
@@ -107,7 +104,10 @@ impl InplaceOp3 for SgdApply {
             nesterov,
             weight_decay: wd,
         } = *self;
-        let (buf, g) = (slice(buf, lb, "momentum buffer")?, slice(g, lg, "gradient")?);
+        let (buf, g) = (
+            cpu_slice(buf, lb, "fused optimizer: momentum buffer")?,
+            cpu_slice(g, lg, "fused optimizer: gradient")?,
+        );
         zip3(slice_mut(p, lp)?, buf, g, |p, buf, g| {
             for ((p, b), g) in p.iter_mut().zip(buf).zip(g) {
                 let d = if mu == 0.0 {
@@ -150,7 +150,10 @@ impl InplaceOp3 for AdamMoment {
         lp: &Layout,
     ) -> candle_core::Result<()> {
         let (beta, wd, square) = (self.beta, self.weight_decay, self.square);
-        let (g, p) = (slice(g, lg, "gradient")?, slice(p, lp, "parameter")?);
+        let (g, p) = (
+            cpu_slice(g, lg, "fused optimizer: gradient")?,
+            cpu_slice(p, lp, "fused optimizer: parameter")?,
+        );
         zip3(slice_mut(m, lm)?, g, p, |m, g, p| {
             for ((m, g), p) in m.iter_mut().zip(g).zip(p) {
                 let g = g + wd * p;
@@ -190,7 +193,10 @@ impl InplaceOp3 for AdamApply {
     ) -> candle_core::Result<()> {
         let keep = 1.0 - self.lr * self.decoupled_decay;
         let (step, sqrt_bc2, eps) = (self.lr / self.bc.0, self.bc.1.sqrt(), self.eps);
-        let (m, v) = (slice(m, lm, "first moment")?, slice(v, lv, "second moment")?);
+        let (m, v) = (
+            cpu_slice(m, lm, "fused optimizer: first moment")?,
+            cpu_slice(v, lv, "fused optimizer: second moment")?,
+        );
         zip3(slice_mut(p, lp)?, m, v, |p, m, v| {
             for ((p, m), v) in p.iter_mut().zip(m).zip(v) {
                 let decayed = if keep == 1.0 { *p } else { *p * keep };
