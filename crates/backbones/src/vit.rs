@@ -7,11 +7,11 @@
 //! DINOv2 is a configuration of the same code: patch 14, layer scale, no classifier, checkpoint grid 37×37 (518 px),
 //! position embeddings resampled to any input size as timm's `resample_abs_pos_embed` does.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::backbone::{check_out_indices, Backbone, FeatureInfo, Stage, Taps};
 use crate::error::{Error, Result};
-use crate::layers::{gelu, linear_nd, softmax_last_dim, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
+use crate::layers::{gelu, linear_nd, Conv2d, ConvConfig, LayerNorm, Linear, Padding};
 use crate::params::{Param, ParamRole, ParamStore};
 
 /// How the token sequence is pooled into the pre-logits features (timm's `global_pool`).
@@ -255,21 +255,15 @@ impl Attention {
         })
     }
 
-    /// `x` B×N×C; `fused`: the inference kernel (no gradient), else plain ops.
+    /// `x` B×N×C; `fused`: inference (the attention keeps no graph). On the CPU in f32 the fused attention kernel
+    /// (with its own backward), elsewhere the plain composition of ops.
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
         let qkv = linear_nd(&self.qkv, x)?;
-        let y = if fused {
-            crate::ops::fused_attention(&qkv, self.heads, self.scale)?
+        let y = if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+            let qkv = if fused { qkv.detach() } else { qkv };
+            kernels::ops::fused_attention(&qkv, self.heads, self.scale)?
         } else {
-            let hd = c / self.heads;
-            // (B, N, 3, H, hd) → (3, B, H, N, hd), as timm.
-            let qkv = qkv.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-            let q = (qkv.get(0)? * self.scale)?.contiguous()?;
-            let k = qkv.get(1)?.contiguous()?;
-            let v = qkv.get(2)?.contiguous()?;
-            let attn = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-            attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?
+            kernels::ops::attention_composed(&qkv, self.heads, self.scale)?
         };
         linear_nd(&self.proj, &y)
     }

@@ -1,8 +1,11 @@
-//! The fused LayerNorm, softmax and GELU custom ops against their plain-op compositions (values and gradients),
-//! against f64 references, and against finite differences in f64.
+//! The fused LayerNorm, softmax, GELU and attention custom ops against their plain-op compositions (values and
+//! gradients), against f64 references, and against finite differences in f64.
 
 use candle_core::{DType, Device, Tensor, Var};
-use kernels::ops::{gelu_erf, layer_norm, layer_norm_composed, softmax_last_dim, softmax_last_dim_composed};
+use kernels::ops::{
+    attention_composed, fused_attention, gelu_erf, layer_norm, layer_norm_composed, softmax_last_dim,
+    softmax_last_dim_composed,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -264,4 +267,32 @@ fn finite_differences_in_f64() {
     check_finite_differences(&[xs], &w, |t| softmax_last_dim(&t[0]).unwrap(), "softmax");
     let xg = (x * 2.0).unwrap();
     check_finite_differences(&[xg], &w, |t| gelu_erf(&t[0]).unwrap(), "gelu");
+}
+
+/// The fused attention (f32) against the plain composition in f64: output and the `qkv` gradient, for ViT-like
+/// shapes (token counts that are not multiples of 16, one head, several, an image of one token).
+#[test]
+fn fused_attention_matches_composition_with_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &(b, n, heads, hd) in &[(2, 197, 3, 64), (1, 5, 1, 8), (3, 17, 4, 6), (2, 1, 2, 4)] {
+        let c = heads * hd;
+        let scale = (hd as f64).powf(-0.5);
+        let qkv = uniform(&mut rng, &[b, n, 3 * c], -2.0, 2.0, DType::F64);
+        let w = uniform(&mut rng, &[b, n, c], -1.0, 1.0, DType::F64);
+        let (y_ref, g_ref) = value_and_grads(std::slice::from_ref(&qkv), &w, |t| {
+            attention_composed(&t[0], heads, scale).unwrap()
+        });
+        let q32 = qkv.to_dtype(DType::F32).unwrap();
+        let w32 = w.to_dtype(DType::F32).unwrap();
+        let (y, g) = value_and_grads(&[q32], &w32, |t| fused_attention(&t[0], heads, scale).unwrap());
+        let (dy, dg) = (rel_diff(&y, &y_ref), rel_diff(&g[0], &g_ref[0]));
+        println!("attention {b}×{n}, {heads}×{hd}: output {dy:.1e}, gradient {dg:.1e}");
+        assert!(dy < 1e-5, "output differs by {dy}");
+        assert!(dg < 1e-5, "qkv gradient differs by {dg}");
+    }
+    // Bad shapes are errors, not panics.
+    let bad = Tensor::zeros((1, 4, 10), DType::F32, &Device::Cpu).unwrap();
+    assert!(fused_attention(&bad, 3, 1.0).is_err());
+    assert!(attention_composed(&bad, 3, 1.0).is_err());
+    assert!(fused_attention(&bad.to_dtype(DType::F64).unwrap(), 1, 1.0).is_err());
 }

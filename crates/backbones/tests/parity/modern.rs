@@ -1,5 +1,5 @@
 //! ConvNeXt, ViT and DINOv2: parity with timm on the round-2 fixtures, timm's tensor names (manifest), position
-//! embedding resampling, training (gradients reach exactly the trainable parameters), the fused inference attention
+//! embedding resampling, training (gradients reach exactly the trainable parameters), the inference path
 //! against the plain path, any input size for DINOv2, and multi-scale shapes.
 
 use std::collections::HashMap;
@@ -370,7 +370,8 @@ fn dinov2_with_registers_trains_every_parameter() {
     assert_eq!(tokens.dims(), &[2, 1 + 4 + 9, 64]);
 }
 
-/// The fused inference attention (with candle's fused LayerNorm) equals the plain autograd path.
+/// The inference path (fused LayerNorm, attention with no graph) equals the autograd path (the attention kernel itself is
+/// checked against the plain composition of ops, gradients included, in `kernels/tests/fused_ops.rs`).
 #[test]
 fn fused_inference_path_equals_the_plain_path() {
     for (arch, hw) in [("vit_tiny_patch16_224", 224), ("vit_small_patch14_dinov2", 98)] {

@@ -1,6 +1,7 @@
 //! Custom tensor operations candle 0.11 lacks or runs slowly: depthwise convolution (channels-first and
 //! channels-last), max-pooling and a last-dimension bias add with backward; trainable LayerNorm, softmax and GELU
-//! with hand-written backward; a fused self-attention and a fused linear layer over rows for inference.
+//! with hand-written backward; a fused multi-head self-attention with its backward and a fused linear layer over rows
+//! for inference.
 //!
 //! On the CPU they run as candle custom ops with direct, vectorised loops parallel over (image, channel) planes or
 //! chunks of rows (f32 and f64; other float dtypes go through f32). On other devices they fall back to candle's own
@@ -162,8 +163,8 @@ pub fn max_pool2d(
 
 /// Multi-head self-attention from timm's `qkv` projection: B×N×3C → B×N×C, `softmax(scale · q·kᵀ) · v` per head.
 ///
-/// One fused pass on the CPU in f32 for inference; it records no gradient (a backward through it is an error), so
-/// anything that trains uses the plain composition of tensor ops instead.
+/// One fused pass on the CPU in f32 with its own backward (the gradient of `qkv`, recomputing the probabilities
+/// rather than storing them); other devices and dtypes are an error, so callers keep a plain composition for them.
 pub fn fused_attention(qkv: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
     if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
         candle_core::bail!(
@@ -176,6 +177,22 @@ pub fn fused_attention(qkv: &Tensor, heads: usize, scale: f64) -> candle_core::R
         heads,
         scale: scale as f32,
     })
+}
+
+/// [`fused_attention`] as a composition of candle tensor ops, every one with a backward (any device and dtype):
+/// timm's `(B, N, 3, heads, hd) → (3, B, heads, N, hd)` split, `softmax(scale · q·kᵀ) · v`, heads side by side.
+pub fn attention_composed(qkv: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
+    let (b, n, c3) = qkv.dims3()?;
+    if heads == 0 || c3 % (3 * heads) != 0 {
+        candle_core::bail!("attention: qkv width {c3} is not 3 × heads ({heads}) × head_dim");
+    }
+    let c = c3 / 3;
+    let qkv = qkv.reshape((b, n, 3, heads, c / heads))?.permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.get(0)? * scale)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let attn = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))
 }
 
 /// LayerNorm over the last dimension with scale `weight` and shift `bias` (both of the last dimension's length),
