@@ -46,6 +46,7 @@ fn keep_freed_pages() {
 }
 
 fn main() -> ExitCode {
+    backbones::device::keep_candle_pool_on_caller();
     keep_freed_pages();
     let result = match Cli::parse().command {
         Command::DownloadWeights(args) => download::run(&args),

@@ -25,6 +25,7 @@ fn keep_freed_pages() {
 }
 
 fn main() -> ExitCode {
+    backbones::device::keep_candle_pool_on_caller();
     keep_freed_pages();
     // A bug must still end in one line (exit code 101), not a backtrace.
     std::panic::set_hook(Box::new(|info| {
