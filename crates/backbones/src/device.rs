@@ -145,6 +145,26 @@ fn metal(_index: usize) -> Result<Device> {
     ))
 }
 
+/// The environment variable that sizes candle's own CPU worker pool (the "barrier pool" of its elementwise ops).
+pub const CANDLE_POOL_ENV: &str = "CANDLE_NUM_THREADS";
+
+/// Run candle's elementwise CPU ops on the calling thread instead of candle's own worker pool, unless the user set
+/// [`CANDLE_POOL_ENV`]; matrix products and graft's kernels keep every rayon thread.
+///
+/// candle 0.11 splits each large elementwise op between the caller and a pool of its own next to rayon's. Its
+/// workers spin for ~25 000 pauses after every op and the caller spins until they finish, so on a machine with as
+/// many threads as cores the pool fights rayon's threads for them (`perf`, ConvNeXt-Atto train step on 2 vCPUs
+/// sharing the machine with a build: 30 % of samples in the pool's spin loops; `cargo xtask bench` train-all
+/// 9.4 → 15.6 img/s, B0 5.1 → 5.8). Call it first thing in `main`, before any thread starts or tensor op runs (the
+/// pool is sized once, on candle's first parallel elementwise op). Returns whether it set the variable.
+pub fn keep_candle_pool_on_caller() -> bool {
+    if std::env::var_os(CANDLE_POOL_ENV).is_some() {
+        return false;
+    }
+    std::env::set_var(CANDLE_POOL_ENV, "1");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,24 +219,4 @@ mod tests {
             assert!(e.contains("--features metal"), "{e}");
         }
     }
-}
-
-/// The environment variable that sizes candle's own CPU worker pool (the "barrier pool" of its elementwise ops).
-pub const CANDLE_POOL_ENV: &str = "CANDLE_NUM_THREADS";
-
-/// Run candle's elementwise CPU ops on the calling thread instead of candle's own worker pool, unless the user set
-/// [`CANDLE_POOL_ENV`]; matrix products and graft's kernels keep every rayon thread.
-///
-/// candle 0.11 splits each large elementwise op between the caller and a pool of its own next to rayon's. Its
-/// workers spin for ~25 000 pauses after every op and the caller spins until they finish, so on a machine with as
-/// many threads as cores the pool fights rayon's threads for them (`perf`, ConvNeXt-Atto train step on 2 vCPUs
-/// sharing the machine with a build: 30 % of samples in the pool's spin loops; `cargo xtask bench` train-all
-/// 9.4 → 15.6 img/s, B0 5.1 → 5.8). Call it first thing in `main`, before any thread starts or tensor op runs (the
-/// pool is sized once, on candle's first parallel elementwise op). Returns whether it set the variable.
-pub fn keep_candle_pool_on_caller() -> bool {
-    if std::env::var_os(CANDLE_POOL_ENV).is_some() {
-        return false;
-    }
-    std::env::set_var(CANDLE_POOL_ENV, "1");
-    true
 }
