@@ -5,6 +5,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Wi
 use rayon::prelude::*;
 
 use super::plane::{axpy, contiguous, mul_add, sum};
+use crate::nhwc::multiversion;
 use crate::window::Window;
 
 const NAME: &str = "depthwise_conv2d";
@@ -32,7 +33,124 @@ fn geometry(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> Result<
     Ok((n, c, Window::new(NAME, h, wd, k, stride, pad)?))
 }
 
-fn fwd<T: WithDType>(x: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
+/// Output values a forward pass keeps in registers per output row (one AVX-512 register of f32).
+const LANES: usize = 16;
+
+/// One output plane: `out = Σ_{ky,kx} w[ky,kx] · run(ky, kx)`, `LANES` outputs at a time summed in registers over
+/// every kernel cell (one store per output instead of one per cell).
+#[inline(always)]
+fn fwd_plane<T: WithDType>(scratch: &[T], out: &mut [T], wk: &[T], g: &Window) {
+    for (oy, orow) in out.chunks_exact_mut(g.wo).enumerate() {
+        let mut x0 = 0;
+        while x0 < g.wo {
+            let len = LANES.min(g.wo - x0);
+            let mut acc = [T::zero(); LANES];
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let at = g.run(oy, ky, kx) + x0;
+                    let wv = wk[ky * g.k + kx];
+                    if len == LANES {
+                        let src: &[T; LANES] = scratch[at..at + LANES].try_into().expect("LANES elements");
+                        for j in 0..LANES {
+                            acc[j] += wv * src[j];
+                        }
+                    } else {
+                        for (a, &v) in acc.iter_mut().zip(&scratch[at..at + len]) {
+                            *a += wv * v;
+                        }
+                    }
+                }
+            }
+            orow[x0..x0 + len].copy_from_slice(&acc[..len]);
+            x0 += len;
+        }
+    }
+}
+
+/// One input-gradient plane, scattered into the (zeroed) padded `scratch`: `run(ky, kx) += w[ky,kx] · gy row`.
+#[inline(always)]
+fn bwd_input_plane<T: WithDType>(gy: &[T], wk: &[T], scratch: &mut [T], g: &Window) {
+    for (oy, grow) in gy.chunks_exact(g.wo).enumerate() {
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let at = g.run(oy, ky, kx);
+                axpy(&mut scratch[at..at + g.wo], grow, wk[ky * g.k + kx]);
+            }
+        }
+    }
+}
+
+/// One image's contribution to a channel's weight gradient: `acc[cell] += gy row ⊙ run(cell)` per output row.
+#[inline(always)]
+fn bwd_weight_plane<T: WithDType>(gy: &[T], scratch: &[T], acc: &mut [T], g: &Window) {
+    for (oy, grow) in gy.chunks_exact(g.wo).enumerate() {
+        for (cell, arow) in acc.chunks_exact_mut(g.wo).enumerate() {
+            let at = g.run(oy, cell / g.k, cell % g.k);
+            mul_add(arow, grow, &scratch[at..at + g.wo]);
+        }
+    }
+}
+
+#[inline(always)]
+fn fwd_plane_f32_body(scratch: &[f32], out: &mut [f32], wk: &[f32], g: &Window) {
+    fwd_plane(scratch, out, wk, g)
+}
+
+#[inline(always)]
+fn bwd_input_plane_f32_body(gy: &[f32], wk: &[f32], scratch: &mut [f32], g: &Window) {
+    bwd_input_plane(gy, wk, scratch, g)
+}
+
+#[inline(always)]
+fn bwd_weight_plane_f32_body(gy: &[f32], scratch: &[f32], acc: &mut [f32], g: &Window) {
+    bwd_weight_plane(gy, scratch, acc, g)
+}
+
+multiversion! {
+    /// [`fwd_plane`] for f32 (AVX-512F / AVX2+FMA / portable, chosen at run time).
+    fn fwd_plane_f32(scratch: &[f32], out: &mut [f32], wk: &[f32], g: &Window) => fwd_plane_f32_body
+}
+multiversion! {
+    /// [`bwd_input_plane`] for f32.
+    fn bwd_input_plane_f32(gy: &[f32], wk: &[f32], scratch: &mut [f32], g: &Window) => bwd_input_plane_f32_body
+}
+multiversion! {
+    /// [`bwd_weight_plane`] for f32.
+    fn bwd_weight_plane_f32(gy: &[f32], scratch: &[f32], acc: &mut [f32], g: &Window) => bwd_weight_plane_f32_body
+}
+
+/// The per-plane loops of one element type: f32 multiversioned, f64 portable.
+trait Planes: WithDType {
+    fn fwd_plane(scratch: &[Self], out: &mut [Self], wk: &[Self], g: &Window);
+    fn bwd_input_plane(gy: &[Self], wk: &[Self], scratch: &mut [Self], g: &Window);
+    fn bwd_weight_plane(gy: &[Self], scratch: &[Self], acc: &mut [Self], g: &Window);
+}
+
+impl Planes for f32 {
+    fn fwd_plane(scratch: &[f32], out: &mut [f32], wk: &[f32], g: &Window) {
+        fwd_plane_f32(scratch, out, wk, g)
+    }
+    fn bwd_input_plane(gy: &[f32], wk: &[f32], scratch: &mut [f32], g: &Window) {
+        bwd_input_plane_f32(gy, wk, scratch, g)
+    }
+    fn bwd_weight_plane(gy: &[f32], scratch: &[f32], acc: &mut [f32], g: &Window) {
+        bwd_weight_plane_f32(gy, scratch, acc, g)
+    }
+}
+
+impl Planes for f64 {
+    fn fwd_plane(scratch: &[f64], out: &mut [f64], wk: &[f64], g: &Window) {
+        fwd_plane(scratch, out, wk, g)
+    }
+    fn bwd_input_plane(gy: &[f64], wk: &[f64], scratch: &mut [f64], g: &Window) {
+        bwd_input_plane(gy, wk, scratch, g)
+    }
+    fn bwd_weight_plane(gy: &[f64], scratch: &[f64], acc: &mut [f64], g: &Window) {
+        bwd_weight_plane(gy, scratch, acc, g)
+    }
+}
+
+fn fwd<T: Planes>(x: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
     let kk = g.k * g.k;
     let mut out = vec![T::zero(); x.len() / g.in_len() * g.out_len()];
     out.par_chunks_mut(g.out_len()).enumerate().for_each_init(
@@ -40,21 +158,14 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
         |scratch, (i, out)| {
             let wk = &w[(i % c) * kk..(i % c + 1) * kk];
             g.fill(&x[i * g.in_len()..(i + 1) * g.in_len()], scratch, T::zero());
-            for (oy, orow) in out.chunks_exact_mut(g.wo).enumerate() {
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        let at = g.run(oy, ky, kx);
-                        axpy(orow, &scratch[at..at + g.wo], wk[ky * g.k + kx]);
-                    }
-                }
-            }
+            T::fwd_plane(scratch, out, wk, g);
         },
     );
     out
 }
 
 /// Gradient for the input: the transposed depthwise convolution of the output gradient.
-fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
+fn bwd_input<T: Planes>(gy: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
     let kk = g.k * g.k;
     let mut dx = vec![T::zero(); gy.len() / g.out_len() * g.in_len()];
     dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
@@ -62,17 +173,7 @@ fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
         |scratch, (i, dx)| {
             let wk = &w[(i % c) * kk..(i % c + 1) * kk];
             scratch.fill(T::zero());
-            for (oy, grow) in gy[i * g.out_len()..(i + 1) * g.out_len()]
-                .chunks_exact(g.wo)
-                .enumerate()
-            {
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        let at = g.run(oy, ky, kx);
-                        axpy(&mut scratch[at..at + g.wo], grow, wk[ky * g.k + kx]);
-                    }
-                }
-            }
+            T::bwd_input_plane(&gy[i * g.out_len()..(i + 1) * g.out_len()], wk, scratch, g);
             g.unfill(scratch, dx);
         },
     );
@@ -82,7 +183,7 @@ fn bwd_input<T: WithDType>(gy: &[T], w: &[T], c: usize, g: &Window) -> Vec<T> {
 /// Gradient for the weight: per-channel correlation of input and output gradient, summed over the batch.
 ///
 /// Each kernel cell keeps a row of partial sums (element-wise multiply-adds, which vectorise), reduced at the end.
-fn bwd_weight<T: WithDType>(x: &[T], gy: &[T], n: usize, c: usize, g: &Window) -> Vec<T> {
+fn bwd_weight<T: Planes>(x: &[T], gy: &[T], n: usize, c: usize, g: &Window) -> Vec<T> {
     let kk = g.k * g.k;
     let mut dw = vec![T::zero(); c * kk];
     dw.par_chunks_mut(kk).enumerate().for_each_init(
@@ -92,15 +193,7 @@ fn bwd_weight<T: WithDType>(x: &[T], gy: &[T], n: usize, c: usize, g: &Window) -
             for b in 0..n {
                 let i = b * c + ch;
                 g.fill(&x[i * g.in_len()..(i + 1) * g.in_len()], scratch, T::zero());
-                for (oy, grow) in gy[i * g.out_len()..(i + 1) * g.out_len()]
-                    .chunks_exact(g.wo)
-                    .enumerate()
-                {
-                    for (cell, arow) in acc.chunks_exact_mut(g.wo).enumerate() {
-                        let at = g.run(oy, cell / g.k, cell % g.k);
-                        mul_add(arow, grow, &scratch[at..at + g.wo]);
-                    }
-                }
+                T::bwd_weight_plane(&gy[i * g.out_len()..(i + 1) * g.out_len()], scratch, acc, g);
             }
             for (d, arow) in dw.iter_mut().zip(acc.chunks_exact(g.wo)) {
                 *d = sum(arow);
