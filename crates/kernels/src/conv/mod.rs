@@ -7,6 +7,7 @@
 
 mod act;
 mod bn;
+mod winograd;
 
 pub use act::{add_relu, relu6};
 pub use bn::{batch_norm_act_train, batch_norm_train};
@@ -56,6 +57,15 @@ impl ConvDims {
     /// Output pixels per image.
     fn hw_out(&self) -> usize {
         self.win.out_len()
+    }
+
+    /// Whether this convolution runs as Winograd F(4×4, 3×3) (forward, input and weight gradient alike): 3×3,
+    /// stride 1, padding 1 on every side, undilated, and at least 16 input and 16 output channels (below that the
+    /// transforms cost more than the GEMM saves).
+    fn winograd(&self) -> Option<winograd::Geom> {
+        let g = &self.win;
+        let fits = g.k == 3 && g.stride == 1 && g.dilation == 1 && g.pad == [1; 4];
+        (fits && self.c >= 16 && self.co >= 16).then(|| winograd::Geom::new(self.n, self.c, self.co, g.h, g.w))
     }
 
     /// Whether the image itself is the im2col matrix (1×1, stride 1, no padding).
@@ -192,6 +202,9 @@ pub fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::
 
 /// Forward for every image: `out[b] = act(W · im2col(x[b]) + bias)`.
 fn forward(g: &ConvDims, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+    if let Some(wg) = g.winograd() {
+        return winograd::forward(&wg, x, w, bias, act);
+    }
     let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
     let img = g.c * g.win.in_len();
     let mut out = vec![0f32; g.n * co * hw];
@@ -297,7 +310,10 @@ impl CustomOp2 for ConvOp {
         let threads = pool_threads();
         let per = g.n.div_ceil(threads);
 
-        let dw = if need_dw {
+        let wino = g.winograd();
+        let dw = if let (true, Some(wg)) = (need_dw, wino) {
+            Some(Tensor::from_vec(winograd::backward_weight(&wg, xd, gd), w.dims(), &Device::Cpu)?)
+        } else if need_dw {
             // Each worker accumulates dW over its images: dW += G[b] (co×hw) · col[b]ᵀ (hw×kd); then sum.
             let partial: Vec<Vec<f32>> = (0..g.n)
                 .collect::<Vec<_>>()
@@ -329,7 +345,9 @@ impl CustomOp2 for ConvOp {
             None
         };
 
-        let dx = if need_dx {
+        let dx = if let (true, Some(wg)) = (need_dx, wino) {
+            Some(Tensor::from_vec(winograd::backward_input(&wg, gd, wd), x.dims(), &Device::Cpu)?)
+        } else if need_dx {
             let mut dx = vec![0f32; g.n * img];
             dx.par_chunks_mut(img)
                 .enumerate()
