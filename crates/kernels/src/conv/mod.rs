@@ -202,9 +202,6 @@ pub fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::
 
 /// Forward for every image: `out[b] = act(W · im2col(x[b]) + bias)`.
 fn forward(g: &ConvDims, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
-    if let Some(wg) = g.winograd() {
-        return winograd::forward(&wg, x, w, bias, act);
-    }
     let (kd, hw, co) = (g.kdim(), g.hw_out(), g.co);
     let img = g.c * g.win.in_len();
     let mut out = vec![0f32; g.n * co * hw];
@@ -254,6 +251,15 @@ struct ConvOp {
     stride: usize,
     pad: [usize; 4],
     act: Epilogue,
+    /// Whether Winograd may run where [`ConvDims::winograd`] allows it (false only for [`conv2d_im2col`]).
+    winograd: bool,
+}
+
+impl ConvOp {
+    /// The Winograd geometry when this op runs as Winograd, forward and backward alike.
+    fn winograd(&self, g: &ConvDims) -> Option<winograd::Geom> {
+        self.winograd.then(|| g.winograd()).flatten()
+    }
 }
 
 impl CustomOp2 for ConvOp {
@@ -269,6 +275,16 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = ConvDims::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        if let Some(wg) = self.winograd(&g) {
+            let out = winograd::forward(
+                &wg,
+                cpu_slice(s1, l1, "conv2d: input")?,
+                cpu_slice(s2, l2, "conv2d: weight")?,
+                None,
+                self.act,
+            );
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.win.ho, g.win.wo))));
+        }
         let out = forward(
             &g,
             cpu_slice(s1, l1, "conv2d: input")?,
@@ -310,9 +326,13 @@ impl CustomOp2 for ConvOp {
         let threads = pool_threads();
         let per = g.n.div_ceil(threads);
 
-        let wino = g.winograd();
+        let wino = self.winograd(&g);
         let dw = if let (true, Some(wg)) = (need_dw, wino) {
-            Some(Tensor::from_vec(winograd::backward_weight(&wg, xd, gd), w.dims(), &Device::Cpu)?)
+            Some(Tensor::from_vec(
+                winograd::backward_weight(&wg, xd, gd),
+                w.dims(),
+                &Device::Cpu,
+            )?)
         } else if need_dw {
             // Each worker accumulates dW over its images: dW += G[b] (co×hw) · col[b]ᵀ (hw×kd); then sum.
             let partial: Vec<Vec<f32>> = (0..g.n)
@@ -346,7 +366,11 @@ impl CustomOp2 for ConvOp {
         };
 
         let dx = if let (true, Some(wg)) = (need_dx, wino) {
-            Some(Tensor::from_vec(winograd::backward_input(&wg, gd, wd), x.dims(), &Device::Cpu)?)
+            Some(Tensor::from_vec(
+                winograd::backward_input(&wg, gd, wd),
+                x.dims(),
+                &Device::Cpu,
+            )?)
         } else if need_dx {
             let mut dx = vec![0f32; g.n * img];
             dx.par_chunks_mut(img)
@@ -389,6 +413,16 @@ impl CustomOp3 for ConvOp {
         if bias.len() != g.co {
             candle_core::bail!("conv2d: bias has {} values for {} output channels", bias.len(), g.co)
         }
+        if let Some(wg) = self.winograd(&g) {
+            let out = winograd::forward(
+                &wg,
+                cpu_slice(s1, l1, "conv2d: input")?,
+                cpu_slice(s2, l2, "conv2d: weight")?,
+                Some(bias),
+                self.act,
+            );
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.win.ho, g.win.wo))));
+        }
         let out = forward(
             &g,
             cpu_slice(s1, l1, "conv2d: input")?,
@@ -423,8 +457,29 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_
         stride,
         pad,
         act: Epilogue::None,
+        winograd: true,
     };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// [`conv2d`] always as im2col + GEMM, never Winograd: the reference of tests and benchmarks.
+pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
+    if !fast_path(x, w) {
+        return candle_conv(x, w, stride, pad);
+    }
+    let op = ConvOp {
+        stride,
+        pad,
+        act: Epilogue::None,
+        winograd: false,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// Whether [`conv2d`] / [`conv2d_bias_act`] of an f32 CPU input of dims `x` by a weight of dims `w` runs as
+/// Winograd F(4×4, 3×3) (forward, input and weight gradient).
+pub fn winograd_applies(x: &[usize], w: &[usize], stride: usize, pad: [usize; 4]) -> bool {
+    ConvDims::new(x, w, stride, pad).is_ok_and(|g| g.winograd().is_some())
 }
 
 /// `act(conv2d(x, w) + bias)` in one pass; fused only when no argument needs a gradient (else composed of ops).
@@ -437,7 +492,12 @@ pub fn conv2d_bias_act(
     act: Epilogue,
 ) -> candle_core::Result<Tensor> {
     if fast_path(x, w) && bias.dtype() == DType::F32 && !x.track_op() && !w.track_op() && !bias.track_op() {
-        let op = ConvOp { stride, pad, act };
+        let op = ConvOp {
+            stride,
+            pad,
+            act,
+            winograd: true,
+        };
         return x
             .contiguous()?
             .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op);

@@ -283,11 +283,8 @@ multiversion! {
 fn output_impl(m: &[f32], g: &Geom, co: usize, tiles: &[Tile], bias: f32, act: Epilogue, out: OutPtr) {
     let nt = tiles.len();
     for (gi, grp) in tiles.chunks(L).enumerate() {
-        let mm: [&Lanes; 36] = std::array::from_fn(|xi| {
-            m[(xi * g.co + co) * nt + gi * L..][..L]
-                .try_into()
-                .expect("L lanes")
-        });
+        let mm: [&Lanes; 36] =
+            std::array::from_fn(|xi| m[(xi * g.co + co) * nt + gi * L..][..L].try_into().expect("L lanes"));
         let mut tmp = [[0f32; L]; 24];
         for s in 0..6 {
             let o = at6([mm[s], mm[6 + s], mm[12 + s], mm[18 + s], mm[24 + s], mm[30 + s]]);
@@ -368,11 +365,8 @@ multiversion! {
 fn weight_grad_impl(du: &[f32], c: usize, co_all: usize, co: usize, dw: &mut [f32]) {
     for c0 in (0..c).step_by(L) {
         let nl = L.min(c - c0);
-        let uu: [&Lanes; 36] = std::array::from_fn(|xi| {
-            du[(xi * co_all + co) * c + c0..][..L]
-                .try_into()
-                .expect("L lanes")
-        });
+        let uu: [&Lanes; 36] =
+            std::array::from_fn(|xi| du[(xi * co_all + co) * c + c0..][..L].try_into().expect("L lanes"));
         let mut tmp = [[0f32; L]; 18];
         for s in 0..6 {
             let o = gt6([uu[s], uu[6 + s], uu[12 + s], uu[18 + s], uu[24 + s], uu[30 + s]]);
@@ -606,7 +600,11 @@ mod tests {
         let want = direct(&g, &x, &w);
         for block in [1, 5, 16, 17, 40, 1000] {
             let got = forward_blocked(&g, &x, &w, None, Epilogue::None, block);
-            let d = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            let d = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
             assert!(d < 1e-4, "block {block}: max diff {d}");
         }
     }
@@ -625,7 +623,11 @@ mod tests {
         }
         for block in [1, 16, 23, 1000] {
             let got = backward_weight_blocked(&g, &x, &dy, block);
-            let d = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            let d = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
             assert!(d < 1e-3, "block {block}: max diff {d}");
         }
     }
