@@ -213,13 +213,42 @@ fn weight_impl(w: &[f32], c: usize, co: usize, u: &mut [f32]) {
     }
 }
 
-/// The weight transform of `w` (`co × c × 3 × 3`): `co × 36 × c`, parallel over output channels.
-fn transform_weight(w: &[f32], c: usize, co: usize) -> Vec<f32> {
-    let mut u = vec![0f32; co * 36 * c];
+/// The weight transform of `w` (`co × c × 3 × 3`) into `u`: `co × 36 × c`, parallel over output channels.
+fn transform_weight(w: &[f32], c: usize, co: usize, u: &mut Vec<f32>) {
+    u.resize(co * 36 * c, 0.0);
     u.par_chunks_mut(36 * c)
         .enumerate()
         .for_each(|(o, uo)| weight_body(w, c, o, uo));
-    u
+}
+
+/// The transformed buffers of one call (U or dU, V, M or Z), kept per calling thread between calls: the largest
+/// (36 × 512 × 512 floats for ResNet's last stage) would otherwise be fresh pages to fault in and zero every call.
+/// Every element a call reads it has written in that call (or lies in the discarded lanes past a block's tiles).
+#[derive(Default)]
+struct Scratch {
+    u: Vec<f32>,
+    v: Vec<f32>,
+    m: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Run `f` with this thread's scratch buffers (fresh ones if a caller up the stack holds them).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH.with(|c| {
+        c.try_borrow_mut()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    });
+    let r = f(&mut s);
+    SCRATCH.with(|c| {
+        if let Ok(mut held) = c.try_borrow_mut() {
+            *held = s;
+        }
+    });
+    r
 }
 
 multiversion! {
@@ -445,41 +474,42 @@ pub(crate) fn forward_blocked(
 ) -> Vec<f32> {
     let (c, co) = (g.c, g.co);
     let mut out = vec![0f32; g.n * co * g.h * g.w];
-    let u = transform_weight(w, c, co);
     let ptr = OutPtr(out.as_mut_ptr());
-    let (mut v, mut m) = (Vec::new(), Vec::new());
-    let total = g.tiles();
-    for t0 in (0..total).step_by(block) {
-        let nt = block.min(total - t0);
-        let ntp = nt.next_multiple_of(L);
-        let tiles = g.tile_table(t0, nt);
-        v.resize(c * 36 * ntp, 0.0);
-        v.par_chunks_mut(36 * ntp)
-            .enumerate()
-            .for_each(|(ci, vc)| input_body(x, g, ci, &tiles, ntp, vc));
-        m.resize(36 * co * nt + L, 0.0);
-        m[..36 * co * nt]
-            .par_chunks_mut(co * nt)
-            .enumerate()
-            .for_each(|(xi, mx)| {
-                gemm_at(
-                    co,
-                    nt,
-                    c,
-                    mx,
-                    nt,
-                    false,
-                    &u[xi * c..],
-                    (36 * c, 1),
-                    &v[xi * ntp..],
-                    (36 * ntp, 1),
-                )
+    with_scratch(|Scratch { u, v, m }| {
+        transform_weight(w, c, co, u);
+        let total = g.tiles();
+        for t0 in (0..total).step_by(block) {
+            let nt = block.min(total - t0);
+            let ntp = nt.next_multiple_of(L);
+            let tiles = g.tile_table(t0, nt);
+            v.resize(c * 36 * ntp, 0.0);
+            v.par_chunks_mut(36 * ntp)
+                .enumerate()
+                .for_each(|(ci, vc)| input_body(x, g, ci, &tiles, ntp, vc));
+            m.resize(36 * co * nt + L, 0.0);
+            m[..36 * co * nt]
+                .par_chunks_mut(co * nt)
+                .enumerate()
+                .for_each(|(xi, mx)| {
+                    gemm_at(
+                        co,
+                        nt,
+                        c,
+                        mx,
+                        nt,
+                        false,
+                        &u[xi * c..],
+                        (36 * c, 1),
+                        &v[xi * ntp..],
+                        (36 * ntp, 1),
+                    )
+                });
+            (0..co).into_par_iter().for_each(|o| {
+                let b = bias.map_or(0.0, |b| b[o]);
+                output_body(m, g, o, &tiles, b, act, ptr)
             });
-        (0..co).into_par_iter().for_each(|o| {
-            let b = bias.map_or(0.0, |b| b[o]);
-            output_body(&m, g, o, &tiles, b, act, ptr)
-        });
-    }
+        }
+    });
     out
 }
 
@@ -491,9 +521,7 @@ pub(crate) fn backward_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         for i in 0..c {
             let src = &w[(o * c + i) * 9..][..9];
             let dst = &mut wt[(i * co + o) * 9..][..9];
-            for k in 0..9 {
-                dst[k] = src[8 - k];
-            }
+            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, s)| *d = *s);
         }
     }
     let gt = Geom::new(g.n, co, c, g.h, g.w);
@@ -508,43 +536,44 @@ pub(crate) fn backward_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 /// [`backward_weight`] in blocks of `block` tiles.
 pub(crate) fn backward_weight_blocked(g: &Geom, x: &[f32], dy: &[f32], block: usize) -> Vec<f32> {
     let (c, co) = (g.c, g.co);
-    let mut du = vec![0f32; 36 * co * c + L];
-    let (mut v, mut z) = (Vec::new(), Vec::new());
-    let total = g.tiles();
-    for (bi, t0) in (0..total).step_by(block).enumerate() {
-        let nt = block.min(total - t0);
-        let ntp = nt.next_multiple_of(L);
-        let tiles = g.tile_table(t0, nt);
-        v.resize(c * 36 * ntp, 0.0);
-        z.resize(co * 36 * ntp, 0.0);
-        v.par_chunks_mut(36 * ntp)
-            .enumerate()
-            .for_each(|(ci, vc)| input_body(x, g, ci, &tiles, ntp, vc));
-        z.par_chunks_mut(36 * ntp)
-            .enumerate()
-            .for_each(|(o, zo)| grad_body(dy, g, o, &tiles, ntp, zo));
-        du[..36 * co * c]
-            .par_chunks_mut(co * c)
-            .enumerate()
-            .for_each(|(xi, dux)| {
-                gemm_at(
-                    co,
-                    c,
-                    nt,
-                    dux,
-                    c,
-                    bi > 0,
-                    &z[xi * ntp..],
-                    (36 * ntp, 1),
-                    &v[xi * ntp..],
-                    (1, 36 * ntp),
-                )
-            });
-    }
     let mut dw = vec![0f32; co * c * 9];
-    dw.par_chunks_mut(c * 9)
-        .enumerate()
-        .for_each(|(o, dwo)| weight_grad_body(&du, c, co, o, dwo));
+    with_scratch(|Scratch { u: du, v, m: z }| {
+        du.resize(36 * co * c + L, 0.0);
+        let total = g.tiles();
+        for (bi, t0) in (0..total).step_by(block).enumerate() {
+            let nt = block.min(total - t0);
+            let ntp = nt.next_multiple_of(L);
+            let tiles = g.tile_table(t0, nt);
+            v.resize(c * 36 * ntp, 0.0);
+            z.resize(co * 36 * ntp, 0.0);
+            v.par_chunks_mut(36 * ntp)
+                .enumerate()
+                .for_each(|(ci, vc)| input_body(x, g, ci, &tiles, ntp, vc));
+            z.par_chunks_mut(36 * ntp)
+                .enumerate()
+                .for_each(|(o, zo)| grad_body(dy, g, o, &tiles, ntp, zo));
+            du[..36 * co * c]
+                .par_chunks_mut(co * c)
+                .enumerate()
+                .for_each(|(xi, dux)| {
+                    gemm_at(
+                        co,
+                        c,
+                        nt,
+                        dux,
+                        c,
+                        bi > 0,
+                        &z[xi * ntp..],
+                        (36 * ntp, 1),
+                        &v[xi * ntp..],
+                        (1, 36 * ntp),
+                    )
+                });
+        }
+        dw.par_chunks_mut(c * 9)
+            .enumerate()
+            .for_each(|(o, dwo)| weight_grad_body(du, c, co, o, dwo));
+    });
     dw
 }
 
