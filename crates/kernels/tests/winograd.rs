@@ -1,4 +1,4 @@
-//! The Winograd F(4×4, 3×3) path of the convolution (3×3, stride 1, pad 1, ≥ 16 channels) matches candle's
+//! The Winograd F(4×4, 3×3) path of the convolution (3×3, stride 1, pad 1, ≥ 32 channels) matches candle's
 //! `Tensor::conv2d`, forward (with bias and each epilogue) and backward, and finite differences.
 //!
 //! Tolerance: max |diff| ≤ 1e-4 · max(1, max |reference|) for values and both gradients (f32 F(4,3) errs by
@@ -36,14 +36,15 @@ fn check(what: &str, ours: &Tensor, reference: &Tensor) -> f32 {
     rel
 }
 
-/// (batch, input channels, output channels, height, width): H, W not multiples of 4, batch 1 and 3, 16–128 channels.
+/// (batch, input channels, output channels, height, width): H, W not multiples of 4, batch 1 and 3, 32–128
+/// channels (Winograd's domain starts at 32; the unit tests in `conv/winograd.rs` cover 5 and 7 channels).
 const SHAPES: &[[usize; 5]] = &[
-    [1, 16, 16, 7, 7],
-    [3, 32, 24, 13, 11],
+    [1, 32, 32, 7, 7],
+    [3, 32, 48, 13, 11],
     [1, 64, 128, 14, 14],
-    [3, 16, 32, 56, 56],
+    [3, 32, 40, 56, 56],
     [3, 128, 64, 7, 7],
-    [1, 48, 16, 6, 5],
+    [1, 48, 32, 6, 5],
 ];
 
 fn reference(x: &Tensor, w: &Tensor) -> Tensor {
@@ -115,10 +116,11 @@ fn winograd_gradients_match_candle() {
 #[test]
 fn winograd_gradients_match_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(22);
-    let (xd, wd) = ([2, 16, 6, 9], [16, 16, 3, 3]);
+    let (xd, wd) = ([2, 32, 6, 9], [32, 32, 3, 3]);
     let x = Var::from_tensor(&rand_t(&xd, &mut rng)).unwrap();
     let w = Var::from_tensor(&rand_t(&wd, &mut rng)).unwrap();
-    let r = rand_t(&[2, 16, 6, 9], &mut rng);
+    assert!(winograd_applies(&xd, &wd, 1, [1; 4]));
+    let r = rand_t(&[2, 32, 6, 9], &mut rng);
     let loss = |x: &Tensor, w: &Tensor| -> f64 {
         let y: Vec<f32> = conv2d(x, w, 1, [1; 4])
             .unwrap()
@@ -177,4 +179,5 @@ fn winograd_applies_only_to_3x3_stride_1_pad_1_with_enough_channels() {
     assert!(!winograd_applies(&[16, 64, 56, 56], &[64, 64, 1, 1], 1, [0; 4]));
     assert!(!winograd_applies(&[16, 64, 56, 56], &[64, 64, 3, 3], 1, [0; 4]));
     assert!(!winograd_applies(&[2, 3, 9, 11], &[4, 3, 3, 3], 1, [1; 4]));
+    assert!(!winograd_applies(&[16, 16, 112, 112], &[16, 16, 3, 3], 1, [1; 4]));
 }

@@ -23,9 +23,11 @@ use crate::nhwc::multiversion;
 const L: usize = 16;
 /// One value per lane of a vector group.
 type Lanes = [f32; L];
-/// Bytes of transformed input and output (V and M, or V and Z) that one block of tiles may hold: L3-sized, so the
-/// 36 GEMMs find their operands in cache and each weight matrix U[ξ] is read once per block.
-const BLOCK_BYTES: usize = 4 << 20;
+/// Bytes of transformed input and output (V and M, or V and Z) that one block of tiles may hold: within the L3, so
+/// the 36 GEMMs find their operands in cache, and large enough that each GEMM is wide (≥ 227 tiles up to 256
+/// channels) and each weight matrix U[ξ] is packed once per many tiles. At batch 16 on 2 loaded cores 16 MiB was
+/// about as fast as 4 MiB and 64 MiB within the noise (`tests/bench.rs`), with fewer, wider GEMMs.
+const BLOCK_BYTES: usize = 16 << 20;
 
 /// The geometry of one convolution: batch, input channels, output channels, plane size and tiles per plane.
 #[derive(Debug, Clone, Copy)]
