@@ -184,19 +184,28 @@ fn a4(y: [&Lanes; 4]) -> [Lanes; 6] {
 }
 
 multiversion! {
-    /// `U[co][ξ][c] = (G w[co][c] Gᵀ)[ξ]` for one output channel: `w` is `co × c × 9`, `u` this channel's `36 × c`.
-    fn weight_body(w: &[f32], c: usize, co: usize, u: &mut [f32]) => weight_impl
+    /// `U[co][ξ][c] = (G w[co][c] Gᵀ)[ξ]` for one output channel `co` of `co_all`: `w` is `co_all × c × 9`, or
+    /// with `flip` the transposed, rotated kernel of `w` `c × co_all × 9` (the input gradient's); `u` is this
+    /// channel's `36 × c`.
+    fn weight_body(w: &[f32], c: usize, co_all: usize, co: usize, flip: bool, u: &mut [f32]) => weight_impl
 }
 
 #[inline(always)]
-fn weight_impl(w: &[f32], c: usize, co: usize, u: &mut [f32]) {
+fn weight_impl(w: &[f32], c: usize, co_all: usize, co: usize, flip: bool, u: &mut [f32]) {
     for c0 in (0..c).step_by(L) {
         let nl = L.min(c - c0);
         let mut gk = [[0f32; L]; 9];
         for l in 0..nl {
-            let taps = &w[(co * c + c0 + l) * 9..][..9];
-            for (k, &t) in taps.iter().enumerate() {
-                gk[k][l] = t;
+            if flip {
+                let taps = &w[((c0 + l) * co_all + co) * 9..][..9];
+                for (k, &t) in taps.iter().rev().enumerate() {
+                    gk[k][l] = t;
+                }
+            } else {
+                let taps = &w[(co * c + c0 + l) * 9..][..9];
+                for (k, &t) in taps.iter().enumerate() {
+                    gk[k][l] = t;
+                }
             }
         }
         let mut tmp = [[0f32; L]; 18];
@@ -215,12 +224,13 @@ fn weight_impl(w: &[f32], c: usize, co: usize, u: &mut [f32]) {
     }
 }
 
-/// The weight transform of `w` (`co × c × 3 × 3`) into `u`: `co × 36 × c`, parallel over output channels.
-fn transform_weight(w: &[f32], c: usize, co: usize, u: &mut Vec<f32>) {
+/// The weight transform of `w` (`co × c × 3 × 3`, or with `flip` the input gradient's kernel of `w`
+/// `c × co × 3 × 3`) into `u`: `co × 36 × c`, parallel over output channels.
+fn transform_weight(w: &[f32], c: usize, co: usize, flip: bool, u: &mut Vec<f32>) {
     u.resize(co * 36 * c, 0.0);
     u.par_chunks_mut(36 * c)
         .enumerate()
-        .for_each(|(o, uo)| weight_body(w, c, o, uo));
+        .for_each(|(o, uo)| weight_body(w, c, co, o, flip, uo));
 }
 
 /// The transformed buffers of one call (U or dU, V, M or Z), kept per calling thread between calls: the largest
@@ -462,14 +472,16 @@ fn gemm_at(
 
 /// `act(conv3x3_s1_p1(x, w) + bias)` for `x` `n × c × h × w` and `w` `co × c × 3 × 3`: `n × co × h × w`.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
-    forward_blocked(g, x, w, bias, act, g.block(36 * (g.c + g.co)))
+    forward_blocked(g, x, w, false, bias, act, g.block(36 * (g.c + g.co)))
 }
 
-/// [`forward`] in blocks of `block` tiles.
+/// [`forward`] in blocks of `block` tiles; with `flip`, `w` is `c × co × 3 × 3` and the kernel its transpose rotated
+/// by 180° (the input gradient).
 pub(crate) fn forward_blocked(
     g: &Geom,
     x: &[f32],
     w: &[f32],
+    flip: bool,
     bias: Option<&[f32]>,
     act: Epilogue,
     block: usize,
@@ -478,7 +490,7 @@ pub(crate) fn forward_blocked(
     let mut out = vec![0f32; g.n * co * g.h * g.w];
     let ptr = OutPtr(out.as_mut_ptr());
     with_scratch(|Scratch { u, v, m }| {
-        transform_weight(w, c, co, u);
+        transform_weight(w, c, co, flip, u);
         let total = g.tiles();
         for t0 in (0..total).step_by(block) {
             let nt = block.min(total - t0);
@@ -517,17 +529,8 @@ pub(crate) fn forward_blocked(
 
 /// The input gradient `conv3x3_s1_p1(dy, w')` with `w'[ci][co] = w[co][ci]` rotated by 180°: `n × c × h × w`.
 pub(crate) fn backward_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let (c, co) = (g.c, g.co);
-    let mut wt = vec![0f32; w.len()];
-    for o in 0..co {
-        for i in 0..c {
-            let src = &w[(o * c + i) * 9..][..9];
-            let dst = &mut wt[(i * co + o) * 9..][..9];
-            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, s)| *d = *s);
-        }
-    }
-    let gt = Geom::new(g.n, co, c, g.h, g.w);
-    forward(&gt, dy, &wt, None, Epilogue::None)
+    let gt = Geom::new(g.n, g.co, g.c, g.h, g.w);
+    forward_blocked(&gt, dy, w, true, None, Epilogue::None, gt.block(36 * (g.c + g.co)))
 }
 
 /// The weight gradient `Σ_b dy[b] ⋆ x[b]` (`co × c × 3 × 3`) in the Winograd domain.
@@ -630,7 +633,7 @@ mod tests {
         let (x, w) = (data(3 * 5 * 9 * 6, 1), data(7 * 5 * 9, 2));
         let want = direct(&g, &x, &w);
         for block in [1, 5, 16, 17, 40, 1000] {
-            let got = forward_blocked(&g, &x, &w, None, Epilogue::None, block);
+            let got = forward_blocked(&g, &x, &w, false, None, Epilogue::None, block);
             let d = got
                 .iter()
                 .zip(&want)
@@ -638,6 +641,39 @@ mod tests {
                 .fold(0.0, f64::max);
             assert!(d < 1e-4, "block {block}: max diff {d}");
         }
+    }
+
+    /// The input gradient (the forward with the transposed kernel rotated by 180°, read in place) matches the
+    /// direct convolution of `dy` by that kernel, in several block sizes.
+    #[test]
+    fn input_gradient_matches_the_direct_convolution_with_the_flipped_kernel() {
+        let g = Geom::new(2, 4, 6, 7, 10);
+        let (dy, w) = (data(2 * 6 * 7 * 10, 5), data(6 * 4 * 9, 6));
+        let mut wf = vec![0f32; w.len()];
+        for o in 0..6 {
+            for i in 0..4 {
+                for k in 0..9 {
+                    wf[(i * 6 + o) * 9 + k] = w[(o * 4 + i) * 9 + 8 - k];
+                }
+            }
+        }
+        let gt = Geom::new(2, 6, 4, 7, 10);
+        let want = direct(&gt, &dy, &wf);
+        for block in [3, 16, 1000] {
+            let got = forward_blocked(&gt, &dy, &w, true, None, Epilogue::None, block);
+            let d = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            assert!(d < 1e-4, "block {block}: max diff {d}");
+        }
+        let d = backward_input(&g, &dy, &w)
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-4, "backward_input: max diff {d}");
     }
 
     /// The weight gradient in any block size equals the adjoint of the direct convolution: <dW, w> = <dy, conv(x, w)>.
