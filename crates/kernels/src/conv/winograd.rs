@@ -23,11 +23,13 @@ use crate::nhwc::multiversion;
 const L: usize = 16;
 /// One value per lane of a vector group.
 type Lanes = [f32; L];
-/// Bytes of transformed input and output (V and M, or V and Z) that one block of tiles may hold: within the L3, so
-/// the 36 GEMMs find their operands in cache, and large enough that each GEMM is wide (≥ 227 tiles up to 256
-/// channels) and each weight matrix U[ξ] is packed once per many tiles. At batch 16 on 2 loaded cores 16 MiB was
-/// about as fast as 4 MiB and 64 MiB within the noise (`tests/bench.rs`), with fewer, wider GEMMs.
-const BLOCK_BYTES: usize = 16 << 20;
+/// Bytes of transformed input and output (V and M, or V and Z) that one block of tiles may hold (at least 64
+/// tiles), so that the 36 GEMMs find their operands in cache. Measured at batch 16 on ResNet-18's shapes (2 loaded
+/// cores, best of 5 interleaved runs): forward 1–4 MiB within 5% of each other, 8 MiB up to 20% slower at 256@14²,
+/// 16 MiB 25% slower at 64@56²; the weight gradient fastest at 4 MiB (64@56²: 21 ms against 33 ms at 2 MiB and 23–34
+/// ms at 16–64 MiB). One thread per block from start to end, with its own buffers, was no faster at 56²–14² and
+/// half as fast at 7² (each thread reads every U[ξ]).
+const BLOCK_BYTES: usize = 4 << 20;
 
 /// The geometry of one convolution: batch, input channels, output channels, plane size and tiles per plane.
 #[derive(Debug, Clone, Copy)]
