@@ -106,6 +106,12 @@ impl OutPtr {
     }
 }
 
+/// The lane group at `v[at..at + L]`.
+#[inline(always)]
+fn lanes(v: &[f32], at: usize) -> &Lanes {
+    (&v[at..at + L]).try_into().expect("L lanes")
+}
+
 /// `Bᵀ z` for the 6 rows `z` of a lane group.
 #[inline(always)]
 fn bt6(z: [&Lanes; 6]) -> [Lanes; 6] {
@@ -210,17 +216,21 @@ fn weight_impl(w: &[f32], c: usize, co_all: usize, co: usize, flip: bool, u: &mu
                 }
             }
         }
-        let mut tmp = [[0f32; L]; 18];
-        for k in 0..3 {
-            let o = g3([&gk[k], &gk[3 + k], &gk[6 + k]]);
-            for (r, v) in o.iter().enumerate() {
-                tmp[r * 3 + k] = *v;
-            }
-        }
+        // Columns (G g), then rows ((G g) Gᵀ): `kj[r]` is entry (r, j) of G g.
+        let (k0, k1, k2) = (
+            g3([&gk[0], &gk[3], &gk[6]]),
+            g3([&gk[1], &gk[4], &gk[7]]),
+            g3([&gk[2], &gk[5], &gk[8]]),
+        );
         for r in 0..6 {
-            let o = g3([&tmp[r * 3], &tmp[r * 3 + 1], &tmp[r * 3 + 2]]);
+            let o = g3([&k0[r], &k1[r], &k2[r]]);
             for (s, v) in o.iter().enumerate() {
-                u[(r * 6 + s) * c + c0..][..nl].copy_from_slice(&v[..nl]);
+                let dst = &mut u[(r * 6 + s) * c + c0..];
+                if nl == L {
+                    dst[..L].copy_from_slice(v);
+                } else {
+                    dst[..nl].copy_from_slice(&v[..nl]);
+                }
             }
         }
     }
@@ -273,8 +283,12 @@ multiversion! {
 #[inline(always)]
 fn input_impl(x: &[f32], g: &Geom, c: usize, tiles: &[Tile], ntp: usize, v: &mut [f32]) {
     let hw = g.h * g.w;
+    let mut d = [[0f32; L]; 36];
     for (gi, grp) in tiles.chunks(L).enumerate() {
-        let mut d = [[0f32; L]; 36];
+        // Interior tiles write all 36 values of their lane; zero the group only when some lane is not one.
+        if grp.len() < L || grp.iter().any(|t| !t.interior) {
+            d = [[0f32; L]; 36];
+        }
         for (l, t) in grp.iter().enumerate() {
             let plane = &x[(t.b * g.c + c) * hw..][..hw];
             if t.interior {
@@ -298,16 +312,23 @@ fn input_impl(x: &[f32], g: &Geom, c: usize, tiles: &[Tile], ntp: usize, v: &mut
                 }
             }
         }
-        let mut tmp = [[0f32; L]; 36];
-        for j in 0..6 {
-            let o = bt6([&d[j], &d[6 + j], &d[12 + j], &d[18 + j], &d[24 + j], &d[30 + j]]);
-            for (r, val) in o.iter().enumerate() {
-                tmp[r * 6 + j] = *val;
-            }
+        // Columns (Bᵀ d), then rows ((Bᵀ d) B): `cj[r]` is entry (r, j) of Bᵀ d.
+        // (Macros, not closures: a closure would be compiled apart, without the target features.)
+        macro_rules! col {
+            ($j:expr) => {
+                bt6([
+                    &d[$j],
+                    &d[6 + $j],
+                    &d[12 + $j],
+                    &d[18 + $j],
+                    &d[24 + $j],
+                    &d[30 + $j],
+                ])
+            };
         }
+        let (c0, c1, c2, c3, c4, c5) = (col!(0), col!(1), col!(2), col!(3), col!(4), col!(5));
         for r in 0..6 {
-            let t = &tmp[r * 6..r * 6 + 6];
-            let o = bt6([&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]]);
+            let o = bt6([&c0[r], &c1[r], &c2[r], &c3[r], &c4[r], &c5[r]]);
             for (s, val) in o.iter().enumerate() {
                 v[(r * 6 + s) * ntp + gi * L..][..L].copy_from_slice(val);
             }
@@ -326,21 +347,32 @@ multiversion! {
 fn output_impl(m: &[f32], g: &Geom, co: usize, tiles: &[Tile], bias: f32, act: Epilogue, out: OutPtr) {
     let nt = tiles.len();
     for (gi, grp) in tiles.chunks(L).enumerate() {
-        let mm: [&Lanes; 36] =
-            std::array::from_fn(|xi| m[(xi * g.co + co) * nt + gi * L..][..L].try_into().expect("L lanes"));
-        let mut tmp = [[0f32; L]; 24];
-        for s in 0..6 {
-            let o = at6([mm[s], mm[6 + s], mm[12 + s], mm[18 + s], mm[24 + s], mm[30 + s]]);
-            for (a, val) in o.iter().enumerate() {
-                tmp[a * 6 + s] = *val;
-            }
+        let (base, step) = (co * nt + gi * L, g.co * nt);
+        // Columns (Aᵀ M), then rows ((Aᵀ M) A): `cs[a]` is entry (a, s) of Aᵀ M.
+        // (Macros, not closures: a closure would be compiled apart, without the target features.)
+        macro_rules! col {
+            ($s:expr) => {
+                at6([
+                    lanes(m, base + (0 + $s) * step),
+                    lanes(m, base + (6 + $s) * step),
+                    lanes(m, base + (12 + $s) * step),
+                    lanes(m, base + (18 + $s) * step),
+                    lanes(m, base + (24 + $s) * step),
+                    lanes(m, base + (30 + $s) * step),
+                ])
+            };
         }
-        let mut y = [[0f32; L]; 16];
-        for a in 0..4 {
-            let t = &tmp[a * 6..a * 6 + 6];
-            let o = at6([&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]]);
-            y[a * 4..a * 4 + 4].copy_from_slice(&o);
+        let (c0, c1, c2, c3, c4, c5) = (col!(0), col!(1), col!(2), col!(3), col!(4), col!(5));
+        macro_rules! row {
+            ($a:expr) => {
+                at6([&c0[$a], &c1[$a], &c2[$a], &c3[$a], &c4[$a], &c5[$a]])
+            };
         }
+        let (r0, r1, r2, r3) = (row!(0), row!(1), row!(2), row!(3));
+        let mut y: [Lanes; 16] = [
+            r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3], r2[0], r2[1], r2[2], r2[3], r3[0], r3[1], r3[2],
+            r3[3],
+        ];
         for row in y.iter_mut() {
             match act {
                 Epilogue::None => row.iter_mut().for_each(|v| *v += bias),
@@ -370,8 +402,12 @@ multiversion! {
 #[inline(always)]
 fn grad_impl(dy: &[f32], g: &Geom, co: usize, tiles: &[Tile], ntp: usize, z: &mut [f32]) {
     let hw = g.h * g.w;
+    let mut d = [[0f32; L]; 16];
     for (gi, grp) in tiles.chunks(L).enumerate() {
-        let mut d = [[0f32; L]; 16];
+        // Tiles inside the plane write all 16 values of their lane; zero the group only when some lane is not one.
+        if grp.len() < L || grp.iter().any(|t| t.y + 4 > g.h || t.x + 4 > g.w) {
+            d = [[0f32; L]; 16];
+        }
         for (l, t) in grp.iter().enumerate() {
             let plane = &dy[(t.b * g.co + co) * hw..][..hw];
             for a in 0..4.min(g.h - t.y) {
@@ -381,16 +417,16 @@ fn grad_impl(dy: &[f32], g: &Geom, co: usize, tiles: &[Tile], ntp: usize, z: &mu
                 }
             }
         }
-        let mut tmp = [[0f32; L]; 24];
-        for b in 0..4 {
-            let o = a4([&d[b], &d[4 + b], &d[8 + b], &d[12 + b]]);
-            for (r, val) in o.iter().enumerate() {
-                tmp[r * 4 + b] = *val;
-            }
+        // Columns (A dY), then rows ((A dY) Aᵀ): `cb[r]` is entry (r, b) of A dY.
+        // (Macros, not closures: a closure would be compiled apart, without the target features.)
+        macro_rules! col {
+            ($b:expr) => {
+                a4([&d[$b], &d[4 + $b], &d[8 + $b], &d[12 + $b]])
+            };
         }
+        let (c0, c1, c2, c3) = (col!(0), col!(1), col!(2), col!(3));
         for r in 0..6 {
-            let t = &tmp[r * 4..r * 4 + 4];
-            let o = a4([&t[0], &t[1], &t[2], &t[3]]);
+            let o = a4([&c0[r], &c1[r], &c2[r], &c3[r]]);
             for (s, val) in o.iter().enumerate() {
                 z[(r * 6 + s) * ntp + gi * L..][..L].copy_from_slice(val);
             }
@@ -408,18 +444,24 @@ multiversion! {
 fn weight_grad_impl(du: &[f32], c: usize, co_all: usize, co: usize, dw: &mut [f32]) {
     for c0 in (0..c).step_by(L) {
         let nl = L.min(c - c0);
-        let uu: [&Lanes; 36] =
-            std::array::from_fn(|xi| du[(xi * co_all + co) * c + c0..][..L].try_into().expect("L lanes"));
-        let mut tmp = [[0f32; L]; 18];
-        for s in 0..6 {
-            let o = gt6([uu[s], uu[6 + s], uu[12 + s], uu[18 + s], uu[24 + s], uu[30 + s]]);
-            for (k, val) in o.iter().enumerate() {
-                tmp[k * 6 + s] = *val;
-            }
+        let (base, step) = (co * c + c0, co_all * c);
+        // Columns (Gᵀ dU), then rows ((Gᵀ dU) G): `ss[k]` is entry (k, s) of Gᵀ dU.
+        // (Macros, not closures: a closure would be compiled apart, without the target features.)
+        macro_rules! col {
+            ($s:expr) => {
+                gt6([
+                    lanes(du, base + (0 + $s) * step),
+                    lanes(du, base + (6 + $s) * step),
+                    lanes(du, base + (12 + $s) * step),
+                    lanes(du, base + (18 + $s) * step),
+                    lanes(du, base + (24 + $s) * step),
+                    lanes(du, base + (30 + $s) * step),
+                ])
+            };
         }
+        let (s0, s1, s2, s3, s4, s5) = (col!(0), col!(1), col!(2), col!(3), col!(4), col!(5));
         for k in 0..3 {
-            let t = &tmp[k * 6..k * 6 + 6];
-            let o = gt6([&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]]);
+            let o = gt6([&s0[k], &s1[k], &s2[k], &s3[k], &s4[k], &s5[k]]);
             for (j, val) in o.iter().enumerate() {
                 for l in 0..nl {
                     dw[(c0 + l) * 9 + k * 3 + j] = val[l];
