@@ -181,3 +181,30 @@ fn winograd_applies_only_to_3x3_stride_1_pad_1_with_enough_channels() {
     assert!(!winograd_applies(&[2, 3, 9, 11], &[4, 3, 3, 3], 1, [1; 4]));
     assert!(!winograd_applies(&[16, 16, 112, 112], &[16, 16, 3, 3], 1, [1; 4]));
 }
+
+/// Maps smaller than one tile (1×1, 2×3, 5×1, 3×6) and a batch of none: values and both gradients.
+#[test]
+fn winograd_handles_maps_smaller_than_a_tile_and_empty_batches() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    for &[n, h, w] in &[[2, 1, 1], [1, 2, 3], [3, 5, 1], [2, 3, 6]] {
+        let x = Var::from_tensor(&rand_t(&[n, 32, h, w], &mut rng)).unwrap();
+        let wt = Var::from_tensor(&rand_t(&[40, 32, 3, 3], &mut rng)).unwrap();
+        let r = rand_t(&[n, 40, h, w], &mut rng);
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), 1, [1; 4]).unwrap();
+        let want = reference(x.as_tensor(), wt.as_tensor());
+        check(&format!("{n}×32×{h}×{w}"), &ours, &want);
+        let g = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("dx", &x), ("dw", &wt)] {
+            let what = format!("{n}×32×{h}×{w}: {name}");
+            check(&what, g.get(v.as_tensor()).unwrap(), g_ref.get(v.as_tensor()).unwrap());
+        }
+    }
+    let x = Var::from_tensor(&Tensor::zeros((0, 32, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let wt = Var::from_tensor(&rand_t(&[32, 32, 3, 3], &mut rng)).unwrap();
+    let y = conv2d(x.as_tensor(), wt.as_tensor(), 1, [1; 4]).unwrap();
+    assert_eq!(y.dims(), &[0, 32, 5, 5]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let dw = g.get(wt.as_tensor()).unwrap();
+    assert_eq!(max_abs(dw), 0.0, "no images, no weight gradient");
+}

@@ -586,6 +586,9 @@ pub(crate) fn backward_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 pub(crate) fn backward_weight_blocked(g: &Geom, x: &[f32], dy: &[f32], block: usize) -> Vec<f32> {
     let (c, co) = (g.c, g.co);
     let mut dw = vec![0f32; co * c * 9];
+    if g.tiles() == 0 {
+        return dw;
+    }
     with_scratch(|Scratch { u: du, v, m: z }| {
         du.resize(36 * co * c + L, 0.0);
         let total = g.tiles();
