@@ -268,18 +268,29 @@ fn bench_depthwise_nhwc() {
     }
 }
 
-/// ResNet-18's 3×3 stride-1 convolutions at batch 16 (and two narrower ones near the crossover): im2col + GEMM
-/// against Winograd F(4×4, 3×3), forward, input gradient alone and weight gradient alone.
+/// ResNet-18's 3×3 stride-1 convolutions at batch 16 (and near the crossovers: narrower ones, smaller batches):
+/// im2col + GEMM against Winograd F(4×4, 3×3), forward, input gradient alone and weight gradient alone.
 #[test]
 #[ignore]
 fn bench_winograd_resnet18() {
     use kernels::conv::{conv2d, conv2d_im2col};
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let reps = 5;
-    for &(c, h) in &[(64, 56), (128, 28), (256, 14), (512, 7), (16, 112), (32, 56)] {
-        let x = randn(&mut rng, &[16, c, h, h]);
+    for &(n, c, h) in &[
+        (16, 64, 56),
+        (16, 128, 28),
+        (16, 256, 14),
+        (16, 512, 7),
+        (16, 16, 112),
+        (16, 32, 56),
+        (1, 512, 7),
+        (4, 512, 7),
+        (1, 256, 14),
+        (1, 64, 56),
+    ] {
+        let x = randn(&mut rng, &[n, c, h, h]);
         let w = (randn(&mut rng, &[c, c, 3, 3]) * 0.05).unwrap();
-        let r = randn(&mut rng, &[16, c, h, h]);
+        let r = randn(&mut rng, &[n, c, h, h]);
         let d: f32 = (conv2d(&x, &w, 1, [1; 4]).unwrap() - conv2d_im2col(&x, &w, 1, [1; 4]).unwrap())
             .unwrap()
             .abs()
@@ -317,7 +328,7 @@ fn bench_winograd_resnet18() {
             .fold(f64::INFINITY, f64::min);
         let ((f0, dx0, dw0), (f1, dx1, dw1)) = (row[0], row[1]);
         println!(
-            "conv3x3 16x{c}x{h}x{h}: forward im2col {f0:6.1} ms -> winograd {f1:6.1} ms; dx {dx0:6.1} -> {dx1:6.1} ms; \
+            "conv3x3 {n}x{c}x{h}x{h}: forward im2col {f0:6.1} ms -> winograd {f1:6.1} ms; dx {dx0:6.1} -> {dx1:6.1} ms; \
              dw {dw0:6.1} -> {dw1:6.1} ms (backward times include {base:.1} ms of loss autograd)"
         );
     }

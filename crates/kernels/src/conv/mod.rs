@@ -60,17 +60,21 @@ impl ConvDims {
     }
 
     /// Whether this convolution runs as Winograd F(4×4, 3×3), the one decision for the forward, the input and the
-    /// weight gradient: 3×3, stride 1, padding 1 on every side, undilated, and at least 32 input and 32 output
-    /// channels. The crossover, measured at batch 16 (`tests/bench.rs`, 2 cores): 16 channels at 112² take
-    /// 34 ms forward as Winograd against 18 ms as im2col (the transforms outweigh a GEMM of depth 16), 32 at 56²
-    /// 13 against 14 ms; from 64 channels Winograd is 1.5–2.5× faster forward and faster in both gradients. The
-    /// weight gradient (one run, backward of Σ r ⊙ y with only w a variable, each including 6–32 ms of the loss's own
-    /// autograd): 64@56² 88 → 68 ms, 128@28² 65 → 41, 256@14² 56 → 28, 512@7² 59 → 30, so Winograd everywhere
-    /// it applies.
+    /// weight gradient: 3×3, stride 1, padding 1 on every side, undilated, at least 32 input and 32 output channels
+    /// and at least 32 tiles of 4×4 outputs over the batch. Measured (`tests/bench.rs`, 2 loaded cores, ms
+    /// im2col → Winograd): at batch 16 64@56² 53 → 29 forward, 128@28² 40 → 16, 256@14² 40 → 11, 512@7² 44 → 16,
+    /// both gradients faster too (weight gradient with 0–25 ms of loss autograd in each: 83 → 59, 60 → 41,
+    /// 41 → 17, 54 → 27), 32@56² 12 → 8; 16 channels gained or lost by turns between runs (the transforms
+    /// outweigh a GEMM of depth 16), so they stay on im2col. Per call Winograd pays a weight transform of 36·c·co
+    /// values (37 MB at 512², memory-bound), which few tiles do not repay: 512@7² at batch 1 (4 tiles) 3.4 → 11.7,
+    /// at batch 4 (16 tiles) 10 → 12; 256@14² at batch 1 (16 tiles) 2.5 → 2.1; 64@56² at batch 1 (196 tiles)
+    /// 2.6 → 1.3.
     fn winograd(&self) -> Option<winograd::Geom> {
         let g = &self.win;
         let fits = g.k == 3 && g.stride == 1 && g.dilation == 1 && g.pad == [1; 4];
-        (fits && self.c >= 32 && self.co >= 32).then(|| winograd::Geom::new(self.n, self.c, self.co, g.h, g.w))
+        let tiles = self.n * g.h.div_ceil(4) * g.w.div_ceil(4);
+        (fits && self.c >= 32 && self.co >= 32 && tiles >= 32)
+            .then(|| winograd::Geom::new(self.n, self.c, self.co, g.h, g.w))
     }
 
     /// Whether the image itself is the im2col matrix (1×1, stride 1, no padding).

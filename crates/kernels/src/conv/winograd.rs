@@ -744,5 +744,9 @@ mod tests {
                 .fold(0.0, f64::max);
             assert!(d < 1e-3, "block {block}: max diff {d}");
         }
+        // An empty batch after those calls (whose buffers this thread keeps): no stale gradient.
+        let empty = backward_weight(&Geom::new(0, 4, 6, 7, 10), &[], &[]);
+        assert_eq!(empty.len(), 6 * 4 * 9);
+        assert!(empty.iter().all(|&v| v == 0.0), "no images, no weight gradient");
     }
 }
