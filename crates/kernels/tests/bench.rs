@@ -267,3 +267,69 @@ fn bench_depthwise_nhwc() {
         );
     }
 }
+
+/// ResNet-18's 3×3 stride-1 convolutions at batch 16 (and near the crossovers: narrower ones, smaller batches):
+/// im2col + GEMM against Winograd F(4×4, 3×3), forward, input gradient alone and weight gradient alone.
+#[test]
+#[ignore]
+fn bench_winograd_resnet18() {
+    use kernels::conv::{conv2d, conv2d_im2col};
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let reps = 5;
+    for &(n, c, h) in &[
+        (16, 64, 56),
+        (16, 128, 28),
+        (16, 256, 14),
+        (16, 512, 7),
+        (16, 16, 112),
+        (16, 32, 56),
+        (1, 512, 7),
+        (4, 512, 7),
+        (1, 256, 14),
+        (1, 64, 56),
+    ] {
+        let x = randn(&mut rng, &[n, c, h, h]);
+        let w = (randn(&mut rng, &[c, c, 3, 3]) * 0.05).unwrap();
+        let r = randn(&mut rng, &[n, c, h, h]);
+        let d: f32 = (conv2d(&x, &w, 1, [1; 4]).unwrap() - conv2d_im2col(&x, &w, 1, [1; 4]).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-3, "outputs differ by {d}");
+        type Conv = fn(&Tensor, &Tensor, usize, [usize; 4]) -> candle_core::Result<Tensor>;
+        let mut row = Vec::new();
+        for f in [conv2d_im2col as Conv, conv2d as Conv] {
+            let fwd = time(reps, || drop(f(&x, &w, 1, [1; 4]).unwrap()));
+            let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            // Backward alone, one gradient at a time: the loss is built outside the timed closure.
+            let bwd = |a: &Tensor, b: &Tensor| {
+                (0..=reps)
+                    .map(|_| {
+                        let loss = (f(a, b, 1, [1; 4]).unwrap() * &r).unwrap().sum_all().unwrap();
+                        once(|| drop(loss.backward().unwrap()))
+                    })
+                    .skip(1)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            row.push((fwd, bwd(xv.as_tensor(), &w), bwd(&x, wv.as_tensor())));
+        }
+        // The autograd overhead of the loss itself (⊙ r, sum) with the input in place of the convolution.
+        let xv = Var::from_tensor(&x).unwrap();
+        let base = (0..=reps)
+            .map(|_| {
+                let loss = (xv.as_tensor() * &r).unwrap().sum_all().unwrap();
+                once(|| drop(loss.backward().unwrap()))
+            })
+            .skip(1)
+            .fold(f64::INFINITY, f64::min);
+        let ((f0, dx0, dw0), (f1, dx1, dw1)) = (row[0], row[1]);
+        println!(
+            "conv3x3 {n}x{c}x{h}x{h}: forward im2col {f0:6.1} ms -> winograd {f1:6.1} ms; dx {dx0:6.1} -> {dx1:6.1} ms; \
+             dw {dw0:6.1} -> {dw1:6.1} ms (backward times include {base:.1} ms of loss autograd)"
+        );
+    }
+}
