@@ -12,7 +12,7 @@ use crate::blocks::{
     Block, BlockArgs, ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
-use crate::infer::{build_plan, PlanCache};
+use crate::infer::{build_plan, FrozenPrefix, PlanCache};
 use crate::layers::{Activation, Linear};
 use crate::params::ParamStore;
 
@@ -58,6 +58,7 @@ pub struct EfficientNet {
     head: ConvNormAct,
     classifier: Option<Linear>,
     plan: PlanCache,
+    prefix: FrozenPrefix,
 }
 
 impl EfficientNet {
@@ -105,12 +106,18 @@ impl EfficientNet {
             head,
             classifier,
             plan: PlanCache::default(),
+            prefix: FrozenPrefix::default(),
         })
     }
 
     /// How many inference plans this model has built: one is reused until a parameter or buffer changes.
     pub fn plan_builds(&self) -> usize {
         self.plan.builds()
+    }
+
+    /// How many plans of a frozen leading part (partial fine-tuning) this model has built.
+    pub fn prefix_plan_builds(&self) -> usize {
+        self.prefix.builds()
     }
 
     fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
@@ -146,8 +153,10 @@ impl Backbone for EfficientNet {
         if let Some(plan) = self.inference_plan(x, train)? {
             return Ok(plan.forward(x)?);
         }
-        let x = self.stem.forward(x, train)?;
-        let x = forward_stages(&self.blocks, &x, train)?;
+        let x = match self.prefix.forward(&self.store, &self.stem, &self.blocks, x, train)? {
+            Some(y) => y,
+            None => forward_stages(&self.blocks, &self.stem.forward(x, train)?, train)?,
+        };
         self.head.forward(&x, train)
     }
 

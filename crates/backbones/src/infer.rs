@@ -122,9 +122,18 @@ pub(crate) fn build_plan(
     stages: &[Vec<Block>],
     head: Option<&ConvNormAct>,
 ) -> Result<Option<MobilePlan>> {
+    plan_of(stem, stages.iter().flatten(), head)
+}
+
+/// [`build_plan`] over any sequence of blocks.
+fn plan_of<'a>(
+    stem: &ConvNormAct,
+    blocks: impl Iterator<Item = &'a Block>,
+    head: Option<&ConvNormAct>,
+) -> Result<Option<MobilePlan>> {
     let plan = (|| {
         let stem = folded(&stem.conv, &stem.bn, stem.act)?;
-        let steps = stages.iter().flatten().map(step).collect::<kernels::Result<Vec<_>>>()?;
+        let steps = blocks.map(step).collect::<kernels::Result<Vec<_>>>()?;
         let head = head.map(|h| folded(&h.conv, &h.bn, h.act)).transpose()?;
         MobilePlan::new(stem, steps, head)
     })();
@@ -132,6 +141,132 @@ pub(crate) fn build_plan(
         Ok(plan) => Ok(Some(plan)),
         Err(kernels::Error::Unsupported(_)) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn conv_frozen(conv: &Conv2d) -> bool {
+    !conv.weight.is_trainable() && conv.bias.as_ref().is_none_or(|b| !b.is_trainable())
+}
+
+fn bn_frozen(bn: &BatchNorm2d) -> bool {
+    !bn.weight.is_trainable() && !bn.bias.is_trainable()
+}
+
+fn layer_frozen(l: &ConvNormAct) -> bool {
+    conv_frozen(&l.conv) && bn_frozen(&l.bn)
+}
+
+fn se_frozen(se: &Option<SqueezeExcite>) -> bool {
+    se.as_ref().is_none_or(|se| {
+        let (reduce, expand, _, _) = se.parts();
+        conv_frozen(reduce) && conv_frozen(expand)
+    })
+}
+
+/// Whether every parameter of `block` is frozen (so its BatchNorms use running statistics in any mode). The
+/// `match` is exhaustive on purpose, as in [`step`].
+fn block_frozen(block: &Block) -> bool {
+    match block {
+        Block::DepthwiseSeparable {
+            conv_dw,
+            bn1,
+            se,
+            conv_pw,
+            bn2,
+            ..
+        } => conv_frozen(conv_dw) && bn_frozen(bn1) && se_frozen(se) && conv_frozen(conv_pw) && bn_frozen(bn2),
+        Block::InvertedResidual {
+            conv_pw,
+            bn1,
+            conv_dw,
+            bn2,
+            se,
+            conv_pwl,
+            bn3,
+            ..
+        } => {
+            conv_frozen(conv_pw)
+                && bn_frozen(bn1)
+                && conv_frozen(conv_dw)
+                && bn_frozen(bn2)
+                && se_frozen(se)
+                && conv_frozen(conv_pwl)
+                && bn_frozen(bn3)
+        }
+        Block::ConvBnAct { conv, bn1, .. } => conv_frozen(conv) && bn_frozen(bn1),
+        Block::UniversalInverted {
+            dw_start,
+            pw_exp,
+            dw_mid,
+            pw_proj,
+            ..
+        } => {
+            dw_start.as_ref().is_none_or(layer_frozen)
+                && layer_frozen(pw_exp)
+                && dw_mid.as_ref().is_none_or(layer_frozen)
+                && layer_frozen(pw_proj)
+        }
+    }
+}
+
+/// The frozen leading part of a mobile network (the stem and the first blocks whose parameters are all frozen) on
+/// an inference plan, the blocks after it on the general path: partial fine-tuning (`train-last`, `--unfreeze`)
+/// pays the plan's cost, not the autograd path's, for the layers it does not train.
+///
+/// Exact: frozen BatchNorms normalise with running statistics in training mode too, and nothing before the first
+/// trainable block needs a gradient when the input needs none. The plan is cached for the store's version (a
+/// change of any value or trainable state rebuilds it; while the trained BatchNorms update their running statistics
+/// that is once per step, a small cost next to the step).
+#[derive(Debug, Default)]
+pub(crate) struct FrozenPrefix {
+    cache: PlanCache,
+}
+
+impl FrozenPrefix {
+    /// The output of every block of `stages` after `stem`, for `x` (N×C×H×W) in mode `train`, with the frozen
+    /// prefix on its plan; `None` when there is no frozen prefix (or it cannot be planned, or `x` is not a CPU f32
+    /// map that needs no gradient): the caller takes the general path.
+    pub fn forward(
+        &self,
+        store: &ParamStore,
+        stem: &ConvNormAct,
+        stages: &[Vec<Block>],
+        x: &Tensor,
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        let applies = matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && store.dtype() == DType::F32
+            && x.rank() == 4
+            && !x.track_op()
+            && layer_frozen(stem);
+        if !applies {
+            self.cache.release_stale(store);
+            return Ok(None);
+        }
+        let blocks: Vec<&Block> = stages.iter().flatten().collect();
+        let k = blocks.iter().take_while(|b| block_frozen(b)).count();
+        if k == 0 {
+            self.cache.release_stale(store);
+            return Ok(None);
+        }
+        // One trainability per version: the cached plan was built for this same prefix.
+        let Some(plan) = self
+            .cache
+            .get(store, || plan_of(stem, blocks[..k].iter().copied(), None))?
+        else {
+            return Ok(None);
+        };
+        let mut y = plan.forward(x)?;
+        for block in &blocks[k..] {
+            y = block.forward(&y, train)?;
+        }
+        Ok(Some(y))
+    }
+
+    /// How many prefix plans have been built.
+    pub fn builds(&self) -> usize {
+        self.cache.builds()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::blocks::{
     Block, BlockArgs, ConvNormAct, MobileConfig, SeWidth,
 };
 use crate::error::Result;
-use crate::infer::{build_plan, PlanCache};
+use crate::infer::{build_plan, FrozenPrefix, PlanCache};
 use crate::layers::{global_avg_pool, Activation, Conv2d, ConvConfig, Linear};
 use crate::params::ParamStore;
 
@@ -54,6 +54,7 @@ pub struct MobileNetV3 {
     conv_head: Conv2d,
     classifier: Option<Linear>,
     plan: PlanCache,
+    prefix: FrozenPrefix,
 }
 
 impl MobileNetV3 {
@@ -88,12 +89,18 @@ impl MobileNetV3 {
             conv_head,
             classifier,
             plan: PlanCache::default(),
+            prefix: FrozenPrefix::default(),
         })
     }
 
     /// How many inference plans this model has built: one is reused until a parameter or buffer changes.
     pub fn plan_builds(&self) -> usize {
         self.plan.builds()
+    }
+
+    /// How many plans of a frozen leading part (partial fine-tuning) this model has built.
+    pub fn prefix_plan_builds(&self) -> usize {
+        self.prefix.builds()
     }
 
     fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
@@ -128,6 +135,9 @@ impl Backbone for MobileNetV3 {
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let Some(plan) = self.inference_plan(x, train)? {
             return Ok(plan.forward(x)?);
+        }
+        if let Some(y) = self.prefix.forward(&self.store, &self.stem, &self.blocks, x, train)? {
+            return Ok(y);
         }
         let x = self.stem.forward(x, train)?;
         forward_stages(&self.blocks, &x, train)

@@ -17,7 +17,7 @@ use crate::blocks::{
 };
 use crate::error::Result;
 use crate::fused::conv_bn_act;
-use crate::infer::{build_plan, PlanCache};
+use crate::infer::{build_plan, FrozenPrefix, PlanCache};
 use crate::layers::{global_avg_pool, Activation, BatchNorm2d, Conv2d, ConvConfig, Linear};
 use crate::params::ParamStore;
 
@@ -71,6 +71,7 @@ pub struct MobileNetV4 {
     norm_head: BatchNorm2d,
     classifier: Option<Linear>,
     plan: PlanCache,
+    prefix: FrozenPrefix,
 }
 
 impl MobileNetV4 {
@@ -108,12 +109,18 @@ impl MobileNetV4 {
             norm_head,
             classifier,
             plan: PlanCache::default(),
+            prefix: FrozenPrefix::default(),
         })
     }
 
     /// How many inference plans this model has built: one is reused until a parameter or buffer changes.
     pub fn plan_builds(&self) -> usize {
         self.plan.builds()
+    }
+
+    /// How many plans of a frozen leading part (partial fine-tuning) this model has built.
+    pub fn prefix_plan_builds(&self) -> usize {
+        self.prefix.builds()
     }
 
     fn inference_plan(&self, x: &Tensor, train: bool) -> Result<Option<Arc<MobilePlan>>> {
@@ -148,6 +155,9 @@ impl Backbone for MobileNetV4 {
     fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let Some(plan) = self.inference_plan(x, train)? {
             return Ok(plan.forward(x)?);
+        }
+        if let Some(y) = self.prefix.forward(&self.store, &self.stem, &self.blocks, x, train)? {
+            return Ok(y);
         }
         let x = self.stem.forward(x, train)?;
         forward_stages(&self.blocks, &x, train)
