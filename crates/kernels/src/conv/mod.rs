@@ -156,20 +156,36 @@ pub fn gemm(
     dst: &mut [f32],
     accumulate: bool,
     a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    threads: usize,
+) {
+    gemm_at((m, n, k), dst, n, accumulate, a, a_strides, b, b_strides, threads)
+}
+
+/// [`gemm`] into a `dst` whose rows are `drs` apart (a block of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_at(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    drs: usize,
+    accumulate: bool,
+    a: &[f32],
     (ars, acs): (usize, usize),
     b: &[f32],
     (brs, bcs): (usize, usize),
     threads: usize,
 ) {
-    debug_assert!(dst.len() >= m * n);
-    debug_assert!(m == 0 || k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
-    debug_assert!(n == 0 || k == 0 || b.len() > (k - 1) * brs + (n - 1) * bcs);
+    assert!(m == 0 || n == 0 || dst.len() > (m - 1) * drs + (n - 1));
+    assert!(m == 0 || k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
+    assert!(n == 0 || k == 0 || b.len() > (k - 1) * brs + (n - 1) * bcs);
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the slices cover every index the strides reach (checked above in debug builds, guaranteed by callers).
+    // SAFETY: the slices cover every index the strides reach (asserted above).
     unsafe {
         gemm::gemm(
             m,
@@ -177,7 +193,7 @@ pub fn gemm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            drs as isize,
             accumulate,
             a.as_ptr(),
             acs as isize,
@@ -459,20 +475,16 @@ fn candle_conv(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle
 
 /// Convolution (groups = 1) of `x` N×C×H×W by `w` O×C×k×k, padding `[top, bottom, left, right]`, with backward.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
-    if !fast_path(x, w) {
-        return candle_conv(x, w, stride, pad);
-    }
-    let op = ConvOp {
-        stride,
-        pad,
-        act: Epilogue::None,
-        winograd: true,
-    };
-    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+    conv(x, w, stride, pad, true)
 }
 
 /// [`conv2d`] always as im2col + GEMM, never Winograd: the reference of tests and benchmarks.
 pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> candle_core::Result<Tensor> {
+    conv(x, w, stride, pad, false)
+}
+
+/// [`conv2d`], Winograd allowed where it applies or not.
+fn conv(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4], winograd: bool) -> candle_core::Result<Tensor> {
     if !fast_path(x, w) {
         return candle_conv(x, w, stride, pad);
     }
@@ -480,7 +492,7 @@ pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, pad: [usize; 4]) -> 
         stride,
         pad,
         act: Epilogue::None,
-        winograd: false,
+        winograd,
     };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::Epilogue;
+use super::{gemm_at, Epilogue};
 use crate::nhwc::multiversion;
 
 /// Tiles (or channels) per vector group of the transforms.
@@ -471,49 +471,6 @@ fn weight_grad_impl(du: &[f32], c: usize, co_all: usize, co: usize, dw: &mut [f3
     }
 }
 
-/// Row-major single-threaded GEMM `dst (m×n, row stride drs) = [dst +] a (m×k, strides) · b (k×n, strides)`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_at(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    drs: usize,
-    accumulate: bool,
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    (brs, bcs): (usize, usize),
-) {
-    assert!(m == 0 || n == 0 || dst.len() > (m - 1) * drs + (n - 1));
-    assert!(m == 0 || k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
-    assert!(n == 0 || k == 0 || b.len() > (k - 1) * brs + (n - 1) * bcs);
-    // SAFETY: the slices cover every index the strides reach (asserted above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            drs as isize,
-            accumulate,
-            a.as_ptr(),
-            acs as isize,
-            ars as isize,
-            b.as_ptr(),
-            bcs as isize,
-            brs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// `act(conv3x3_s1_p1(x, w) + bias)` for `x` `n × c × h × w` and `w` `co × c × 3 × 3`: `n × co × h × w`.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
     forward_blocked(g, x, w, false, bias, act, g.block(36 * (g.c + g.co)))
@@ -550,9 +507,7 @@ pub(crate) fn forward_blocked(
                 .enumerate()
                 .for_each(|(xi, mx)| {
                     gemm_at(
-                        co,
-                        nt,
-                        c,
+                        (co, nt, c),
                         mx,
                         nt,
                         false,
@@ -560,6 +515,7 @@ pub(crate) fn forward_blocked(
                         (36 * c, 1),
                         &v[xi * ntp..],
                         (36 * ntp, 1),
+                        1,
                     )
                 });
             (0..co).into_par_iter().for_each(|o| {
@@ -609,9 +565,7 @@ pub(crate) fn backward_weight_blocked(g: &Geom, x: &[f32], dy: &[f32], block: us
                 .enumerate()
                 .for_each(|(xi, dux)| {
                     gemm_at(
-                        co,
-                        c,
-                        nt,
+                        (co, c, nt),
                         dux,
                         c,
                         bi > 0,
@@ -619,6 +573,7 @@ pub(crate) fn backward_weight_blocked(g: &Geom, x: &[f32], dy: &[f32], block: us
                         (36 * ntp, 1),
                         &v[xi * ntp..],
                         (1, 36 * ntp),
+                        1,
                     )
                 });
         }

@@ -13,7 +13,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use super::rows::{exp_f32, max, sum_map, sum_zip};
-use crate::conv::cpu_slice;
+use crate::conv::{cpu_slice, gemm_at};
 use crate::nhwc::multiversion;
 
 const NAME: &str = "fused_attention";
@@ -61,45 +61,19 @@ impl Dims {
     }
 }
 
-/// `dst (m×n, row stride drs) = [dst +] alpha · a (m×k, strides) · b (k×n, strides)`, one thread.
+/// One thread's GEMM into `dst` with rows `drs` apart ([`crate::conv`]'s).
 #[allow(clippy::too_many_arguments)]
 fn gemm(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [f32],
     drs: usize,
     accumulate: bool,
     a: &[f32],
-    (ars, acs): (usize, usize),
+    a_strides: (usize, usize),
     b: &[f32],
-    (brs, bcs): (usize, usize),
+    b_strides: (usize, usize),
 ) {
-    assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * drs + n);
-    assert!(m == 0 || k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs);
-    assert!(n == 0 || k == 0 || b.len() > (k - 1) * brs + (n - 1) * bcs);
-    // SAFETY: the slices cover every index the strides reach (asserted above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            drs as isize,
-            accumulate,
-            a.as_ptr(),
-            acs as isize,
-            ars as isize,
-            b.as_ptr(),
-            bcs as isize,
-            brs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    gemm_at(mnk, dst, drs, accumulate, a, a_strides, b, b_strides, 1)
 }
 
 #[inline(always)]
